@@ -1,0 +1,294 @@
+//! Command-line interface: `tensorlet serve` runs a node; every other command is a client of a
+//! node's admin API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use serde_json::Value;
+
+use crate::client::{AdminClient, encode};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::service::Node;
+
+/// Tensorlet: deploy WebAssembly HTTP handlers and run each request in a fresh sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "tensorlet", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Deploy a component as a new version of a function and make it live.
+    Deploy(DeployArgs),
+    /// List functions.
+    List(NodeArgs),
+    /// List a function's versions, newest first.
+    Versions(NameArgs),
+    /// Move a function's live version back (to the previous one, or --to VERSION).
+    Rollback(RollbackArgs),
+    /// Delete a function and all its versions.
+    Delete(NameArgs),
+    /// Show a function's recent stdout/stderr.
+    Logs(NameArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (127.0.0.1:0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// The node's URL.
+    #[arg(long, env = "TENSORLET_NODE", default_value = "http://127.0.0.1:8080")]
+    node: String,
+}
+
+#[derive(Debug, Args)]
+struct NameArgs {
+    /// Function name.
+    name: String,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+struct RollbackArgs {
+    /// Function name.
+    name: String,
+    /// Version to make live (default: the one deployed before the live one).
+    #[arg(long)]
+    to: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// Function name (a-z, 0-9, '-').
+    name: String,
+    /// The component (.wasm, built for wasm32-wasip2).
+    file: PathBuf,
+    /// Linear memory cap per instance, e.g. 64MiB.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Wall-clock limit per request, e.g. 10s.
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Requests served at once; more get 503.
+    #[arg(long)]
+    max_concurrency: Option<u32>,
+    /// Request body cap, e.g. 10MiB.
+    #[arg(long)]
+    max_request_body: Option<String>,
+    /// Response body cap, e.g. 64MiB.
+    #[arg(long)]
+    max_response_body: Option<String>,
+    /// Environment variable for the guest, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+impl Cli {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            match self.command {
+                Command::Serve(args) => serve(args).await,
+                Command::Deploy(args) => deploy(args).await,
+                Command::List(node) => list(node).await,
+                Command::Versions(a) => versions(a).await,
+                Command::Rollback(a) => rollback(a).await,
+                Command::Delete(a) => {
+                    let client = AdminClient::new(&a.node.node)?;
+                    client
+                        .call(
+                            Method::DELETE,
+                            &format!("functions/{}", encode(&a.name)),
+                            Bytes::new(),
+                            "application/json",
+                        )
+                        .await?;
+                    println!("deleted {}", a.name);
+                    Ok(())
+                }
+                Command::Logs(a) => logs(a).await,
+            }
+        })
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Arc::new(Config::load(
+        args.config.as_deref(),
+        args.listen,
+        args.data_dir,
+    )?);
+    let metrics = Arc::new(Metrics::default());
+    let runtime = Arc::new(Runtime::new(&config)?);
+    let registry = Arc::new(
+        Registry::open(
+            Arc::clone(&config),
+            Arc::clone(&runtime),
+            Arc::clone(&metrics),
+        )
+        .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
+    );
+    tracing::info!(
+        functions = registry.len(),
+        pooling = runtime.pooling(),
+        data_dir = %config.data_dir.display(),
+        "node ready"
+    );
+    let listener =
+        crate::server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let node = Arc::new(Node::new(Arc::clone(&config), registry, runtime, metrics));
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    crate::server::serve(listener, node, shutdown_signal(), config.shutdown_grace).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let mut query: Vec<String> = Vec::new();
+    let mut add = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", encode(v)));
+        }
+    };
+    add("memory", &a.memory);
+    add("timeout", &a.timeout);
+    add("max_concurrency", &a.max_concurrency.map(|n| n.to_string()));
+    add("max_request_body", &a.max_request_body);
+    add("max_response_body", &a.max_response_body);
+    for e in &a.env {
+        anyhow::ensure!(e.contains('='), "--env `{e}` is not KEY=VALUE");
+        query.push(format!("env={}", encode(e)));
+    }
+    let client = AdminClient::new(&a.node.node)?;
+    let path = format!("functions/{}/versions?{}", encode(&a.name), query.join("&"));
+    let v = client
+        .call(Method::POST, &path, Bytes::from(bytes), "application/wasm")
+        .await?;
+    println!("{}", v["version"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+async fn list(node: NodeArgs) -> anyhow::Result<()> {
+    let v = AdminClient::new(&node.node)?
+        .call(Method::GET, "functions", Bytes::new(), "application/json")
+        .await?;
+    println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
+    for f in v["functions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<14} {:>8}  {}",
+            s(&f["name"]),
+            s(&f["live"]),
+            f["versions"],
+            s(&f["updated_at"])
+        );
+    }
+    Ok(())
+}
+
+async fn versions(a: NameArgs) -> anyhow::Result<()> {
+    let path = format!("functions/{}/versions", encode(&a.name));
+    let v = AdminClient::new(&a.node.node)?
+        .call(Method::GET, &path, Bytes::new(), "application/json")
+        .await?;
+    println!("{:<14} {:<22} {:>10}  LIVE", "VERSION", "CREATED", "SIZE");
+    for ver in v["versions"].as_array().into_iter().flatten() {
+        let live = if ver["live"].as_bool() == Some(true) {
+            "*"
+        } else {
+            ""
+        };
+        println!(
+            "{:<14} {:<22} {:>10}  {live}",
+            s(&ver["version"]),
+            s(&ver["created_at"]),
+            ver["size"]
+        );
+    }
+    Ok(())
+}
+
+async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
+    let body = match &a.to {
+        Some(to) => serde_json::json!({ "to": to }).to_string(),
+        None => String::new(),
+    };
+    let path = format!("functions/{}/rollback", encode(&a.name));
+    let v = AdminClient::new(&a.node.node)?
+        .call(Method::POST, &path, Bytes::from(body), "application/json")
+        .await?;
+    println!("{} is live for {}", s(&v["live"]), a.name);
+    Ok(())
+}
+
+async fn logs(a: NameArgs) -> anyhow::Result<()> {
+    let path = format!("functions/{}/logs", encode(&a.name));
+    let v = AdminClient::new(&a.node.node)?
+        .call(Method::GET, &path, Bytes::new(), "application/json")
+        .await?;
+    for l in v["lines"].as_array().into_iter().flatten() {
+        println!(
+            "{} {} {} {}",
+            s(&l["time"]),
+            s(&l["version"]),
+            s(&l["stream"]),
+            s(&l["line"])
+        );
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}

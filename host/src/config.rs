@@ -1,0 +1,304 @@
+//! Node configuration: CLI flags and an optional TOML file, turned once into an immutable
+//! [`Config`]. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Everything the node needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Where blobs, metadata and compiled code live.
+    pub data_dir: PathBuf,
+    /// Largest component upload accepted by deploy.
+    pub max_component_size: u64,
+    /// How long in-flight requests may run after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Versions retained per function (older ones are dropped, never the live one).
+    pub max_versions: usize,
+    /// Limits a deploy gets when it does not name them.
+    pub defaults: FunctionLimits,
+    /// Upper bounds for any deploy's limits.
+    pub ceilings: Ceilings,
+}
+
+/// Per-function limits, fixed at deploy time and stored with the version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionLimits {
+    /// Linear memory cap in bytes for one instance.
+    pub memory: u64,
+    /// Wall-clock budget of one request, in milliseconds.
+    pub timeout_ms: u64,
+    /// Requests running at once; more get 503.
+    pub max_concurrency: u32,
+    /// Request body cap in bytes (413 above it).
+    pub max_request_body: u64,
+    /// Response body cap in bytes (the response is cut off above it).
+    pub max_response_body: u64,
+}
+
+/// Node-wide maxima for per-function limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceilings {
+    /// Largest `memory` a function may ask for; also sizes the pooling allocator's slots.
+    pub memory: u64,
+    /// Longest `timeout` a function may ask for.
+    pub timeout: Duration,
+    /// Instances that may exist at once on this node (pooling allocator slots).
+    pub instances: u32,
+}
+
+impl Default for FunctionLimits {
+    fn default() -> Self {
+        Self {
+            memory: 64 << 20,
+            timeout_ms: 10_000,
+            max_concurrency: 100,
+            max_request_body: 10 << 20,
+            max_response_body: 64 << 20,
+        }
+    }
+}
+
+/// The TOML file, as written by a user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    max_component_size: Option<String>,
+    shutdown_grace: Option<String>,
+    max_versions: Option<usize>,
+    #[serde(default)]
+    defaults: FileDefaults,
+    #[serde(default)]
+    ceilings: FileCeilings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDefaults {
+    memory: Option<String>,
+    timeout: Option<String>,
+    max_concurrency: Option<u32>,
+    max_request_body: Option<String>,
+    max_response_body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCeilings {
+    memory: Option<String>,
+    timeout: Option<String>,
+    instances: Option<u32>,
+}
+
+impl Config {
+    /// Builds the config from an optional TOML file; flags given on the command line win.
+    pub fn load(
+        file: Option<&Path>,
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Config> {
+        let parsed: FileConfig = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_file(parsed, listen, data_dir)
+    }
+
+    /// Parses TOML text (used by tests and `load`).
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        Self::from_file(toml::from_str(text)?, None, None)
+    }
+
+    fn from_file(
+        f: FileConfig,
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Config> {
+        let base = FunctionLimits::default();
+        let d = &f.defaults;
+        let defaults = FunctionLimits {
+            memory: opt(&d.memory, parse_size, base.memory).context("defaults.memory")?,
+            timeout_ms: opt(
+                &d.timeout,
+                parse_duration,
+                Duration::from_millis(base.timeout_ms),
+            )
+            .context("defaults.timeout")?
+            .as_millis() as u64,
+            max_concurrency: d.max_concurrency.unwrap_or(base.max_concurrency),
+            max_request_body: opt(&d.max_request_body, parse_size, base.max_request_body)
+                .context("defaults.max_request_body")?,
+            max_response_body: opt(&d.max_response_body, parse_size, base.max_response_body)
+                .context("defaults.max_response_body")?,
+        };
+        let c = &f.ceilings;
+        let ceilings = Ceilings {
+            memory: opt(&c.memory, parse_size, 1 << 30).context("ceilings.memory")?,
+            timeout: opt(&c.timeout, parse_duration, Duration::from_secs(300))
+                .context("ceilings.timeout")?,
+            instances: c.instances.unwrap_or(1000),
+        };
+        let config = Config {
+            listen: listen
+                .or(f.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: data_dir
+                .or(f.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./tensorlet-data")),
+            max_component_size: opt(&f.max_component_size, parse_size, 64 << 20)
+                .context("max_component_size")?,
+            shutdown_grace: opt(&f.shutdown_grace, parse_duration, Duration::from_secs(30))
+                .context("shutdown_grace")?,
+            max_versions: f.max_versions.unwrap_or(20),
+            defaults,
+            ceilings,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_versions == 0 {
+            bail!("max_versions must be at least 1");
+        }
+        if self.ceilings.instances == 0 {
+            bail!("ceilings.instances must be at least 1");
+        }
+        self.check_limits(&self.defaults)
+            .map_err(|e| anyhow::anyhow!("[defaults] {e}"))
+    }
+
+    /// Checks a function's limits against the node's ceilings; the message says how to fix it.
+    pub fn check_limits(&self, l: &FunctionLimits) -> Result<(), String> {
+        if l.memory < 1 << 20 || l.memory > self.ceilings.memory {
+            return Err(format!(
+                "memory must be between 1MiB and {} (this node's ceiling)",
+                format_size(self.ceilings.memory)
+            ));
+        }
+        if l.timeout_ms == 0 || u128::from(l.timeout_ms) > self.ceilings.timeout.as_millis() {
+            return Err(format!(
+                "timeout must be between 1ms and {}s (this node's ceiling)",
+                self.ceilings.timeout.as_secs()
+            ));
+        }
+        if l.max_concurrency == 0 || l.max_concurrency > self.ceilings.instances {
+            return Err(format!(
+                "max_concurrency must be between 1 and {} (this node's instance slots)",
+                self.ceilings.instances
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn opt<T>(
+    value: &Option<String>,
+    parse: fn(&str) -> anyhow::Result<T>,
+    default: T,
+) -> anyhow::Result<T> {
+    value
+        .as_deref()
+        .map(parse)
+        .transpose()
+        .map(|v| v.unwrap_or(default))
+}
+
+/// Parses sizes such as `64MiB`, `10MB`, `512KiB`, `1GiB` or plain bytes.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("`{text}` is not a size: write e.g. 64MiB, 512KiB or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            bail!("unknown size unit `{other}` in `{text}`: use B, KiB, MiB, GiB, KB, MB or GB")
+        }
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("size `{text}` is too large"))
+}
+
+/// Parses durations such as `10s`, `500ms`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration: write e.g. 10s, 500ms or 2m"))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "s" | "" => n.checked_mul(1_000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => bail!("unknown duration unit `{other}` in `{text}`: use ms, s, m or h"),
+    };
+    ms.map(Duration::from_millis)
+        .with_context(|| format!("duration `{text}` is too large"))
+}
+
+/// Formats a byte count the way users write it.
+pub fn format_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b}B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(format_size(64 << 20), "64MiB");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("listn = \"127.0.0.1:1\"").is_err());
+        assert!(Config::from_toml("[defaults]\nmemroy = \"1MiB\"").is_err());
+        let c = Config::from_toml("max_component_size = \"1MiB\"\n[defaults]\ntimeout = \"2s\"")
+            .unwrap();
+        assert_eq!(c.max_component_size, 1 << 20);
+        assert_eq!(c.defaults.timeout_ms, 2000);
+    }
+
+    #[test]
+    fn defaults_over_ceilings_are_refused() {
+        assert!(Config::from_toml("[defaults]\nmemory = \"2GiB\"").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! The one error type of the HTTP edge. Every failure on the request path and the admin API ends
+//! up as an [`ApiError`], which knows its status and stable code and renders the JSON body
+//! `{"error": {"code", "message"}, "request_id"}`. Messages tell the user what to do.
+
+use http::StatusCode;
+
+/// A failure that becomes an HTTP error response.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// HTTP status to answer with.
+    pub status: StatusCode,
+    /// Stable, machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation that says how to fix the problem.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request itself is malformed.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 400: the uploaded component cannot be deployed.
+    pub fn invalid_component(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_component", message)
+    }
+
+    /// 404: no such function.
+    pub fn function_not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!(
+                "no function named `{name}` is deployed here: deploy it with `tensorlet deploy {name} FILE.wasm`"
+            ),
+        )
+    }
+
+    /// 404: no such version of a function.
+    pub fn version_not_found(name: &str, version: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "version_not_found",
+            format!(
+                "function `{name}` has no version `{version}`: see `tensorlet versions {name}`"
+            ),
+        )
+    }
+
+    /// 404: nothing is routed at this path.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "nothing here at `{path}`: functions live under /fn/NAME, the admin API under /admin/v1"
+            ),
+        )
+    }
+
+    /// 405.
+    pub fn method_not_allowed(allowed: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this route accepts {allowed}"),
+        )
+    }
+
+    /// 409: a version with this digest exists with other settings.
+    pub fn version_conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "version_conflict", message)
+    }
+
+    /// 413.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 503: the function is at its concurrency limit.
+    pub fn overloaded(name: &str, limit: u32) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "function `{name}` is running its maximum of {limit} concurrent requests: retry later or deploy it with a higher --max-concurrency"
+            ),
+        )
+    }
+
+    /// 504: the request outlived the function's timeout.
+    pub fn timeout(name: &str, timeout_ms: u64) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "function `{name}` did not finish within its timeout of {timeout_ms}ms: make it faster or deploy it with a longer --timeout"
+            ),
+        )
+    }
+
+    /// 500: the guest trapped.
+    pub fn guest_trap(name: &str, detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "guest_trap",
+            format!("function `{name}` crashed: {detail}; see `tensorlet logs {name}`"),
+        )
+    }
+
+    /// 500: the guest answered with a wasi:http error code instead of a response.
+    pub fn guest_error(name: &str, code: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "guest_error",
+            format!(
+                "function `{name}` answered with the error {code}; see `tensorlet logs {name}`"
+            ),
+        )
+    }
+
+    /// 500: the guest returned without setting a response.
+    pub fn no_response(name: &str) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no_response",
+            format!(
+                "function `{name}` returned without sending a response: call ResponseOutparam::set in the handler"
+            ),
+        )
+    }
+
+    /// 500: a failure of the node itself; details go to the node's log.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// Renders the JSON body.
+    pub fn body(&self, request_id: &str) -> String {
+        serde_json::json!({
+            "error": { "code": self.code, "message": self.message },
+            "request_id": request_id,
+        })
+        .to_string()
+    }
+}

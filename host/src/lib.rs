@@ -1,0 +1,18 @@
+//! Tensorlet: a serverless WebAssembly function node.
+//!
+//! A request flows one way through these modules:
+//! [`server`] (accept, connections) → [`service`] (route, limits, errors) →
+//! [`registry`] (the function's live version) → [`runtime`] (a fresh instance per request).
+//! [`store`] persists what [`registry`] owns; [`config`] is read once at start-up.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod time;

@@ -1,0 +1,166 @@
+//! Prometheus metrics, kept in atomics and rendered as text exposition at `/metrics`.
+//! Per-function series live in a [`FunctionMetrics`] that each deployed version holds an `Arc`
+//! to, so the hot path never takes a lock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histograms.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// A fixed-bucket histogram.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, c) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Series of one function, shared by all its versions.
+#[derive(Default)]
+pub struct FunctionMetrics {
+    /// Requests by status code (index = status).
+    by_status: Mutex<BTreeMap<u16, u64>>,
+    /// End-to-end latency up to the response head.
+    pub latency: Histogram,
+    /// Requests being served now.
+    pub in_flight: AtomicI64,
+}
+
+impl FunctionMetrics {
+    /// Counts a finished request.
+    pub fn count(&self, status: u16) {
+        // A short, per-function lock: statuses are few and this runs once per request.
+        *self
+            .by_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(status)
+            .or_default() += 1;
+    }
+}
+
+/// All metrics of the node.
+#[derive(Default)]
+pub struct Metrics {
+    functions: Mutex<BTreeMap<String, Arc<FunctionMetrics>>>,
+    /// Time to create an instance from a pre-instantiated component.
+    pub instantiation: Histogram,
+}
+
+impl Metrics {
+    /// The series of `name`, created on first use.
+    pub fn function(&self, name: &str) -> Arc<FunctionMetrics> {
+        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(name.to_string()).or_default())
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        out.push_str("# HELP tensorlet_requests_total Function invocations by final status.\n");
+        out.push_str("# TYPE tensorlet_requests_total counter\n");
+        for (name, m) in &functions {
+            for (status, n) in m.by_status.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = writeln!(
+                    out,
+                    "tensorlet_requests_total{{function=\"{name}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP tensorlet_request_duration_seconds Time from request to response head.\n",
+        );
+        out.push_str("# TYPE tensorlet_request_duration_seconds histogram\n");
+        for (name, m) in &functions {
+            m.latency.render(
+                &mut out,
+                "tensorlet_request_duration_seconds",
+                &format!("function=\"{name}\""),
+            );
+        }
+        out.push_str("# HELP tensorlet_requests_in_flight Function invocations running now.\n");
+        out.push_str("# TYPE tensorlet_requests_in_flight gauge\n");
+        for (name, m) in &functions {
+            let _ = writeln!(
+                out,
+                "tensorlet_requests_in_flight{{function=\"{name}\"}} {}",
+                m.in_flight.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP tensorlet_instantiation_duration_seconds Time to create a fresh instance.\n",
+        );
+        out.push_str("# TYPE tensorlet_instantiation_duration_seconds histogram\n");
+        self.instantiation
+            .render(&mut out, "tensorlet_instantiation_duration_seconds", "");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        let f = m.function("echo");
+        f.count(200);
+        f.count(200);
+        f.latency.observe(Duration::from_millis(2));
+        m.instantiation.observe(Duration::from_micros(50));
+        let text = m.render();
+        assert!(text.contains("tensorlet_requests_total{function=\"echo\",status=\"200\"} 2"));
+        assert!(text.contains(
+            "tensorlet_request_duration_seconds_bucket{function=\"echo\",le=\"0.0025\"} 1"
+        ));
+        assert!(text.contains("tensorlet_instantiation_duration_seconds_count 1"));
+        assert!(text.contains("tensorlet_requests_in_flight{function=\"echo\"} 0"));
+    }
+}

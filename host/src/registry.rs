@@ -1,0 +1,521 @@
+//! Deployed functions: immutable versions (by content digest), the `live` alias, rollback and
+//! delete. Admin changes are serialised by one async mutex and persisted through [`Store`]
+//! before they are acknowledged; the request path only reads an immutable snapshot of the live
+//! versions ([`Registry::route`]), swapped atomically after each change, so in-flight requests
+//! keep the version they started on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, FunctionLimits};
+use crate::error::ApiError;
+use crate::metrics::{FunctionMetrics, Metrics};
+use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
+use crate::store::{self, FunctionRecord, Meta, Store, VersionRecord};
+use crate::time::now_rfc3339;
+
+/// One version of one function, ready to serve requests.
+pub struct Deployed {
+    /// Function name.
+    pub name: Arc<str>,
+    /// Full hex digest.
+    pub digest: String,
+    /// Short version id.
+    pub version: Arc<str>,
+    /// Compiled, linked component.
+    pub pre: Prepared,
+    /// Limits fixed at deploy.
+    pub limits: FunctionLimits,
+    /// Guest environment.
+    pub env: Arc<[(String, String)]>,
+    /// `max_concurrency` permits.
+    pub permits: Arc<Semaphore>,
+    /// Guest output of the function.
+    pub logs: Arc<LogBuffer>,
+    /// Metrics of the function.
+    pub metrics: Arc<FunctionMetrics>,
+}
+
+type LiveMap = HashMap<String, Arc<Deployed>>;
+
+/// State only admin operations touch.
+struct AdminState {
+    meta: Meta,
+    /// Compiled components by digest (shared between functions deploying the same bytes).
+    compiled: HashMap<String, Prepared>,
+    logs: HashMap<String, Arc<LogBuffer>>,
+}
+
+/// The node's functions.
+pub struct Registry {
+    config: Arc<Config>,
+    runtime: Arc<Runtime>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    live: RwLock<Arc<LiveMap>>,
+    admin: tokio::sync::Mutex<AdminState>,
+}
+
+/// Whether a deploy created a new version.
+pub enum Deploy {
+    /// A new version was stored.
+    Created(Value),
+    /// The same version existed and is live now.
+    Existing(Value),
+}
+
+impl Registry {
+    /// Opens the data directory and loads every retained version (compiled code from the
+    /// cache when present, else compiled now and cached).
+    pub fn open(
+        config: Arc<Config>,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Registry> {
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let mut meta = store.load_meta()?;
+        let mut compiled = HashMap::new();
+        for (name, f) in meta.functions.iter_mut() {
+            f.versions.retain(|v| {
+                if compiled.contains_key(&v.digest) {
+                    return true;
+                }
+                match load_prepared(&runtime, &store, &v.digest) {
+                    Ok(pre) => {
+                        compiled.insert(v.digest.clone(), pre);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %name, version = v.id(), "cannot load version, skipping it: {e:#}");
+                        false
+                    }
+                }
+            });
+        }
+        meta.functions.retain(|name, f| {
+            let ok = f.versions.iter().any(|v| v.digest == f.live);
+            if !ok {
+                tracing::error!(function = %name, "live version cannot be loaded; the function is not served");
+            }
+            ok
+        });
+        let referenced: HashSet<&str> = meta
+            .functions
+            .values()
+            .flat_map(|f| f.versions.iter().map(|v| v.digest.as_str()))
+            .collect();
+        store.collect_garbage(&referenced);
+        let registry = Registry {
+            config,
+            runtime,
+            store,
+            metrics,
+            live: RwLock::new(Arc::default()),
+            admin: tokio::sync::Mutex::new(AdminState {
+                meta,
+                compiled,
+                logs: HashMap::new(),
+            }),
+        };
+        let mut state = registry
+            .admin
+            .try_lock()
+            .expect("new registry is not shared yet");
+        registry.publish(&mut state);
+        drop(state);
+        Ok(registry)
+    }
+
+    /// The live version of `name`, for the request path.
+    pub fn route(&self, name: &str) -> Option<Arc<Deployed>> {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Number of functions served.
+    pub fn len(&self) -> usize {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no function is served.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Validates, compiles, stores and makes live a new version.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        limits: FunctionLimits,
+        env: BTreeMap<String, String>,
+    ) -> Result<Deploy, ApiError> {
+        let digest = store::digest(&bytes);
+        if let Some(existing) = self.existing(name, &digest, &limits, &env).await? {
+            return Ok(existing);
+        }
+        let compiled = self.admin.lock().await.compiled.get(&digest).cloned();
+        let pre = match compiled {
+            Some(pre) => pre,
+            None => {
+                // Compilation is CPU-bound and can take a while: keep it off the async workers
+                // and outside the admin lock.
+                let runtime = Arc::clone(&self.runtime);
+                let store = Arc::clone(&self.store);
+                let d = digest.clone();
+                let bytes = bytes.clone();
+                tokio::task::spawn_blocking(move || -> Result<Prepared, ApiError> {
+                    let component = runtime
+                        .compile(&bytes)
+                        .map_err(ApiError::invalid_component)?;
+                    let pre = runtime
+                        .prepare(&component)
+                        .map_err(ApiError::invalid_component)?;
+                    // The cache only saves start-up time: a failure to write it is not fatal.
+                    match runtime.serialize(&component) {
+                        Ok(code) => {
+                            if let Err(e) = store.put_cache(runtime.engine_hash(), &d, &code) {
+                                tracing::warn!("cannot cache compiled code: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("cannot serialize compiled code: {e:#}"),
+                    }
+                    Ok(pre)
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("compilation task failed: {e}")))??
+            }
+        };
+
+        let mut state = self.admin.lock().await;
+        // Another deploy may have raced us while we compiled.
+        if let Some(existing) = self
+            .existing_locked(&mut state, name, &digest, &limits, &env)
+            .await?
+        {
+            return Ok(existing);
+        }
+        let record = VersionRecord {
+            digest: digest.clone(),
+            created_at: now_rfc3339(),
+            size: bytes.len() as u64,
+            limits,
+            env,
+        };
+        let mut meta = state.meta.clone();
+        let f = meta
+            .functions
+            .entry(name.to_string())
+            .or_insert_with(|| FunctionRecord {
+                live: digest.clone(),
+                updated_at: String::new(),
+                versions: Vec::new(),
+            });
+        f.versions.push(record.clone());
+        f.live = digest.clone();
+        f.updated_at = record.created_at.clone();
+        while f.versions.len() > self.config.max_versions {
+            let Some(oldest) = f.versions.iter().position(|v| v.digest != f.live) else {
+                break;
+            };
+            f.versions.remove(oldest);
+        }
+        let store = Arc::clone(&self.store);
+        let d = digest.clone();
+        let to_save = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            store.put_blob(&d, &bytes)?;
+            store.save_meta(&to_save)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("cannot store the version: {e}")))?;
+        state.meta = meta;
+        state.compiled.insert(digest, pre);
+        self.publish(&mut state);
+        self.collect_garbage(&mut state);
+        tracing::info!(function = name, version = record.id(), "deployed");
+        Ok(Deploy::Created(version_json(&record, true)))
+    }
+
+    async fn existing(
+        &self,
+        name: &str,
+        digest: &str,
+        limits: &FunctionLimits,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Option<Deploy>, ApiError> {
+        let mut state = self.admin.lock().await;
+        self.existing_locked(&mut state, name, digest, limits, env)
+            .await
+    }
+
+    /// A deploy of bytes this function already has: same settings make it live, others conflict.
+    async fn existing_locked(
+        &self,
+        state: &mut AdminState,
+        name: &str,
+        digest: &str,
+        limits: &FunctionLimits,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Option<Deploy>, ApiError> {
+        let Some(v) = state
+            .meta
+            .functions
+            .get(name)
+            .and_then(|f| f.versions.iter().find(|v| v.digest == digest))
+        else {
+            return Ok(None);
+        };
+        if &v.limits != limits || &v.env != env {
+            return Err(ApiError::version_conflict(format!(
+                "function `{name}` already has version {} with different settings, and versions never change: \
+                 deploy it with the same settings, or change the component",
+                v.id()
+            )));
+        }
+        let record = v.clone();
+        self.set_live(state, name, digest).await?;
+        Ok(Some(Deploy::Existing(version_json(&record, true))))
+    }
+
+    async fn set_live(
+        &self,
+        state: &mut AdminState,
+        name: &str,
+        digest: &str,
+    ) -> Result<(), ApiError> {
+        let mut meta = state.meta.clone();
+        let f = meta
+            .functions
+            .get_mut(name)
+            .ok_or_else(|| ApiError::function_not_found(name))?;
+        if f.live == digest {
+            return Ok(());
+        }
+        f.live = digest.to_string();
+        f.updated_at = now_rfc3339();
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish(state);
+        Ok(())
+    }
+
+    /// Moves `live` to `to` (a version id or digest prefix) or, without it, to the version
+    /// deployed before the live one.
+    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Value, ApiError> {
+        let mut state = self.admin.lock().await;
+        let f = state
+            .meta
+            .functions
+            .get(name)
+            .ok_or_else(|| ApiError::function_not_found(name))?;
+        let target = match to {
+            Some(to) => resolve(name, f, to)?.digest.clone(),
+            None => {
+                let live = f
+                    .versions
+                    .iter()
+                    .position(|v| v.digest == f.live)
+                    .unwrap_or(0);
+                match live.checked_sub(1) {
+                    Some(i) => f.versions[i].digest.clone(),
+                    None => {
+                        return Err(ApiError::invalid_request(format!(
+                            "the live version of `{name}` is its oldest retained version: name one with --to (see `tensorlet versions {name}`)"
+                        )));
+                    }
+                }
+            }
+        };
+        self.set_live(&mut state, name, &target).await?;
+        tracing::info!(
+            function = name,
+            version = store::short_id(&target),
+            "live moved"
+        );
+        Ok(json!({ "name": name, "live": store::short_id(&target) }))
+    }
+
+    /// Removes a function and all its versions.
+    pub async fn delete(&self, name: &str) -> Result<Value, ApiError> {
+        let mut state = self.admin.lock().await;
+        if !state.meta.functions.contains_key(name) {
+            return Err(ApiError::function_not_found(name));
+        }
+        let mut meta = state.meta.clone();
+        meta.functions.remove(name);
+        self.save(&meta).await?;
+        state.meta = meta;
+        state.logs.remove(name);
+        self.publish(&mut state);
+        self.collect_garbage(&mut state);
+        tracing::info!(function = name, "deleted");
+        Ok(json!({ "name": name, "deleted": true }))
+    }
+
+    /// Summary of every function.
+    pub async fn list(&self) -> Value {
+        let state = self.admin.lock().await;
+        let functions: Vec<Value> = state
+            .meta
+            .functions
+            .iter()
+            .map(|(name, f)| {
+                json!({
+                    "name": name,
+                    "live": store::short_id(&f.live),
+                    "versions": f.versions.len(),
+                    "updated_at": f.updated_at,
+                })
+            })
+            .collect();
+        json!({ "functions": functions })
+    }
+
+    /// One function with its versions, newest first.
+    pub async fn get(&self, name: &str) -> Result<Value, ApiError> {
+        let state = self.admin.lock().await;
+        let f = state
+            .meta
+            .functions
+            .get(name)
+            .ok_or_else(|| ApiError::function_not_found(name))?;
+        let versions: Vec<Value> = f
+            .versions
+            .iter()
+            .rev()
+            .map(|v| version_json(v, v.digest == f.live))
+            .collect();
+        Ok(json!({ "name": name, "live": store::short_id(&f.live), "versions": versions }))
+    }
+
+    /// The function's recent guest output.
+    pub async fn logs(&self, name: &str) -> Result<Vec<LogLine>, ApiError> {
+        let state = self.admin.lock().await;
+        if !state.meta.functions.contains_key(name) {
+            return Err(ApiError::function_not_found(name));
+        }
+        Ok(state
+            .logs
+            .get(name)
+            .map(|l| l.snapshot())
+            .unwrap_or_default())
+    }
+
+    async fn save(&self, meta: &Meta) -> Result<(), ApiError> {
+        let store = Arc::clone(&self.store);
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || store.save_meta(&meta))
+            .await
+            .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("cannot save metadata: {e}")))
+    }
+
+    /// Rebuilds the live snapshot from the metadata and swaps it in.
+    fn publish(&self, state: &mut AdminState) {
+        let current = Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()));
+        let mut next = LiveMap::new();
+        for (name, f) in &state.meta.functions {
+            if let Some(d) = current.get(name).filter(|d| d.digest == f.live) {
+                next.insert(name.clone(), Arc::clone(d));
+                continue;
+            }
+            let (Some(v), Some(pre)) = (
+                f.versions.iter().find(|v| v.digest == f.live),
+                state.compiled.get(&f.live),
+            ) else {
+                continue;
+            };
+            let logs = Arc::clone(state.logs.entry(name.clone()).or_default());
+            next.insert(
+                name.clone(),
+                Arc::new(Deployed {
+                    name: Arc::from(name.as_str()),
+                    digest: v.digest.clone(),
+                    version: Arc::from(v.id()),
+                    pre: pre.clone(),
+                    limits: v.limits,
+                    env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
+                    logs,
+                    metrics: self.metrics.function(name),
+                }),
+            );
+        }
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
+
+    /// Drops compiled code and blobs no retained version refers to.
+    fn collect_garbage(&self, state: &mut AdminState) {
+        let referenced: HashSet<&str> = state
+            .meta
+            .functions
+            .values()
+            .flat_map(|f| f.versions.iter().map(|v| v.digest.as_str()))
+            .collect();
+        state
+            .compiled
+            .retain(|d, _| referenced.contains(d.as_str()));
+        self.store.collect_garbage(&referenced);
+    }
+}
+
+/// Finds a version by id, full digest, `sha256:` digest or unique prefix.
+fn resolve<'a>(name: &str, f: &'a FunctionRecord, to: &str) -> Result<&'a VersionRecord, ApiError> {
+    let key = to
+        .strip_prefix("sha256:")
+        .unwrap_or(to)
+        .to_ascii_lowercase();
+    if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::version_not_found(name, to));
+    }
+    let mut matches = f.versions.iter().filter(|v| v.digest.starts_with(&key));
+    match (matches.next(), matches.next()) {
+        (Some(v), None) => Ok(v),
+        (Some(_), Some(_)) => Err(ApiError::invalid_request(format!(
+            "`{to}` matches several versions of `{name}`: give more digits"
+        ))),
+        (None, _) => Err(ApiError::version_not_found(name, to)),
+    }
+}
+
+fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Result<Prepared> {
+    let cache = store.cache_path(runtime.engine_hash(), digest);
+    let component = match runtime.deserialize_file(&cache) {
+        Ok(c) => c,
+        Err(_) => {
+            let bytes = store.read_blob(digest)?;
+            let c = runtime.compile(&bytes).map_err(anyhow::Error::msg)?;
+            if let Ok(code) = runtime.serialize(&c) {
+                let _ = store.put_cache(runtime.engine_hash(), digest, &code);
+            }
+            c
+        }
+    };
+    runtime.prepare(&component).map_err(anyhow::Error::msg)
+}
+
+/// The JSON form of a version record.
+pub fn version_json(v: &VersionRecord, live: bool) -> Value {
+    json!({
+        "version": v.id(),
+        "digest": format!("sha256:{}", v.digest),
+        "created_at": v.created_at,
+        "size": v.size,
+        "live": live,
+        "memory": v.limits.memory,
+        "timeout_ms": v.limits.timeout_ms,
+        "max_concurrency": v.limits.max_concurrency,
+        "max_request_body": v.limits.max_request_body,
+        "max_response_body": v.limits.max_response_body,
+        "env": v.env,
+    })
+}

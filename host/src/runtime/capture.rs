@@ -1,0 +1,197 @@
+//! Guest stdout/stderr capture. Each request writes into a small bounded buffer (a guest that
+//! prints without end cannot grow host memory); after the request the buffer is split into lines
+//! and appended to the function's [`LogBuffer`], which keeps the most recent lines for
+//! `tensorlet logs`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use serde::Serialize;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+
+/// Bytes one request may log per stream; the rest is dropped and counted.
+const CAPTURE_LIMIT: usize = 64 * 1024;
+/// Lines a function keeps.
+const LOG_LINES: usize = 1000;
+/// Longest single line kept.
+const LINE_LIMIT: usize = 4096;
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+/// A per-request output stream that never blocks and never fails: over the limit it drops bytes.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Captured>>);
+
+impl Capture {
+    fn append(&self, data: &[u8]) {
+        // A poisoned lock only means another writer panicked mid-append; the bytes are still valid.
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = CAPTURE_LIMIT.saturating_sub(c.bytes.len());
+        let take = room.min(data.len());
+        c.bytes.extend_from_slice(&data[..take]);
+        c.dropped += data.len() - take;
+    }
+
+    /// Takes what was written so far, as lines.
+    pub fn take_lines(&self) -> Vec<String> {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = std::mem::take(&mut c.bytes);
+        let dropped = std::mem::take(&mut c.dropped);
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines: Vec<String> = text.lines().map(|l| truncate(l, LINE_LIMIT)).collect();
+        if dropped > 0 {
+            lines.push(format!(
+                "[tensorlet: {dropped} more bytes of output dropped]"
+            ));
+        }
+        lines
+    }
+}
+
+fn truncate(line: &str, max: usize) -> String {
+    if line.len() <= max {
+        return line.to_string();
+    }
+    let mut end = max;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
+}
+
+impl IsTerminal for Capture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Capture {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl OutputStream for Capture {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(CAPTURE_LIMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Capture {
+    async fn ready(&mut self) {}
+}
+
+/// One captured line of guest output.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// RFC 3339 UTC time the request finished.
+    pub time: String,
+    /// Version that produced it.
+    pub version: String,
+    /// Request that produced it.
+    pub request_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// The text.
+    pub line: String,
+}
+
+/// The most recent guest output lines of one function.
+#[derive(Default)]
+pub struct LogBuffer(Mutex<VecDeque<LogLine>>);
+
+impl LogBuffer {
+    /// Appends lines, dropping the oldest beyond the limit.
+    pub fn extend(&self, lines: impl IntoIterator<Item = LogLine>) {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for line in lines {
+            if buf.len() == LOG_LINES {
+                buf.pop_front();
+            }
+            buf.push_back(line);
+        }
+    }
+
+    /// A copy of the kept lines, oldest first.
+    pub fn snapshot(&self) -> Vec<LogLine> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_is_bounded() {
+        let c = Capture::default();
+        c.append(b"one\ntwo\n");
+        c.append(&vec![b'x'; CAPTURE_LIMIT]);
+        let lines = c.take_lines();
+        assert_eq!(lines[0], "one");
+        assert_eq!(lines[1], "two");
+        assert!(lines.last().unwrap().contains("8 more bytes"));
+        assert!(c.take_lines().is_empty());
+    }
+
+    #[test]
+    fn log_buffer_keeps_the_newest() {
+        let b = LogBuffer::default();
+        b.extend((0..LOG_LINES + 5).map(|i| LogLine {
+            time: String::new(),
+            version: String::new(),
+            request_id: String::new(),
+            stream: "stdout",
+            line: i.to_string(),
+        }));
+        let s = b.snapshot();
+        assert_eq!(s.len(), LOG_LINES);
+        assert_eq!(s[0].line, "5");
+    }
+}

@@ -1,0 +1,101 @@
+//! `HostState`, the `T` of every per-request `Store<T>`: WASI and wasi:http contexts, the
+//! resource table, the memory limiter, the deadline and the output captures. Built fresh for each
+//! request from the function's immutable settings; nothing in it outlives the request.
+
+use std::time::Instant;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::capture::Capture;
+
+/// Resources one request may hold in its table (fields, streams, pollables, ...).
+const MAX_RESOURCES: usize = 10_000;
+
+/// Per-request store data.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: NoOutbound,
+    pub(super) limits: StoreLimits,
+    pub(super) deadline: Instant,
+    pub(super) stdout: Capture,
+    pub(super) stderr: Capture,
+}
+
+impl HostState {
+    /// Fresh state: only the configured environment, no files, no sockets, no outbound HTTP.
+    pub fn new(env: &[(String, String)], memory: usize, deadline: Instant) -> Self {
+        let stdout = Capture::default();
+        let stderr = Capture::default();
+        let wasi = WasiCtx::builder()
+            .envs(env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .instances(100)
+            .tables(100)
+            .memories(10)
+            .table_elements(1_000_000)
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table,
+            hooks: NoOutbound,
+            limits,
+            deadline,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound HTTP is not part of a function's sandbox (yet): every `outgoing-handler.handle`
+/// is answered with `HTTP-request-denied`, which the guest sees as an ordinary error.
+struct NoOutbound;
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for NoOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}

@@ -1,0 +1,243 @@
+//! The embedded store in the data directory:
+//!
+//! ```text
+//! DATA/meta.json                      every function, its versions and `live` (atomically replaced)
+//! DATA/blobs/sha256/<hex>             component bytes, by digest
+//! DATA/cache/<engine-hash>/<hex>.cwasm  compiled code, by digest and engine settings
+//! DATA/tmp/                           temp files; emptied at start-up
+//! ```
+//!
+//! Every write goes to a temp file, is fsynced, renamed into place, and the directory is fsynced,
+//! so a crash at any moment leaves either the old file or the new one, never a torn one. A deploy
+//! is acknowledged only after its blob and the new `meta.json` are durable.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::FunctionLimits;
+
+/// All persisted metadata.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// Format version of this file.
+    pub format: u32,
+    /// Functions by name.
+    pub functions: BTreeMap<String, FunctionRecord>,
+}
+
+/// One function: its versions (oldest first) and which one is live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionRecord {
+    /// Hex digest of the live version.
+    pub live: String,
+    /// When `live` last moved.
+    pub updated_at: String,
+    /// Retained versions, oldest first.
+    pub versions: Vec<VersionRecord>,
+}
+
+/// One immutable version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRecord {
+    /// Lowercase hex sha256 of the component.
+    pub digest: String,
+    /// When it was deployed.
+    pub created_at: String,
+    /// Component size in bytes.
+    pub size: u64,
+    /// Limits fixed at deploy.
+    pub limits: FunctionLimits,
+    /// Environment the guest sees.
+    pub env: BTreeMap<String, String>,
+}
+
+impl VersionRecord {
+    /// The short id users see: the first 12 hex digits of the digest.
+    pub fn id(&self) -> &str {
+        short_id(&self.digest)
+    }
+}
+
+/// The first 12 hex digits of a digest.
+pub fn short_id(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Handle on the data directory.
+pub struct Store {
+    root: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory and clears leftovers of interrupted writes.
+    pub fn open(root: &Path) -> anyhow::Result<Store> {
+        for dir in ["blobs/sha256", "cache", "tmp"] {
+            fs::create_dir_all(root.join(dir))
+                .with_context(|| format!("creating {}", root.join(dir).display()))?;
+        }
+        for entry in fs::read_dir(root.join("tmp"))? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads `meta.json`; a missing file is an empty node.
+    pub fn load_meta(&self) -> anyhow::Result<Meta> {
+        let path = self.root.join("meta.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid node metadata", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Meta {
+                format: 1,
+                ..Meta::default()
+            }),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Atomically replaces `meta.json`.
+    pub fn save_meta(&self, meta: &Meta) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
+        self.write_atomic(&self.root.join("meta.json"), &bytes)
+    }
+
+    /// Stores component bytes under their digest (a no-op if already there).
+    pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.blob_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        self.write_atomic(&path, bytes)
+    }
+
+    /// Reads component bytes and checks they still match their digest.
+    pub fn read_blob(&self, digest_hex: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.blob_path(digest_hex);
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        anyhow::ensure!(
+            digest(&bytes) == digest_hex,
+            "{} is corrupt (digest mismatch)",
+            path.display()
+        );
+        Ok(bytes)
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest)
+    }
+
+    /// Where compiled code for `digest` under these engine settings lives.
+    pub fn cache_path(&self, engine_hash: &str, digest: &str) -> PathBuf {
+        self.root
+            .join("cache")
+            .join(engine_hash)
+            .join(format!("{digest}.cwasm"))
+    }
+
+    /// Writes compiled code to the cache.
+    pub fn put_cache(&self, engine_hash: &str, digest: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.cache_path(engine_hash, digest);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        self.write_atomic(&path, bytes)
+    }
+
+    /// Deletes blobs and compiled code no retained version refers to.
+    pub fn collect_garbage(&self, referenced: &HashSet<&str>) {
+        let remove_unreferenced = |dir: PathBuf, strip: &str| {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let key = name.strip_suffix(strip).unwrap_or(&name);
+                if !referenced.contains(key) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        };
+        remove_unreferenced(self.root.join("blobs/sha256"), "");
+        if let Ok(engines) = fs::read_dir(self.root.join("cache")) {
+            for engine in engines.flatten() {
+                remove_unreferenced(engine.path(), ".cwasm");
+            }
+        }
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, path)?;
+            // The rename is only durable once the directory entry is.
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_and_meta_round_trip() {
+        let dir = std::env::temp_dir().join(format!("tensorlet-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let d = digest(b"abc");
+        store.put_blob(&d, b"abc").unwrap();
+        assert_eq!(store.read_blob(&d).unwrap(), b"abc");
+        let mut meta = store.load_meta().unwrap();
+        assert!(meta.functions.is_empty());
+        meta.functions.insert(
+            "f".into(),
+            FunctionRecord {
+                live: d.clone(),
+                updated_at: String::new(),
+                versions: vec![],
+            },
+        );
+        store.save_meta(&meta).unwrap();
+        assert_eq!(store.load_meta().unwrap().functions["f"].live, d);
+        store.collect_garbage(&HashSet::new());
+        assert!(store.read_blob(&d).is_err());
+        fs::write(dir.join("tmp/leftover"), b"x").unwrap();
+        Store::open(&dir).unwrap();
+        assert!(!dir.join("tmp/leftover").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

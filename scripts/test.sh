@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets everything up on a fresh machine and runs the whole test suite:
+# formatting, lints, unit tests and the integration tests (which start real nodes on 127.0.0.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+scripts/build-guests.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test -- --test-threads=2 "$@"
