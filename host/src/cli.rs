@@ -175,7 +175,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
     }
-    crate::server::serve(listener, node, shutdown_signal(), config.shutdown_grace).await;
+    crate::server::serve(
+        listener,
+        node,
+        shutdown_signal(),
+        config.shutdown_grace,
+        config.max_connections,
+    )
+    .await;
     Ok(())
 }
 

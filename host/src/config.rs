@@ -21,6 +21,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Versions retained per function (older ones are dropped, never the live one).
     pub max_versions: usize,
+    /// Open client connections at once; further clients wait in the accept backlog.
+    pub max_connections: usize,
     /// Limits a deploy gets when it does not name them.
     pub defaults: FunctionLimits,
     /// Upper bounds for any deploy's limits.
@@ -74,6 +76,7 @@ struct FileConfig {
     max_component_size: Option<String>,
     shutdown_grace: Option<String>,
     max_versions: Option<usize>,
+    max_connections: Option<usize>,
     #[serde(default)]
     defaults: FileDefaults,
     #[serde(default)]
@@ -163,6 +166,7 @@ impl Config {
             shutdown_grace: opt(&f.shutdown_grace, parse_duration, Duration::from_secs(30))
                 .context("shutdown_grace")?,
             max_versions: f.max_versions.unwrap_or(20),
+            max_connections: f.max_connections.unwrap_or(10_000),
             defaults,
             ceilings,
         };
@@ -173,6 +177,9 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         if self.max_versions == 0 {
             bail!("max_versions must be at least 1");
+        }
+        if self.max_connections == 0 {
+            bail!("max_connections must be at least 1");
         }
         if self.ceilings.instances == 0 {
             bail!("ceilings.instances must be at least 1");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -124,7 +124,13 @@ impl Node {
             return Err(too_large_body(name, limits.max_request_body));
         }
 
-        let req = guest_request(req, guest_path, limits.max_request_body)?;
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let req = guest_request(
+            req,
+            guest_path,
+            limits.max_request_body,
+            Arc::clone(&overflowed),
+        )?;
         let started = Instant::now();
         let guard = InFlight::enter(Arc::clone(&function.metrics), permit);
         let metrics = Arc::clone(&self.metrics);
@@ -135,6 +141,14 @@ impl Node {
             })
             .await;
         function.metrics.latency.observe(started.elapsed());
+        // A chunked body can only be found too large while the guest reads it; whatever the guest
+        // answered then, the client gets the same 413 as with a Content-Length over the cap.
+        let result = match result {
+            _ if overflowed.load(Ordering::Relaxed) => {
+                Err(too_large_body(name, limits.max_request_body))
+            }
+            other => other,
+        };
         match result {
             Ok(response) => {
                 function.metrics.count(response.status().as_u16());
@@ -271,6 +285,7 @@ fn guest_request(
     req: Request<Incoming>,
     guest_path: &str,
     max_body: u64,
+    overflowed: Arc<AtomicBool>,
 ) -> Result<
     Request<impl Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static>,
     ApiError,
@@ -290,7 +305,8 @@ fn guest_request(
             .headers
             .insert(header::HOST, HeaderValue::from_static("localhost"));
     }
-    let body = Limited::new(body, max_body as usize).map_err(request_body_error(max_body));
+    let body =
+        Limited::new(body, max_body as usize).map_err(request_body_error(max_body, overflowed));
     Ok(Request::from_parts(parts, body))
 }
 

@@ -265,12 +265,15 @@ impl Body for ResponseBody {
     }
 }
 
-/// Maps a body error from hyper or from the request-size cap into wasi:http's error.
+/// Maps a body error from hyper or from the request-size cap into wasi:http's error, and raises
+/// `overflowed` when the cap was hit so the caller can answer 413 whatever the guest made of it.
 pub fn request_body_error(
     limit: u64,
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
 ) -> impl Fn(Box<dyn std::error::Error + Send + Sync>) -> wasmtime_wasi_http::Error {
     move |e| {
         if e.is::<http_body_util::LengthLimitError>() {
+            overflowed.store(true, std::sync::atomic::Ordering::Relaxed);
             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
         } else {
             match e.downcast::<hyper::Error>() {
