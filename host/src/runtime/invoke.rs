@@ -84,9 +84,12 @@ impl Runtime {
         };
 
         let pre = inv.pre.clone();
+        let logs = Arc::clone(&inv.logs);
+        let (version, request_id) = (Arc::clone(&inv.version), Arc::clone(&inv.request_id));
         // The guest runs in its own task so it can keep streaming the body after the head is
         // sent. Epochs only interrupt wasm code; the outer deadline also cuts off a guest that
-        // waits inside a host call (a sleep, a body read that never completes).
+        // waits inside a host call (a sleep, a body read that never completes). Whichever way
+        // it ends, the task moves the guest's output into the function's log.
         let task = tokio::spawn(async move {
             let run = async {
                 let started = Instant::now();
@@ -102,47 +105,24 @@ impl Runtime {
                 Err(_) => Err(Failure::Deadline),
             };
             drop(store);
+            append_logs(&logs, &version, &request_id, &stdout, &stderr);
             result
         });
-        let flush = LogFlush {
-            stdout,
-            stderr,
-            inv: &inv,
-        };
 
-        let head = tokio::time::timeout_at(deadline.into(), receiver).await;
-        match head {
+        match tokio::time::timeout_at(deadline.into(), receiver).await {
             Ok(Ok(Ok(resp))) => {
-                // Logs of a streaming guest are flushed when its task ends.
-                let logs = Arc::clone(&inv.logs);
-                let (stdout, stderr) = (flush.stdout.clone(), flush.stderr.clone());
-                let meta = (inv.version.clone(), inv.request_id.clone());
-                tokio::spawn(async move {
-                    let _ = task.await;
-                    append_logs(&logs, &meta.0, &meta.1, &stdout, &stderr);
-                });
                 let cap = limits.max_response_body;
                 Ok(resp.map(|b| ResponseBody::new(b, cap)))
             }
-            Ok(Ok(Err(code))) => {
-                flush.finish_after(task).await;
-                Err(ApiError::guest_error(&inv.name, format!("{code:?}")))
-            }
-            Ok(Err(_dropped)) => {
-                let outcome = task.await;
-                flush.finish();
-                Err(match outcome {
-                    Ok(Ok(())) => ApiError::no_response(&inv.name),
-                    Ok(Err(Failure::Deadline)) => ApiError::timeout(&inv.name, limits.timeout_ms),
-                    Ok(Err(Failure::Wasm(e))) => classify(&inv.name, limits.timeout_ms, e),
-                    Err(join) => ApiError::internal(format!("guest task failed: {join}")),
-                })
-            }
-            Err(_elapsed) => {
-                // The task stops at the same deadline; its output is kept when it does.
-                flush.finish_after(task).await;
-                Err(ApiError::timeout(&inv.name, limits.timeout_ms))
-            }
+            Ok(Ok(Err(code))) => Err(ApiError::guest_error(&inv.name, format!("{code:?}"))),
+            Ok(Err(_dropped)) => Err(match task.await {
+                Ok(Ok(())) => ApiError::no_response(&inv.name),
+                Ok(Err(Failure::Deadline)) => ApiError::timeout(&inv.name, limits.timeout_ms),
+                Ok(Err(Failure::Wasm(e))) => classify(&inv.name, limits.timeout_ms, e),
+                Err(join) => ApiError::internal(format!("guest task failed: {join}")),
+            }),
+            // The task stops at the same deadline on its own.
+            Err(_elapsed) => Err(ApiError::timeout(&inv.name, limits.timeout_ms)),
         }
     }
 }
@@ -165,29 +145,6 @@ fn classify(name: &str, timeout_ms: u64, e: wasmtime::Error) -> ApiError {
 }
 
 /// Moves a request's captured output into the function's log buffer.
-struct LogFlush<'a> {
-    stdout: Capture,
-    stderr: Capture,
-    inv: &'a Invocation,
-}
-
-impl LogFlush<'_> {
-    fn finish(&self) {
-        append_logs(
-            &self.inv.logs,
-            &self.inv.version,
-            &self.inv.request_id,
-            &self.stdout,
-            &self.stderr,
-        );
-    }
-
-    async fn finish_after<T>(&self, task: tokio::task::JoinHandle<T>) {
-        let _ = task.await;
-        self.finish();
-    }
-}
-
 fn append_logs(
     logs: &LogBuffer,
     version: &str,
@@ -195,6 +152,10 @@ fn append_logs(
     stdout: &Capture,
     stderr: &Capture,
 ) {
+    let (out, err) = (stdout.take_lines(), stderr.take_lines());
+    if out.is_empty() && err.is_empty() {
+        return;
+    }
     let time = crate::time::now_rfc3339();
     let lines = [("stdout", stdout), ("stderr", stderr)]
         .into_iter()

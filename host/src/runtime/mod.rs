@@ -172,6 +172,10 @@ fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
             .table_keep_resident(1 << 20)
             .async_stack_keep_resident(1 << 20);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    } else {
+        // On-demand instances reserve only what a function may use, so a node under an
+        // address-space limit can still run a few of them.
+        c.memory_reservation(config.ceilings.memory);
     }
     c
 }
