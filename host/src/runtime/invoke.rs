@@ -157,11 +157,11 @@ fn append_logs(
         return;
     }
     let time = crate::time::now_rfc3339();
-    let lines = [("stdout", stdout), ("stderr", stderr)]
+    let lines = [("stdout", out), ("stderr", err)]
         .into_iter()
-        .flat_map(|(stream, c)| {
+        .flat_map(|(stream, lines)| {
             let time = time.clone();
-            c.take_lines().into_iter().map(move |line| LogLine {
+            lines.into_iter().map(move |line| LogLine {
                 time: time.clone(),
                 version: version.to_string(),
                 request_id: request_id.to_string(),
