@@ -179,3 +179,29 @@ fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_header;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(check_header(b"").unwrap_err().contains("empty"));
+        assert!(
+            check_header(b"hello world, not wasm")
+                .unwrap_err()
+                .contains("not a WebAssembly binary")
+        );
+        assert!(
+            check_header(b"\0asm\x01\0\0\0")
+                .unwrap_err()
+                .contains("core WebAssembly module")
+        );
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+        assert!(
+            check_header(b"\0asm\x02\0\0\0")
+                .unwrap_err()
+                .contains("unsupported")
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Integration tests: start the real `tensorlet` binary and talk HTTP to it.
+//!
+//! Every test starts its own node (`tensorlet serve --listen 127.0.0.1:0`) on a fresh data dir
+//! under `$TMPDIR/tensorlet-tests/`, deploys guest fixtures from `tests/fixtures` (built once per
+//! test run for `wasm32-wasip2`, see `support::fixture`) and checks the behaviour that README.md
+//! promises: routes, status codes, error JSON, CLI output, persistence and limits.
+//!
+//! Run: `cargo test -p tensorlet --test integration`.
+
+mod support;
+
+mod hostile;
+mod lifecycle;
+mod limits;
+mod ops;
+mod persistence;
+mod uploads;
