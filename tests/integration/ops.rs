@@ -276,3 +276,24 @@ fn bad_config_is_refused_at_startup() {
         "stderr should name the bad key: {stderr}"
     );
 }
+
+/// Where the pooling allocator cannot reserve its address space (here a `ulimit -v` of 16 GiB,
+/// far below the ~4 TiB its 1,000 slots reserve), the node falls back to on-demand instances,
+/// says so, and still gives every request a fresh instance.
+#[test]
+fn falls_back_to_on_demand_instances_without_address_space() {
+    let dir = TestDir::new();
+    let node = Node::start_with_address_space_limit(&dir.data(), 16 * 1024 * 1024);
+    node.deploy_ok("hello", "hello-plain", "");
+    for _ in 0..5 {
+        let r = node.get("/fn/hello");
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!(r.text(), "hello");
+    }
+    // stderr is drained by a reader thread: wait for the line rather than race it.
+    wait_for("the fallback to be logged", || {
+        node.stderr_text()
+            .contains("pooling allocator unavailable")
+            .then_some(())
+    });
+}

@@ -254,6 +254,22 @@ impl Node {
             std::fs::write(&config, toml).expect("write node config");
             cmd.arg("--config").arg(config);
         }
+        Node::spawn(cmd, data_dir)
+    }
+
+    /// Like [`Node::start`], but under `ulimit -v` of `limit_kib`, which leaves too little address
+    /// space for the pooling allocator's reservation.
+    pub fn start_with_address_space_limit(data_dir: &Path, limit_kib: u64) -> Node {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -v {limit_kib} && exec \"$0\" \"$@\""))
+            .arg(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        Node::spawn(cmd, data_dir)
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path) -> Node {
         cmd.env(HOST_SECRET_VAR, "host-only-value")
             .env_remove("TENSORLET_NODE")
             .stdin(Stdio::null())
