@@ -2,6 +2,7 @@
 //! head handed back through a oneshot, the body streamed while the guest keeps running, and every
 //! way a guest can fail turned into one [`ApiError`].
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -111,8 +112,10 @@ impl Runtime {
 
         match tokio::time::timeout_at(deadline.into(), receiver).await {
             Ok(Ok(Ok(resp))) => {
-                let cap = limits.max_response_body;
-                Ok(resp.map(|b| ResponseBody::new(b, cap)))
+                let (parts, body) = resp.into_parts();
+                let mut body = ResponseBody::new(body, limits.max_response_body);
+                body.prefetch(deadline).await;
+                Ok(http::Response::from_parts(parts, body))
             }
             Ok(Ok(Err(code))) => Err(ApiError::guest_error(&inv.name, format!("{code:?}"))),
             Ok(Err(_dropped)) => Err(match task.await {
@@ -176,14 +179,62 @@ fn append_logs(
 pub struct ResponseBody {
     inner: HyperOutgoingBody,
     remaining: u64,
+    /// Frames already taken from `inner` by [`ResponseBody::prefetch`].
+    ready: VecDeque<Result<Frame<Bytes>, BoxError>>,
+    finished: bool,
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     fn new(inner: HyperOutgoingBody, cap: u64) -> Self {
         Self {
             inner,
             remaining: cap,
+            ready: VecDeque::new(),
+            finished: false,
         }
+    }
+
+    /// Waits (until `deadline`) for the first body frame and takes whatever follows it without
+    /// waiting. hyper writes the head as soon as the body has nothing ready; with the first frame
+    /// (and, for a small response, the end) already here, head and body leave in one write.
+    async fn prefetch(&mut self, deadline: Instant) {
+        let first = std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_frame(cx));
+        match tokio::time::timeout_at(deadline.into(), first).await {
+            Ok(Some(frame)) => {
+                let frame = self.admit(frame);
+                self.ready.push_back(frame);
+            }
+            Ok(None) => self.finished = true,
+            Err(_elapsed) => return,
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self.inner).poll_frame(&mut cx) {
+            Poll::Ready(Some(frame)) => {
+                let frame = self.admit(frame);
+                self.ready.push_back(frame);
+            }
+            Poll::Ready(None) => self.finished = true,
+            Poll::Pending => {}
+        }
+    }
+
+    /// Counts a frame against the cap.
+    fn admit(
+        &mut self,
+        frame: Result<Frame<Bytes>, wasmtime_wasi_http::Error>,
+    ) -> Result<Frame<Bytes>, BoxError> {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > self.remaining {
+                self.remaining = 0;
+                return Err(Box::new(ResponseTooLarge));
+            }
+            self.remaining -= len;
+        }
+        Ok(frame)
     }
 }
 
@@ -194,35 +245,53 @@ pub struct ResponseTooLarge;
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        if let Some(data) = frame.data_ref() {
-            let len = data.len() as u64;
-            if len > self.remaining {
-                self.remaining = 0;
-                return Poll::Ready(Some(Err(Box::new(ResponseTooLarge))));
-            }
-            self.remaining -= len;
+        if let Some(frame) = self.ready.pop_front() {
+            return Poll::Ready(Some(frame));
         }
-        Poll::Ready(Some(Ok(frame)))
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(self.admit(frame))),
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ready.is_empty() && (self.finished || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // Prefetched bytes are part of the body: with them the hint stays exact, which lets
+        // hyper send a Content-Length instead of chunked framing for a finished small body.
+        let ready: u64 = self
+            .ready
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = if self.finished {
+            Some(0)
+        } else {
+            self.inner.size_hint().exact()
+        };
+        match rest {
+            Some(n) => SizeHint::with_exact(n + ready),
+            None => {
+                let mut hint = SizeHint::default();
+                hint.set_lower(ready);
+                hint
+            }
+        }
     }
 }
 
