@@ -56,9 +56,20 @@ impl Capture {
     }
 }
 
+/// Shortens a line and escapes control characters, so guest output cannot drive the terminal
+/// of whoever reads `tensorlet logs`.
 fn truncate(line: &str, max: usize) -> String {
+    let mut clean = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            clean.extend(c.escape_default());
+        } else {
+            clean.push(c);
+        }
+    }
+    let line = clean;
     if line.len() <= max {
-        return line.to_string();
+        return line;
     }
     let mut end = max;
     while !line.is_char_boundary(end) {
@@ -178,6 +189,8 @@ mod tests {
         assert_eq!(lines[1], "two");
         assert!(lines.last().unwrap().contains("8 more bytes"));
         assert!(c.take_lines().is_empty());
+        c.append(b"\x1b[31mred\x07\tok\r\n");
+        assert_eq!(c.take_lines(), vec!["\\u{1b}[31mred\\u{7}\tok"]);
     }
 
     #[test]
