@@ -114,7 +114,9 @@ struct DeployArgs {
 impl Cli {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+        // `serve` runs requests on the worker threads of `server::run_workers`; this runtime
+        // only waits for signals or runs one client command.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(async move {
@@ -165,24 +167,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "node ready"
     );
-    let listener =
-        crate::server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let listeners = crate::server::bind(config.listen, workers)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listeners[0].local_addr()?;
     let node = Arc::new(Node::new(Arc::clone(&config), registry, runtime, metrics));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = crate::server::run_workers(
+        listeners,
+        node,
+        stopped,
+        config.shutdown_grace,
+        config.max_connections,
+    )?;
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
     }
-    crate::server::serve(
-        listener,
-        node,
-        shutdown_signal(),
-        config.shutdown_grace,
-        config.max_connections,
-    )
-    .await;
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -15,17 +15,68 @@ use tokio::sync::Semaphore;
 
 use crate::service::Node;
 
-/// Binds `addr` with SO_REUSEADDR (so a restarted node can rebind while old connections sit in
-/// TIME_WAIT) and a deep accept backlog for bursts.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+/// Binds `count` listeners to one address with SO_REUSEPORT, one per worker thread; the kernel
+/// spreads connections over them. A plain bind first makes an address that is already in use
+/// (by anyone, including another node) an error rather than a silent share, and turns port 0
+/// into the one real port all listeners use.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    (0..count.max(1))
+        .map(|_| {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // SO_REUSEADDR: a restarted node can rebind while old connections sit in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)?.into_std()
+        })
+        .collect()
+}
+
+/// Runs one single-threaded runtime per listener, each on its own thread. A request then lives
+/// on one thread from accept to response (connection, guest and body tasks alike), with no
+/// cross-thread wake-ups on the hot path. Returns when every worker has drained and stopped.
+pub fn run_workers(
+    listeners: Vec<std::net::TcpListener>,
+    node: Arc<Node>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+    max_connections: usize,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let per_worker = (max_connections / listeners.len().max(1)).max(1);
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let node = Arc::clone(&node);
+            let mut stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("tensorlet-worker-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => return tracing::error!("worker {i} cannot start: {e}"),
+                    };
+                    rt.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => return tracing::error!("worker {i} cannot listen: {e}"),
+                        };
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|stopped| *stopped).await;
+                        };
+                        serve(listener, node, shutdown, grace, per_worker).await;
+                    });
+                })
+        })
+        .collect()
 }
 
 /// Serves until `shutdown` resolves, then drains connections for at most `grace`.
