@@ -53,7 +53,7 @@ for round in $(seq 1 "$ROUNDS"); do
     t0=$(cpu_ticks $PID)
     out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency "$URL")
     t1=$(cpu_ticks $PID)
-    kill -INT $PID; wait $PID 2>/dev/null || true
+    kill -TERM $PID; wait $PID 2>/dev/null || true
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(echo "$out" | awk '$1=="50%" {print $2}')
@@ -66,8 +66,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 echo
-awk -F'\t' '{a[$1]=a[$1]" "$3} END {
-  for (s in a) { n=split(a[s], v, " "); asort(v); med[s]=v[int((n+1)/2)] }
-  printf "median req/s: native %s, wasmtime serve %s, tensorlet %s\n", med["native"], med["wasmtime"], med["tensorlet"]
-  printf "tensorlet / wasmtime serve = %.2fx, tensorlet / native = %.2f\n", med["tensorlet"]/med["wasmtime"], med["tensorlet"]/med["native"]
-}' "$RESULTS"
+median() { awk -F'\t' -v s="$1" '$1==s {print $3}' "$RESULTS" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+N=$(median native); WT=$(median wasmtime); T=$(median tensorlet)
+echo "median req/s: native $N, wasmtime serve $WT, tensorlet $T"
+awk -v n="$N" -v w="$WT" -v t="$T" 'BEGIN {printf "tensorlet / wasmtime serve = %.2fx, tensorlet / native = %.2f\n", t/w, t/n}'

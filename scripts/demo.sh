@@ -12,7 +12,7 @@ BIN=target/release/tensorlet
 
 $BIN serve --listen "$ADDR" --data-dir ./tensorlet-data > target/demo-node.out &
 NODE=$!
-trap 'kill -INT $NODE 2>/dev/null; wait $NODE' EXIT INT TERM
+trap 'kill -TERM $NODE 2>/dev/null; wait $NODE' EXIT INT TERM
 # Wait for the node's "listening on" line (it prints it once it accepts connections).
 for _ in $(seq 1 300); do
   grep -q '^listening on' target/demo-node.out 2>/dev/null && break
