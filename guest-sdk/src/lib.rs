@@ -4,7 +4,8 @@
 //! This crate owns the boring part of that contract: it turns the host's `wasi:http`
 //! incoming-request into an [`http::Request`] (method, path and query, every header, the whole
 //! body), calls your function, and writes whatever it returns back as the response. It does not
-//! route, parse JSON or talk to models; your function does what it likes with the request.
+//! route or parse JSON; your function does what it likes with the request. To run models the
+//! node provides, use [`nn`] (the host's `wasi:nn`).
 //!
 //! Each request runs in a fresh instance, so a handler can keep no state between requests.
 //!
@@ -58,6 +59,7 @@
 #![deny(missing_docs)]
 
 mod http;
+pub mod nn;
 
 pub use crate::http::{IntoResponse, Request, Response};
 pub use ::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::client::{AdminClient, encode};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::nn::{ModelSet, Onnx};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::service::Node;
@@ -42,6 +43,31 @@ enum Command {
     Delete(NameArgs),
     /// Show a function's recent stdout/stderr.
     Logs(NameArgs),
+    /// Manage ONNX models that functions load through wasi:nn.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Add an ONNX model (a new version if the name exists) and make it live.
+    Add(ModelAddArgs),
+    /// List models.
+    List(NodeArgs),
+    /// List a model's versions, newest first, with its inputs and outputs.
+    Versions(NameArgs),
+    /// Remove a model (refused while a live function version may use it).
+    Rm(NameArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelAddArgs {
+    /// Model name (a-z, 0-9, '-'); functions load it by this name.
+    name: String,
+    /// The .onnx file.
+    file: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +133,9 @@ struct DeployArgs {
     /// Environment variable for the guest, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// A model the function may load with wasi:nn load-by-name (repeatable).
+    #[arg(long = "model", value_name = "NAME")]
+    models: Vec<String>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -140,6 +169,7 @@ impl Cli {
                     Ok(())
                 }
                 Command::Logs(a) => logs(a).await,
+                Command::Model(m) => model(m).await,
             }
         })
     }
@@ -152,12 +182,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.data_dir,
     )?);
     let metrics = Arc::new(Metrics::default());
-    let runtime = Arc::new(Runtime::new(&config)?);
+    let onnx = match &config.onnxruntime {
+        Some(path) => match Onnx::load(path) {
+            Ok(onnx) => {
+                tracing::info!(library = %path.display(), "ONNX Runtime loaded; wasi:nn is available");
+                Some(Arc::new(onnx))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{e:#}; wasi:nn calls will fail, functions without it work as usual"
+                );
+                None
+            }
+        },
+        None => {
+            tracing::warn!(
+                "no ONNX Runtime found (set ORT_DYLIB_PATH or `onnxruntime` in the config, or run \
+                 scripts/fetch-onnxruntime.sh); wasi:nn calls will fail, functions without it work as usual"
+            );
+            None
+        }
+    };
+    let models = Arc::new(ModelSet::default());
+    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&models), onnx.is_some())?);
     let registry = Arc::new(
         Registry::open(
             Arc::clone(&config),
             Arc::clone(&runtime),
             Arc::clone(&metrics),
+            onnx,
+            models,
         )
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
     );
@@ -230,6 +284,9 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     for e in &a.env {
         anyhow::ensure!(e.contains('='), "--env `{e}` is not KEY=VALUE");
         query.push(format!("env={}", encode(e)));
+    }
+    for m in &a.models {
+        query.push(format!("model={}", encode(m)));
     }
     let client = AdminClient::new(&a.node.node)?;
     let path = format!("functions/{}/versions?{}", encode(&a.name), query.join("&"));
@@ -305,6 +362,78 @@ async fn logs(a: NameArgs) -> anyhow::Result<()> {
             s(&l["stream"]),
             s(&l["line"])
         );
+    }
+    Ok(())
+}
+
+async fn model(command: ModelCommand) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Add(a) => {
+            let bytes =
+                std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+            let path = format!("models/{}/versions", encode(&a.name));
+            let v = AdminClient::new(&a.node.node)?
+                .call(
+                    Method::POST,
+                    &path,
+                    Bytes::from(bytes),
+                    "application/octet-stream",
+                )
+                .await?;
+            println!("{}", s(&v["version"]));
+        }
+        ModelCommand::List(node) => {
+            let v = AdminClient::new(&node.node)?
+                .call(Method::GET, "models", Bytes::new(), "application/json")
+                .await?;
+            println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
+            for m in v["models"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<14} {:>8}  {}",
+                    s(&m["name"]),
+                    s(&m["live"]),
+                    m["versions"],
+                    s(&m["updated_at"])
+                );
+            }
+        }
+        ModelCommand::Versions(a) => {
+            let path = format!("models/{}/versions", encode(&a.name));
+            let v = AdminClient::new(&a.node.node)?
+                .call(Method::GET, &path, Bytes::new(), "application/json")
+                .await?;
+            println!("{:<14} {:<22} {:>10}  LIVE", "VERSION", "CREATED", "SIZE");
+            for ver in v["versions"].as_array().into_iter().flatten() {
+                let live = if ver["live"].as_bool() == Some(true) {
+                    "*"
+                } else {
+                    ""
+                };
+                println!(
+                    "{:<14} {:<22} {:>10}  {live}",
+                    s(&ver["version"]),
+                    s(&ver["created_at"]),
+                    ver["size"]
+                );
+            }
+            for (kind, key) in [("input", "inputs"), ("output", "outputs")] {
+                for io in v[key].as_array().into_iter().flatten() {
+                    println!(
+                        "{kind} {} {} {}",
+                        s(&io["name"]),
+                        s(&io["type"]),
+                        io["dims"]
+                    );
+                }
+            }
+        }
+        ModelCommand::Rm(a) => {
+            let path = format!("models/{}", encode(&a.name));
+            AdminClient::new(&a.node.node)?
+                .call(Method::DELETE, &path, Bytes::new(), "application/json")
+                .await?;
+            println!("removed model {}", a.name);
+        }
     }
     Ok(())
 }

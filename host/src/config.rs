@@ -23,6 +23,12 @@ pub struct Config {
     pub max_versions: usize,
     /// Open client connections at once; further clients wait in the accept backlog.
     pub max_connections: usize,
+    /// ONNX Runtime library to load (`libonnxruntime.so`), if any was found.
+    pub onnxruntime: Option<PathBuf>,
+    /// Largest model upload accepted.
+    pub max_model_size: u64,
+    /// ONNX Runtime sessions per model: how many inferences of one model run at once.
+    pub model_sessions: usize,
     /// Limits a deploy gets when it does not name them.
     pub defaults: FunctionLimits,
     /// Upper bounds for any deploy's limits.
@@ -77,6 +83,9 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     max_versions: Option<usize>,
     max_connections: Option<usize>,
+    onnxruntime: Option<PathBuf>,
+    max_model_size: Option<String>,
+    model_sessions: Option<usize>,
     #[serde(default)]
     defaults: FileDefaults,
     #[serde(default)]
@@ -167,6 +176,10 @@ impl Config {
                 .context("shutdown_grace")?,
             max_versions: f.max_versions.unwrap_or(20),
             max_connections: f.max_connections.unwrap_or(10_000),
+            onnxruntime: f.onnxruntime.or_else(default_onnxruntime),
+            max_model_size: opt(&f.max_model_size, parse_size, 1 << 30)
+                .context("max_model_size")?,
+            model_sessions: f.model_sessions.unwrap_or(2).max(1),
             defaults,
             ceilings,
         };
@@ -210,6 +223,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Where to find ONNX Runtime when the config does not say: `ORT_DYLIB_PATH`, else where
+/// `scripts/fetch-onnxruntime.sh` puts it.
+fn default_onnxruntime() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Some(PathBuf::from(path));
+    }
+    let fetched = PathBuf::from(".cache/onnxruntime/libonnxruntime.so.1.31.1");
+    fetched.exists().then_some(fetched)
 }
 
 fn opt<T>(

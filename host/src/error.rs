@@ -57,6 +57,36 @@ impl ApiError {
         )
     }
 
+    /// 404: no such model.
+    pub fn model_not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "no model named `{name}` on this node: add it with `tensorlet model add {name} FILE.onnx`"
+            ),
+        )
+    }
+
+    /// 400: the uploaded model cannot be loaded.
+    pub fn invalid_model(name: &str, reason: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_model",
+            format!("model `{name}` cannot be loaded by ONNX Runtime: {reason}"),
+        )
+    }
+
+    /// 503: this node has no ONNX Runtime.
+    pub fn onnx_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "onnx_unavailable",
+            "this node has no ONNX Runtime loaded: run scripts/fetch-onnxruntime.sh and restart the node \
+             with ORT_DYLIB_PATH (or `onnxruntime` in its config) pointing at libonnxruntime.so",
+        )
+    }
+
     /// 404: nothing is routed at this path.
     pub fn not_found(path: &str) -> Self {
         Self::new(

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod nn;
 pub mod registry;
 pub mod runtime;
 pub mod server;

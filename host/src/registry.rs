@@ -14,8 +14,9 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, FunctionLimits};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::nn::{Model, ModelSet, Onnx};
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
-use crate::store::{self, FunctionRecord, Meta, Store, VersionRecord};
+use crate::store::{self, FunctionRecord, Meta, ModelRecord, ModelVersion, Store, VersionRecord};
 use crate::time::now_rfc3339;
 
 /// One version of one function, ready to serve requests.
@@ -38,6 +39,8 @@ pub struct Deployed {
     pub logs: Arc<LogBuffer>,
     /// Metrics of the function.
     pub metrics: Arc<FunctionMetrics>,
+    /// Models the function may load by name.
+    pub models: Arc<[String]>,
 }
 
 type LiveMap = HashMap<String, Arc<Deployed>>;
@@ -48,6 +51,8 @@ struct AdminState {
     /// Compiled components by digest (shared between functions deploying the same bytes).
     compiled: HashMap<String, Prepared>,
     logs: HashMap<String, Arc<LogBuffer>>,
+    /// Loaded models by `name@digest`.
+    loaded_models: HashMap<String, Arc<Model>>,
 }
 
 /// The node's functions.
@@ -58,6 +63,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     live: RwLock<Arc<LiveMap>>,
     admin: tokio::sync::Mutex<AdminState>,
+    onnx: Option<Arc<Onnx>>,
+    models: Arc<ModelSet>,
 }
 
 /// Whether a deploy created a new version.
@@ -75,6 +82,8 @@ impl Registry {
         config: Arc<Config>,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
+        onnx: Option<Arc<Onnx>>,
+        models: Arc<ModelSet>,
     ) -> anyhow::Result<Registry> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let mut meta = store.load_meta()?;
@@ -103,12 +112,24 @@ impl Registry {
             }
             ok
         });
-        let referenced: HashSet<&str> = meta
-            .functions
-            .values()
-            .flat_map(|f| f.versions.iter().map(|v| v.digest.as_str()))
-            .collect();
-        store.collect_garbage(&referenced);
+        store.collect_garbage(&referenced(&meta));
+        let mut loaded_models = HashMap::new();
+        for (name, m) in &meta.models {
+            let Some(onnx) = &onnx else {
+                tracing::warn!(model = %name, "ONNX Runtime is not loaded; model not served");
+                continue;
+            };
+            let loaded = store.read_blob(&m.live).and_then(|bytes| {
+                onnx.model(name, &bytes, config.model_sessions)
+                    .map_err(anyhow::Error::msg)
+            });
+            match loaded {
+                Ok(model) => {
+                    loaded_models.insert(format!("{name}@{}", m.live), Arc::new(model));
+                }
+                Err(e) => tracing::error!(model = %name, "cannot load model: {e:#}"),
+            }
+        }
         let registry = Registry {
             config,
             runtime,
@@ -119,13 +140,17 @@ impl Registry {
                 meta,
                 compiled,
                 logs: HashMap::new(),
+                loaded_models,
             }),
+            onnx,
+            models,
         };
         let mut state = registry
             .admin
             .try_lock()
             .expect("new registry is not shared yet");
         registry.publish(&mut state);
+        registry.publish_models(&state);
         drop(state);
         Ok(registry)
     }
@@ -156,9 +181,20 @@ impl Registry {
         bytes: Bytes,
         limits: FunctionLimits,
         env: BTreeMap<String, String>,
+        mut models: Vec<String>,
     ) -> Result<Deploy, ApiError> {
         let digest = store::digest(&bytes);
-        if let Some(existing) = self.existing(name, &digest, &limits, &env).await? {
+        models.sort();
+        models.dedup();
+        {
+            let state = self.admin.lock().await;
+            if let Some(missing) = models.iter().find(|m| !state.meta.models.contains_key(*m)) {
+                return Err(ApiError::invalid_request(format!(
+                    "no model named `{missing}` on this node: add it first with `tensorlet model add {missing} FILE.onnx`"
+                )));
+            }
+        }
+        if let Some(existing) = self.existing(name, &digest, &limits, &env, &models).await? {
             return Ok(existing);
         }
         let compiled = self.admin.lock().await.compiled.get(&digest).cloned();
@@ -197,7 +233,7 @@ impl Registry {
         let mut state = self.admin.lock().await;
         // Another deploy may have raced us while we compiled.
         if let Some(existing) = self
-            .existing_locked(&mut state, name, &digest, &limits, &env)
+            .existing_locked(&mut state, name, &digest, &limits, &env, &models)
             .await?
         {
             return Ok(existing);
@@ -208,6 +244,7 @@ impl Registry {
             size: bytes.len() as u64,
             limits,
             env,
+            models,
         };
         let mut meta = state.meta.clone();
         let f = meta
@@ -251,9 +288,10 @@ impl Registry {
         digest: &str,
         limits: &FunctionLimits,
         env: &BTreeMap<String, String>,
+        models: &[String],
     ) -> Result<Option<Deploy>, ApiError> {
         let mut state = self.admin.lock().await;
-        self.existing_locked(&mut state, name, digest, limits, env)
+        self.existing_locked(&mut state, name, digest, limits, env, models)
             .await
     }
 
@@ -265,6 +303,7 @@ impl Registry {
         digest: &str,
         limits: &FunctionLimits,
         env: &BTreeMap<String, String>,
+        models: &[String],
     ) -> Result<Option<Deploy>, ApiError> {
         let Some(v) = state
             .meta
@@ -274,7 +313,7 @@ impl Registry {
         else {
             return Ok(None);
         };
-        if &v.limits != limits || &v.env != env {
+        if &v.limits != limits || &v.env != env || v.models != models {
             return Err(ApiError::version_conflict(format!(
                 "function `{name}` already has version {} with different settings, and versions never change: \
                  deploy it with the same settings, or change the component",
@@ -419,6 +458,217 @@ impl Registry {
             .map_err(|e| ApiError::internal(format!("cannot save metadata: {e}")))
     }
 
+    /// Checks, stores and makes live a new version of a model.
+    pub async fn add_model(&self, name: &str, bytes: Bytes) -> Result<Deploy, ApiError> {
+        let Some(onnx) = self.onnx.clone() else {
+            return Err(ApiError::onnx_unavailable());
+        };
+        let digest = store::digest(&bytes);
+        {
+            let mut state = self.admin.lock().await;
+            if let Some(v) = state
+                .meta
+                .models
+                .get(name)
+                .and_then(|m| m.versions.iter().find(|v| v.digest == digest))
+            {
+                let v = v.clone();
+                self.set_model_live(&mut state, name, &digest).await?;
+                return Ok(Deploy::Existing(model_version_json(&v, true)));
+            }
+        }
+        // Building sessions parses and optimises the model: CPU-bound, off the async workers.
+        let sessions = self.config.model_sessions;
+        let (n, b) = (name.to_string(), bytes.clone());
+        let model = tokio::task::spawn_blocking(move || onnx.model(&n, &b, sessions))
+            .await
+            .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
+            .map_err(|e| ApiError::invalid_model(name, e))?;
+        let mut state = self.admin.lock().await;
+        let record = ModelVersion {
+            digest: digest.clone(),
+            created_at: now_rfc3339(),
+            size: bytes.len() as u64,
+        };
+        let mut meta = state.meta.clone();
+        let m = meta
+            .models
+            .entry(name.to_string())
+            .or_insert_with(|| ModelRecord {
+                live: digest.clone(),
+                updated_at: String::new(),
+                versions: Vec::new(),
+            });
+        if !m.versions.iter().any(|v| v.digest == digest) {
+            m.versions.push(record.clone());
+        }
+        m.live = digest.clone();
+        m.updated_at = record.created_at.clone();
+        while m.versions.len() > self.config.max_versions {
+            let Some(oldest) = m.versions.iter().position(|v| v.digest != m.live) else {
+                break;
+            };
+            m.versions.remove(oldest);
+        }
+        let store = Arc::clone(&self.store);
+        let (d, to_save) = (digest.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || {
+            store.put_blob(&d, &bytes)?;
+            store.save_meta(&to_save)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("cannot store the model: {e}")))?;
+        state.meta = meta;
+        state
+            .loaded_models
+            .insert(format!("{name}@{digest}"), Arc::new(model));
+        self.publish_models(&state);
+        self.collect_garbage(&mut state);
+        tracing::info!(
+            model = name,
+            version = store::short_id(&digest),
+            "model added"
+        );
+        Ok(Deploy::Created(model_version_json(&record, true)))
+    }
+
+    async fn set_model_live(
+        &self,
+        state: &mut AdminState,
+        name: &str,
+        digest: &str,
+    ) -> Result<(), ApiError> {
+        let mut meta = state.meta.clone();
+        let Some(m) = meta.models.get_mut(name) else {
+            return Err(ApiError::model_not_found(name));
+        };
+        if m.live == digest {
+            return Ok(());
+        }
+        m.live = digest.to_string();
+        m.updated_at = now_rfc3339();
+        let key = format!("{name}@{digest}");
+        if let std::collections::hash_map::Entry::Vacant(slot) = state.loaded_models.entry(key) {
+            let onnx = self.onnx.clone().ok_or_else(ApiError::onnx_unavailable)?;
+            let bytes = self
+                .store
+                .read_blob(digest)
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            let model = onnx
+                .model(name, &bytes, self.config.model_sessions)
+                .map_err(|e| ApiError::invalid_model(name, e))?;
+            slot.insert(Arc::new(model));
+        }
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish_models(state);
+        Ok(())
+    }
+
+    /// Every model with its live version.
+    pub async fn list_models(&self) -> Value {
+        let state = self.admin.lock().await;
+        let models: Vec<Value> = state
+            .meta
+            .models
+            .iter()
+            .map(|(name, m)| {
+                let loaded = state
+                    .loaded_models
+                    .contains_key(&format!("{name}@{}", m.live));
+                json!({
+                    "name": name,
+                    "live": store::short_id(&m.live),
+                    "versions": m.versions.len(),
+                    "updated_at": m.updated_at,
+                    "loaded": loaded,
+                })
+            })
+            .collect();
+        json!({ "models": models })
+    }
+
+    /// One model with its versions, newest first, and its declared inputs and outputs.
+    pub async fn get_model(&self, name: &str) -> Result<Value, ApiError> {
+        let state = self.admin.lock().await;
+        let m = state
+            .meta
+            .models
+            .get(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let versions: Vec<Value> = m
+            .versions
+            .iter()
+            .rev()
+            .map(|v| model_version_json(v, v.digest == m.live))
+            .collect();
+        let slots = |s: &[crate::nn::onnx::Slot]| -> Vec<Value> {
+            s.iter()
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "type": s.ty.map(crate::nn::tensor::type_name).unwrap_or("unsupported"),
+                        "dims": s.dims,
+                    })
+                })
+                .collect()
+        };
+        let (inputs, outputs) = match state.loaded_models.get(&format!("{name}@{}", m.live)) {
+            Some(model) => (slots(model.inputs()), slots(model.outputs())),
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(
+            json!({ "name": name, "live": store::short_id(&m.live), "versions": versions, "inputs": inputs, "outputs": outputs }),
+        )
+    }
+
+    /// Removes a model, unless a live function version may use it.
+    pub async fn remove_model(&self, name: &str) -> Result<Value, ApiError> {
+        let mut state = self.admin.lock().await;
+        if !state.meta.models.contains_key(name) {
+            return Err(ApiError::model_not_found(name));
+        }
+        let users: Vec<&String> = state
+            .meta
+            .functions
+            .iter()
+            .filter(|(_, f)| {
+                f.versions
+                    .iter()
+                    .any(|v| v.digest == f.live && v.models.iter().any(|m| m == name))
+            })
+            .map(|(n, _)| n)
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::version_conflict(format!(
+                "model `{name}` is used by the live version of {users:?}: redeploy or delete those functions first"
+            )));
+        }
+        let mut meta = state.meta.clone();
+        meta.models.remove(name);
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish_models(&state);
+        self.collect_garbage(&mut state);
+        tracing::info!(model = name, "model removed");
+        Ok(json!({ "name": name, "deleted": true }))
+    }
+
+    /// Swaps in the set of live models.
+    fn publish_models(&self, state: &AdminState) {
+        let set = state
+            .meta
+            .models
+            .iter()
+            .filter_map(|(name, m)| {
+                let model = state.loaded_models.get(&format!("{name}@{}", m.live))?;
+                Some((name.clone(), Arc::clone(model)))
+            })
+            .collect();
+        self.models.replace(set);
+    }
+
     /// Rebuilds the live snapshot from the metadata and swaps it in.
     fn publish(&self, state: &mut AdminState) {
         let current = Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()));
@@ -447,6 +697,7 @@ impl Registry {
                     permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
                     logs,
                     metrics: self.metrics.function(name),
+                    models: v.models.iter().cloned().collect(),
                 }),
             );
         }
@@ -466,6 +717,19 @@ impl Registry {
             .retain(|d, _| referenced.contains(d.as_str()));
         self.store.collect_garbage(&referenced);
     }
+}
+
+/// Every digest the metadata refers to: function versions and model versions.
+fn referenced(meta: &Meta) -> HashSet<&str> {
+    let functions = meta
+        .functions
+        .values()
+        .flat_map(|f| f.versions.iter().map(|v| v.digest.as_str()));
+    let models = meta
+        .models
+        .values()
+        .flat_map(|m| m.versions.iter().map(|v| v.digest.as_str()));
+    functions.chain(models).collect()
 }
 
 /// Finds a version by id, full digest, `sha256:` digest or unique prefix.
@@ -503,6 +767,17 @@ fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Resu
     runtime.prepare(&component).map_err(anyhow::Error::msg)
 }
 
+/// The JSON form of a model version.
+pub fn model_version_json(v: &ModelVersion, live: bool) -> Value {
+    json!({
+        "version": store::short_id(&v.digest),
+        "digest": format!("sha256:{}", v.digest),
+        "created_at": v.created_at,
+        "size": v.size,
+        "live": live,
+    })
+}
+
 /// The JSON form of a version record.
 pub fn version_json(v: &VersionRecord, live: bool) -> Value {
     json!({
@@ -517,5 +792,6 @@ pub fn version_json(v: &VersionRecord, live: bool) -> Value {
         "max_request_body": v.limits.max_request_body,
         "max_response_body": v.limits.max_response_body,
         "env": v.env,
+        "models": v.models,
     })
 }

@@ -238,6 +238,35 @@ impl Node {
                 ))
             }
             (["functions", _, "logs"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["models"] | ["models", ""], &Method::GET) => Ok(json_response(
+                StatusCode::OK,
+                self.registry.list_models().await,
+            )),
+            (["models"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["models", name], m) | (["models", name, "versions"], m) if m == Method::GET => {
+                let name = check_name(name)?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    self.registry.get_model(name).await?,
+                ))
+            }
+            (["models", name], &Method::DELETE) => {
+                let name = check_name(name)?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    self.registry.remove_model(name).await?,
+                ))
+            }
+            (["models", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
+            (["models", name, "versions"], &Method::POST) => {
+                let name = check_name(name)?.to_string();
+                let bytes = read_body(req, self.config.max_model_size).await?;
+                match self.registry.add_model(&name, bytes).await? {
+                    Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, v)),
+                    Deploy::Existing(v) => Ok(json_response(StatusCode::OK, v)),
+                }
+            }
+            (["models", _, "versions"], _) => Err(ApiError::method_not_allowed("GET, POST")),
             _ => Err(ApiError::not_found(req.uri().path())),
         }
     }
@@ -247,7 +276,7 @@ impl Node {
         name: &str,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ApiError> {
-        let (limits, env) = deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
+        let (limits, env, models) = deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
         let bytes = read_body(req, self.config.max_component_size)
             .await
             .map_err(|e| {
@@ -260,7 +289,11 @@ impl Node {
                     e
                 }
             })?;
-        match self.registry.deploy(name, bytes, limits, env).await? {
+        match self
+            .registry
+            .deploy(name, bytes, limits, env, models)
+            .await?
+        {
             Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, v)),
             Deploy::Existing(v) => Ok(json_response(StatusCode::OK, v)),
         }
@@ -276,6 +309,7 @@ fn invocation(f: &Deployed, request_id: &str) -> Invocation {
         env: Arc::clone(&f.env),
         logs: Arc::clone(&f.logs),
         request_id: Arc::from(request_id),
+        models: Arc::clone(&f.models),
     }
 }
 
@@ -366,13 +400,14 @@ fn check_name(name: &str) -> Result<&str, ApiError> {
     }
 }
 
+/// Limits, environment and allowed models of a deploy.
+type DeploySettings = (FunctionLimits, BTreeMap<String, String>, Vec<String>);
+
 /// Parses deploy settings from the query string; unknown parameters are errors.
-fn deploy_settings(
-    config: &Config,
-    query: &str,
-) -> Result<(FunctionLimits, BTreeMap<String, String>), ApiError> {
+fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiError> {
     let mut limits = config.defaults;
     let mut env = BTreeMap::new();
+    let mut models = Vec::new();
     let bad = |k: &str, e: anyhow::Error| ApiError::invalid_request(format!("bad `{k}`: {e:#}"));
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -402,9 +437,10 @@ fn deploy_settings(
                     })?;
                 env.insert(ek.to_string(), ev.to_string());
             }
+            "model" => models.push(check_name(&v)?.to_string()),
             other => {
                 return Err(ApiError::invalid_request(format!(
-                    "unknown deploy parameter `{other}`: use memory, timeout, max_concurrency, max_request_body, max_response_body or env"
+                    "unknown deploy parameter `{other}`: use memory, timeout, max_concurrency, max_request_body, max_response_body, env or model"
                 )));
             }
         }
@@ -412,7 +448,7 @@ fn deploy_settings(
     config
         .check_limits(&limits)
         .map_err(ApiError::invalid_request)?;
-    Ok((limits, env))
+    Ok((limits, env, models))
 }
 
 fn percent_decode(s: &str) -> Result<String, ApiError> {
@@ -549,8 +585,12 @@ mod tests {
     #[test]
     fn deploy_query() {
         let c = Config::from_toml("").unwrap();
-        let (l, env) =
-            deploy_settings(&c, "memory=16MiB&timeout=2s&env=A%3D1&env=B=x%20y").unwrap();
+        let (l, env, models) = deploy_settings(
+            &c,
+            "memory=16MiB&timeout=2s&env=A%3D1&env=B=x%20y&model=mlp",
+        )
+        .unwrap();
+        assert_eq!(models, ["mlp"]);
         assert_eq!(l.memory, 16 << 20);
         assert_eq!(l.timeout_ms, 2000);
         assert_eq!(env["A"], "1");

@@ -31,6 +31,33 @@ pub struct Meta {
     pub format: u32,
     /// Functions by name.
     pub functions: BTreeMap<String, FunctionRecord>,
+    /// ONNX models by name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelRecord>,
+}
+
+/// One model: its versions (oldest first) and which one is live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRecord {
+    /// Hex digest of the live version.
+    pub live: String,
+    /// When `live` last moved.
+    pub updated_at: String,
+    /// Retained versions, oldest first.
+    pub versions: Vec<ModelVersion>,
+}
+
+/// One immutable model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelVersion {
+    /// Lowercase hex sha256 of the model file.
+    pub digest: String,
+    /// When it was added.
+    pub created_at: String,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// One function: its versions (oldest first) and which one is live.
@@ -59,6 +86,9 @@ pub struct VersionRecord {
     pub limits: FunctionLimits,
     /// Environment the guest sees.
     pub env: BTreeMap<String, String>,
+    /// Models the function may load by name.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 impl VersionRecord {

@@ -19,6 +19,7 @@ use super::capture::{Capture, LogBuffer, LogLine};
 use super::{HostState, Prepared, Runtime};
 use crate::config::FunctionLimits;
 use crate::error::ApiError;
+use crate::nn::NnCtx;
 
 /// Everything one invocation needs to know about the function version it runs.
 pub struct Invocation {
@@ -36,6 +37,8 @@ pub struct Invocation {
     pub logs: Arc<LogBuffer>,
     /// Request id, for log lines.
     pub request_id: Arc<str>,
+    /// Models the function may load by name.
+    pub models: Arc<[String]>,
 }
 
 impl Runtime {
@@ -54,7 +57,14 @@ impl Runtime {
     {
         let limits = inv.limits;
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
-        let state = HostState::new(&inv.env, limits.memory as usize, deadline);
+        let nn = NnCtx::new(
+            Arc::clone(&self.models),
+            Arc::clone(&inv.models),
+            Arc::clone(&inv.name),
+            deadline,
+            self.onnx_loaded,
+        );
+        let state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

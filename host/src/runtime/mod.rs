@@ -12,6 +12,7 @@ mod state;
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use wasmtime::component::{Component, Linker};
@@ -25,6 +26,7 @@ pub use invoke::{Invocation, ResponseBody, request_body_error};
 pub use state::HostState;
 
 use crate::config::Config;
+use crate::nn::ModelSet;
 
 /// A compiled, linked, ready-to-instantiate component.
 pub type Prepared = ProxyPre<HostState>;
@@ -35,12 +37,14 @@ pub struct Runtime {
     linker: Linker<HostState>,
     engine_hash: String,
     pooling: bool,
+    models: Arc<ModelSet>,
+    onnx_loaded: bool,
     _ticker: epoch::EpochTicker,
 }
 
 impl Runtime {
     /// Builds the engine (pooling allocator when the address space allows it) and the linker.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, models: Arc<ModelSet>, onnx_loaded: bool) -> anyhow::Result<Self> {
         let (engine, pooling) = match Engine::new(&engine_config(config, true)) {
             Ok(engine) => (engine, true),
             Err(e) => {
@@ -56,6 +60,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(to_anyhow)?;
+        crate::nn::add_to_linker(&mut linker, HostState::nn).map_err(to_anyhow)?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_hash = format!("{:016x}", hasher.finish());
@@ -65,6 +70,8 @@ impl Runtime {
             linker,
             engine_hash,
             pooling,
+            models,
+            onnx_loaded,
             _ticker: ticker,
         })
     }
@@ -92,7 +99,7 @@ impl Runtime {
             format!(
                 "the component needs an import this node does not provide: {}. \
                  A function may import wasi:http, wasi:cli, wasi:io, wasi:clocks, wasi:random, \
-                 wasi:filesystem and wasi:sockets (0.2.x)",
+                 wasi:filesystem, wasi:sockets (0.2.x) and wasi:nn (0.2.0-rc-2024-10-28)",
                 root_cause(&e)
             )
         })?;

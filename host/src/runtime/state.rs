@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::capture::Capture;
+use crate::nn::{NnCtx, NnView};
 
 /// Resources one request may hold in its table (fields, streams, pollables, ...).
 const MAX_RESOURCES: usize = 10_000;
@@ -20,6 +21,7 @@ pub struct HostState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: NoOutbound,
+    nn: NnCtx,
     pub(super) limits: StoreLimits,
     pub(super) deadline: Instant,
     pub(super) stdout: Capture,
@@ -28,7 +30,7 @@ pub struct HostState {
 
 impl HostState {
     /// Fresh state: only the configured environment, no files, no sockets, no outbound HTTP.
-    pub fn new(env: &[(String, String)], memory: usize, deadline: Instant) -> Self {
+    pub fn new(env: &[(String, String)], memory: usize, deadline: Instant, nn: NnCtx) -> Self {
         let stdout = Capture::default();
         let stderr = Capture::default();
         let wasi = WasiCtx::builder()
@@ -53,11 +55,19 @@ impl HostState {
             http: WasiHttpCtx::new(),
             table,
             hooks: NoOutbound,
+            nn,
             limits,
             deadline,
             stdout,
             stderr,
         }
+    }
+}
+
+impl HostState {
+    /// The wasi:nn view of this request's state.
+    pub fn nn(&mut self) -> NnView<'_> {
+        NnView::new(&mut self.nn, &mut self.table)
     }
 }
 

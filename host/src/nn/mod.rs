@@ -1,0 +1,127 @@
+//! Native `wasi:nn` on ONNX Runtime.
+//!
+//! Models are deployed to the node (see [`crate::registry`]) and loaded once into a
+//! [`ModelSet`], shared by every instance. Per request, an [`NnCtx`] carries the models the
+//! function may use; `load-by-name` of anything else is a `security` error that says how to allow
+//! it. Tensors are checked against the model's declared inputs before they reach ONNX Runtime,
+//! and inference runs on the blocking pool, bounded by the request's deadline.
+
+pub mod bindings;
+mod host;
+pub mod onnx;
+pub mod tensor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+use bindings::wasi::nn::errors::ErrorCode;
+pub use onnx::{Model, Onnx};
+
+/// The host side of a `wasi:nn/errors.error` resource.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Failure {
+    /// A failure with a code and a message that says what to do.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Result of wasi:nn host operations.
+pub type NnResult<T> = Result<T, Failure>;
+
+/// The host side of a `wasi:nn/graph.graph` resource.
+pub type GraphHandle = Arc<Model>;
+
+/// The host side of a `wasi:nn/inference.graph-execution-context` resource.
+pub struct ExecutionContext {
+    model: Arc<Model>,
+}
+
+/// Models loaded on this node, by name. Swapped as a whole when models change.
+#[derive(Default)]
+pub struct ModelSet {
+    models: RwLock<Arc<HashMap<String, Arc<Model>>>>,
+}
+
+impl ModelSet {
+    /// The model called `name`, if loaded.
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Replaces the whole set.
+    pub fn replace(&self, models: HashMap<String, Arc<Model>>) {
+        *self.models.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(models);
+    }
+}
+
+/// Per-request wasi:nn state: which models this function may load, and its deadline.
+pub struct NnCtx {
+    models: Arc<ModelSet>,
+    allowed: Arc<[String]>,
+    function: Arc<str>,
+    deadline: Instant,
+    onnx_loaded: bool,
+}
+
+impl NnCtx {
+    /// State for one request of `function`.
+    pub fn new(
+        models: Arc<ModelSet>,
+        allowed: Arc<[String]>,
+        function: Arc<str>,
+        deadline: Instant,
+        onnx_loaded: bool,
+    ) -> Self {
+        Self {
+            models,
+            allowed,
+            function,
+            deadline,
+            onnx_loaded,
+        }
+    }
+}
+
+/// What the generated `Host` traits are implemented for: the context plus the resource table.
+pub struct NnView<'a> {
+    ctx: &'a mut NnCtx,
+    table: &'a mut ResourceTable,
+}
+
+impl<'a> NnView<'a> {
+    /// Borrows the two parts of a store's data.
+    pub fn new(ctx: &'a mut NnCtx, table: &'a mut ResourceTable) -> Self {
+        Self { ctx, table }
+    }
+}
+
+/// Marker for `add_to_linker`.
+pub struct WasiNn;
+
+impl HasData for WasiNn {
+    type Data<'a> = NnView<'a>;
+}
+
+/// Adds the wasi:nn interfaces to a linker.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> NnView<'_>,
+) -> wasmtime::Result<()> {
+    bindings::Ml::add_to_linker::<T, WasiNn>(linker, get)
+}

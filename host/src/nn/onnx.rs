@@ -1,0 +1,320 @@
+//! Models on ONNX Runtime. A [`Model`] is loaded once per node and shared by every instance that
+//! may use it. `Session::run` needs `&mut Session`, so a model holds a small pool of sessions
+//! behind a semaphore: requests run in parallel up to the pool size and wait (bounded by their
+//! deadline) beyond it. Inference always runs on the blocking pool, never on an async worker.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ort::environment::Environment;
+use ort::memory::Allocator;
+use ort::session::Session;
+use ort::value::{DynTensor, DynTensorValueType, DynValue, ValueType};
+
+use super::bindings::wasi::nn::errors::ErrorCode;
+use super::bindings::wasi::nn::tensor::TensorType;
+use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
+use super::{Failure, NnResult};
+
+/// ONNX Runtime, loaded from a shared library at start-up.
+pub struct Onnx {
+    env: Environment,
+}
+
+impl Onnx {
+    /// Loads `libonnxruntime` from `path`; an error (not a panic) when it is missing or broken.
+    pub fn load(path: &Path) -> anyhow::Result<Onnx> {
+        let env = ort::init_from(path)
+            .map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime from {}: {e}", path.display()))?
+            .with_name("tensorlet")
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start ONNX Runtime: {e}"))?;
+        Ok(Onnx { env })
+    }
+
+    /// Builds `sessions` sessions of a model from its bytes and reads its inputs and outputs.
+    pub fn model(&self, name: &str, bytes: &[u8], sessions: usize) -> Result<Model, String> {
+        let mut pool = Vec::with_capacity(sessions);
+        for _ in 0..sessions.max(1) {
+            let session = Session::builder(&self.env)
+                .map_err(|e| e.to_string())?
+                // One intra-op thread, no spinning: on a shared node more threads per session
+                // made latency worse, and concurrency comes from the session pool instead.
+                .with_intra_threads(1)
+                .map_err(|e| e.to_string())?
+                .with_intra_op_spinning(false)
+                .map_err(|e| e.to_string())?
+                .commit_from_memory(bytes)
+                .map_err(|e| format!("not a usable ONNX model: {e}"))?;
+            pool.push(session);
+        }
+        let first = &pool[0];
+        let slots = |outlets: &[ort::value::Outlet]| -> Vec<Slot> {
+            outlets
+                .iter()
+                .map(|o| match o.dtype() {
+                    ValueType::Tensor { ty, shape, .. } => Slot {
+                        name: o.name().to_string(),
+                        ty: tensor::from_ort(*ty),
+                        dims: shape.iter().copied().collect(),
+                    },
+                    _ => Slot {
+                        name: o.name().to_string(),
+                        ty: None,
+                        dims: Vec::new(),
+                    },
+                })
+                .collect()
+        };
+        let (inputs, outputs) = (slots(first.inputs()), slots(first.outputs()));
+        Ok(Model {
+            name: name.to_string(),
+            inputs,
+            outputs,
+            permits: tokio::sync::Semaphore::new(pool.len()),
+            sessions: Mutex::new(pool),
+        })
+    }
+}
+
+/// An input or output as the model declares it.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// Tensor name.
+    pub name: String,
+    /// Element type, `None` when wasi:nn cannot carry it (strings, maps, sequences, ...).
+    pub ty: Option<TensorType>,
+    /// Dimensions; -1 for a dynamic one.
+    pub dims: Vec<i64>,
+}
+
+/// A loaded model with its session pool.
+pub struct Model {
+    name: String,
+    inputs: Vec<Slot>,
+    outputs: Vec<Slot>,
+    permits: tokio::sync::Semaphore,
+    sessions: Mutex<Vec<Session>>,
+}
+
+impl Model {
+    /// The model's name (for messages).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Declared inputs.
+    pub fn inputs(&self) -> &[Slot] {
+        &self.inputs
+    }
+
+    /// Declared outputs.
+    pub fn outputs(&self) -> &[Slot] {
+        &self.outputs
+    }
+
+    /// Checks named inputs against the model's declared inputs: every input given exactly once,
+    /// element types equal, ranks equal, fixed dimensions equal, sizes consistent.
+    pub fn check_inputs(&self, inputs: &[(String, Tensor)]) -> NnResult<()> {
+        let invalid = |m: String| Failure::new(ErrorCode::InvalidArgument, m);
+        let expected: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+        for (i, (name, t)) in inputs.iter().enumerate() {
+            let slot = self
+                .inputs
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "model `{}` has no input `{name}`; its inputs are {expected:?}",
+                        self.name
+                    ))
+                })?;
+            if inputs[..i].iter().any(|(n, _)| n == name) {
+                return Err(invalid(format!("input `{name}` is given twice")));
+            }
+            let Some(ty) = slot.ty else {
+                return Err(Failure::new(
+                    ErrorCode::UnsupportedOperation,
+                    format!(
+                        "input `{name}` of model `{}` is not a numeric tensor; wasi:nn cannot feed it",
+                        self.name
+                    ),
+                ));
+            };
+            if t.ty != ty {
+                return Err(invalid(format!(
+                    "input `{name}` must be {} but is {}",
+                    tensor::type_name(ty),
+                    tensor::type_name(t.ty)
+                )));
+            }
+            let fits = t.dims.len() == slot.dims.len()
+                && t.dims
+                    .iter()
+                    .zip(&slot.dims)
+                    .all(|(d, s)| *s < 0 || i64::from(*d) == *s);
+            if !fits {
+                return Err(invalid(format!(
+                    "input `{name}` has dimensions {:?} but the model expects {:?} (-1 = any)",
+                    t.dims, slot.dims
+                )));
+            }
+            t.check_size()
+                .map_err(|m| invalid(format!("input `{name}`: {m}")))?;
+        }
+        if let Some(missing) = self
+            .inputs
+            .iter()
+            .find(|s| !inputs.iter().any(|(n, _)| *n == s.name))
+        {
+            return Err(invalid(format!(
+                "input `{}` of model `{}` is missing",
+                missing.name, self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the model on checked inputs, waiting for a free session at most until `deadline`.
+    pub async fn run(
+        self: &Arc<Self>,
+        inputs: Vec<(String, Tensor)>,
+        deadline: Instant,
+    ) -> NnResult<(Vec<(String, Tensor)>, Duration)> {
+        self.check_inputs(&inputs)?;
+        let waited = Instant::now();
+        let permit = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
+            .await
+            .map_err(|_| {
+                Failure::new(
+                    ErrorCode::Timeout,
+                    "no session of the model became free before the deadline",
+                )
+            })?
+            .map_err(|_| Failure::new(ErrorCode::RuntimeError, "the model is being unloaded"))?;
+        let wait = waited.elapsed();
+        let model = Arc::clone(self);
+        let job = tokio::task::spawn_blocking(move || {
+            let mut session = model.take_session()?;
+            let result = run_session(&mut session, inputs);
+            model.put_session(session);
+            result
+        });
+        // An inference cannot be interrupted, but the request does not wait past its deadline:
+        // the job finishes in the background and gives its session back.
+        let outcome = tokio::time::timeout_at(deadline.into(), job)
+            .await
+            .map_err(|_| {
+                Failure::new(
+                    ErrorCode::Timeout,
+                    "inference did not finish before the function's deadline",
+                )
+            })?
+            .map_err(|e| {
+                Failure::new(
+                    ErrorCode::RuntimeError,
+                    format!("inference task failed: {e}"),
+                )
+            })?;
+        drop(permit);
+        outcome.map(|outputs| (outputs, wait))
+    }
+
+    fn take_session(&self) -> NnResult<Session> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or_else(|| {
+                Failure::new(ErrorCode::RuntimeError, "no free session despite a permit")
+            })
+    }
+
+    fn put_session(&self, session: Session) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(session);
+    }
+}
+
+fn run_session(
+    session: &mut Session,
+    inputs: Vec<(String, Tensor)>,
+) -> NnResult<Vec<(String, Tensor)>> {
+    let runtime = |m: String| Failure::new(ErrorCode::RuntimeError, m);
+    let allocator = Allocator::default();
+    let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+    for (name, t) in inputs {
+        let shape: Vec<i64> = t.dims.iter().map(|d| i64::from(*d)).collect();
+        let mut value = DynTensor::new(&allocator, tensor::to_ort(t.ty), shape)
+            .map_err(|e| runtime(format!("cannot allocate input `{name}`: {e}")))?;
+        // SAFETY: `check_inputs` verified `t.data.len() == prod(dims) * size_of(ty)`, which is
+        // exactly the buffer ONNX Runtime allocated for this shape and element type; the two
+        // buffers cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                t.data.as_ptr(),
+                value.data_ptr_mut().cast::<u8>(),
+                t.data.len(),
+            );
+        }
+        values.push((name, value.into_dyn()));
+    }
+    let outputs = session
+        .run(values)
+        .map_err(|e| runtime(format!("inference failed: {e}")))?;
+    let mut result = Vec::new();
+    for (name, value) in outputs {
+        let (ty, dims) = match value.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                (*ty, shape.iter().copied().collect::<Vec<i64>>())
+            }
+            other => {
+                return Err(Failure::new(
+                    ErrorCode::UnsupportedOperation,
+                    format!("output `{name}` is a {other:?}, which wasi:nn cannot return"),
+                ));
+            }
+        };
+        let ty = tensor::from_ort(ty).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnsupportedOperation,
+                format!("output `{name}` has element type {ty:?}, which wasi:nn cannot return"),
+            )
+        })?;
+        let dims: Vec<u32> = dims
+            .iter()
+            .map(|d| u32::try_from(*d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                runtime(format!(
+                    "output `{name}` has a dimension out of range: {dims:?}"
+                ))
+            })?;
+        let len = tensor::byte_len(&dims, ty)
+            .filter(|l| *l <= MAX_TENSOR_BYTES)
+            .ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::TooLarge,
+                    format!("output `{name}` with dimensions {dims:?} is too large"),
+                )
+            })?;
+        let tensor = value
+            .downcast::<DynTensorValueType>()
+            .map_err(|e| runtime(format!("output `{name}`: {e}")))?;
+        let mut data = vec![0u8; len];
+        if len == 0 {
+            result.push((name.to_string(), Tensor { dims, ty, data }));
+            continue;
+        }
+        // SAFETY: ONNX Runtime reports this tensor's element type and shape; its buffer holds
+        // exactly `prod(shape) * size_of(type)` = `len` bytes on the CPU.
+        unsafe {
+            std::ptr::copy_nonoverlapping(tensor.data_ptr().cast::<u8>(), data.as_mut_ptr(), len);
+        }
+        result.push((name.to_string(), Tensor { dims, ty, data }));
+    }
+    Ok(result)
+}
