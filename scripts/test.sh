@@ -9,6 +9,9 @@ rustup component list --installed | grep -q '^rustfmt' || rustup component add r
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 
 scripts/build-guests.sh
+# ONNX Runtime for the wasi:nn tests, from the PyPI wheel (sha256-checked, cached in .cache/).
+ORT_DYLIB_PATH="$(scripts/fetch-onnxruntime.sh)"
+export ORT_DYLIB_PATH
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test -- --test-threads=2 "$@"

@@ -706,15 +706,15 @@ impl Registry {
 
     /// Drops compiled code and blobs no retained version refers to.
     fn collect_garbage(&self, state: &mut AdminState) {
-        let referenced: HashSet<&str> = state
-            .meta
-            .functions
-            .values()
-            .flat_map(|f| f.versions.iter().map(|v| v.digest.as_str()))
-            .collect();
+        let referenced = referenced(&state.meta);
         state
             .compiled
             .retain(|d, _| referenced.contains(d.as_str()));
+        let models = &state.meta.models;
+        state.loaded_models.retain(|key, _| {
+            key.split_once('@')
+                .is_some_and(|(name, d)| models.get(name).is_some_and(|m| m.live == d))
+        });
         self.store.collect_garbage(&referenced);
     }
 }

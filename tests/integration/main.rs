@@ -12,6 +12,7 @@ mod support;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod nn;
 mod ops;
 mod persistence;
 mod uploads;

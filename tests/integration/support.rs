@@ -40,6 +40,29 @@ pub const HOST_SECRET_VAR: &str = "TENSORLET_TEST_HOST_SECRET";
 // ---------------------------------------------------------------------------------------------
 
 /// The repository root (the host crate lives in `<root>/host`).
+/// The ONNX Runtime library for nodes under test: `ORT_DYLIB_PATH`, else where
+/// `scripts/fetch-onnxruntime.sh` puts it.
+pub fn onnxruntime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Some(PathBuf::from(p));
+    }
+    let fetched = repo_root().join(".cache/onnxruntime/libonnxruntime.so.1.31.1");
+    fetched.exists().then_some(fetched)
+}
+
+/// Whether wasi:nn tests can run. Without ONNX Runtime they are skipped with a message, except
+/// under CI (`CI` set), where a missing library must fail rather than go green silently.
+pub fn nn_available() -> bool {
+    if onnxruntime().is_some() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("ONNX Runtime is missing under CI: run scripts/fetch-onnxruntime.sh first");
+    }
+    eprintln!("skipping: ONNX Runtime not found (run scripts/fetch-onnxruntime.sh)");
+    false
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -270,6 +293,9 @@ impl Node {
     }
 
     fn spawn(mut cmd: Command, data_dir: &Path) -> Node {
+        if let Some(ort) = onnxruntime() {
+            cmd.env("ORT_DYLIB_PATH", ort);
+        }
         cmd.env(HOST_SECRET_VAR, "host-only-value")
             .env_remove("TENSORLET_NODE")
             .stdin(Stdio::null())
@@ -437,6 +463,16 @@ impl Node {
         }
         Request::new("POST", &path)
             .header("content-type", "application/wasm")
+            .body(bytes)
+            .send(self.addr)
+    }
+
+    /// Adds a model from `tests/models/FILE` under `name`.
+    pub fn add_model(&self, name: &str, file: &str) -> Response {
+        let bytes =
+            std::fs::read(repo_root().join("tests/models").join(file)).expect("read test model");
+        Request::new("POST", &format!("/admin/v1/models/{name}/versions"))
+            .header("content-type", "application/octet-stream")
             .body(bytes)
             .send(self.addr)
     }

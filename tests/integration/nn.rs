@@ -1,0 +1,211 @@
+//! wasi:nn end to end: models added to a node, a guest (`nn-probe`, through tensorlet-sdk's `nn`
+//! module) loading them by name and running them on ONNX Runtime; allow-lists, input checks,
+//! every tensor type, deadlines, and a node without ONNX Runtime.
+
+use std::thread;
+
+use crate::support::*;
+
+fn add_models(node: &Node, models: &[(&str, &str)]) {
+    for (name, file) in models {
+        let r = node.add_model(name, file);
+        assert!(r.status == 201 || r.status == 200, "model add {name}: {r}");
+    }
+}
+
+#[test]
+fn a_guest_runs_a_shared_model() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), None);
+    add_models(&node, &[("add", "add_f32.onnx"), ("mlp", "mlp.onnx")]);
+    node.deploy_ok("nn", "nn-probe", "model=add&model=mlp");
+
+    assert_eq!(node.get("/fn/nn/add").text(), "2 3 4 5 6 7");
+    let mlp = node.get("/fn/nn/mlp");
+    assert_eq!(mlp.status, 200, "{mlp}");
+    let values: Vec<f32> = mlp.text().split(' ').map(|v| v.parse().unwrap()).collect();
+    let expected = [
+        0.2460677, 0.3244327, 0.2151809, 0.2143187, 0.2055034, 0.4820266, 0.1410425, 0.1714275,
+    ];
+    for (v, e) in values.iter().zip(expected) {
+        assert!((v - e).abs() < 1e-5, "mlp output {values:?}");
+    }
+
+    // Many requests at once share the model's sessions; every answer is right.
+    let addr = node.addr();
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            thread::spawn(move || {
+                (0..5)
+                    .map(|_| Request::get("/fn/nn/add").send(addr).text())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for w in workers {
+        for answer in w.join().unwrap() {
+            assert_eq!(answer, "2 3 4 5 6 7");
+        }
+    }
+}
+
+#[test]
+fn models_must_be_allowed_and_inputs_must_match() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), None);
+    add_models(&node, &[("add", "add_f32.onnx"), ("mlp", "mlp.onnx")]);
+    node.deploy_ok("nn", "nn-probe", "model=add");
+
+    let denied = node.get("/fn/nn/load/mlp");
+    assert_eq!(denied.status, 400);
+    assert!(denied.text().starts_with("security: "), "{denied}");
+    assert!(
+        denied.text().contains("--model mlp"),
+        "the message says how to allow it: {denied}"
+    );
+
+    for (path, code) in [
+        ("/fn/nn/bad-shape", "invalid-argument: "),
+        ("/fn/nn/bad-type", "invalid-argument: "),
+        ("/fn/nn/bad-name", "invalid-argument: "),
+        ("/fn/nn/bad-size", "invalid-argument: "),
+        ("/fn/nn/raw-load", "security: "),
+    ] {
+        let r = node.get(path);
+        assert_eq!(r.status, 400, "{path}: {r}");
+        assert!(r.text().starts_with(code), "{path}: {r}");
+    }
+    // Thousands of tensor resources: bounded by the resource table, never a host crash.
+    let many = node.get("/fn/nn/many-tensors");
+    assert!(many.status == 200 || many.status == 500, "{many}");
+    assert_eq!(
+        node.get("/fn/nn/add").text(),
+        "2 3 4 5 6 7",
+        "the node still serves"
+    );
+
+    // A deploy naming a model the node does not have is refused.
+    let r = node.deploy("other", &fixture("nn-probe"), "model=nope");
+    assert_error(&r, 400, "invalid_request");
+}
+
+#[test]
+fn every_wasi_nn_tensor_type_round_trips() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), None);
+    let types = ["f16", "f64", "bf16", "u8", "i32", "i64"];
+    let mut query = vec!["model=identity-dyn".to_string()];
+    add_models(&node, &[("identity-dyn", "identity_dyn.onnx")]);
+    for t in types {
+        add_models(
+            &node,
+            &[(&format!("identity-{t}"), &format!("identity_{t}.onnx"))],
+        );
+        query.push(format!("model=identity-{t}"));
+    }
+    node.deploy_ok("nn", "nn-probe", &query.join("&"));
+    for t in types.iter().chain(&["f32"]) {
+        let r = node.get(&format!("/fn/nn/identity/{t}"));
+        assert_eq!((r.status, r.text()), (200, format!("ok {t}")), "{t}: {r}");
+    }
+}
+
+#[test]
+fn inference_is_bounded_by_the_function_timeout() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), None);
+    add_models(&node, &[("slow", "slow.onnx"), ("add", "add_f32.onnx")]);
+    node.deploy_ok("nn", "nn-probe", "model=slow&model=add&timeout=100ms");
+    let r = node.get("/fn/nn/slow");
+    assert_error(&r, 504, "timeout");
+    // The node stays healthy: other inferences and requests are served.
+    assert_eq!(node.get("/fn/nn/add").text(), "2 3 4 5 6 7");
+}
+
+#[test]
+fn models_are_managed_and_persist() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let mut node = Node::start(&dir.data(), None);
+    let bad = node.add_model("broken", "not_onnx.onnx");
+    assert_error(&bad, 400, "invalid_model");
+    let added = node.add_model("add", "add_f32.onnx");
+    assert_eq!(added.status, 201, "{added}");
+    assert_eq!(
+        added.json()["version"],
+        version_id(&repo_root().join("tests/models/add_f32.onnx"))
+    );
+    assert_eq!(
+        node.add_model("add", "add_f32.onnx").status,
+        200,
+        "the same bytes again are a no-op"
+    );
+
+    let info = node.get("/admin/v1/models/add").json();
+    assert_eq!(info["inputs"][0]["name"], "a");
+    assert_eq!(info["inputs"][0]["type"], "fp32");
+    assert_eq!(info["outputs"][0]["name"], "sum");
+    let list = node.get("/admin/v1/models").json();
+    assert_eq!(list["models"][0]["name"], "add");
+
+    node.deploy_ok("nn", "nn-probe", "model=add");
+    let in_use = node.delete("/admin/v1/models/add");
+    assert_error(&in_use, 409, "version_conflict");
+
+    // CLI
+    let out = node.cli(&["model", "list"]);
+    assert!(cli_ok(&out, "model list").contains("add"));
+    let out = node.cli(&["model", "versions", "add"]);
+    assert!(cli_ok(&out, "model versions").contains("input a fp32 [2,3]"));
+
+    node.terminate();
+    assert!(node.wait_exit().success());
+    let node = Node::start(&dir.data(), None);
+    assert_eq!(
+        node.get("/fn/nn/add").text(),
+        "2 3 4 5 6 7",
+        "models survive a restart"
+    );
+    assert_eq!(node.delete("/admin/v1/functions/nn").status, 200);
+    assert_eq!(node.delete("/admin/v1/models/add").status, 200);
+    assert_error(&node.get("/admin/v1/models/add"), 404, "model_not_found");
+}
+
+#[test]
+fn a_node_without_onnx_runtime_still_serves_other_functions() {
+    let dir = TestDir::new();
+    let config = format!(
+        "onnxruntime = \"{}\"\n",
+        dir.path().join("missing/libonnxruntime.so").display()
+    );
+    let node = Node::start(&dir.data(), Some(&config));
+    node.deploy_ok("hello", "hello-plain", "");
+    assert_eq!(node.get("/fn/hello").text(), "hello");
+    assert_error(
+        &node.add_model("add", "add_f32.onnx"),
+        503,
+        "onnx_unavailable",
+    );
+    node.deploy_ok("nn", "nn-probe", "");
+    let r = node.get("/fn/nn/load/add");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text()
+            .starts_with("runtime-error: ONNX Runtime is not loaded"),
+        "{r}"
+    );
+}
