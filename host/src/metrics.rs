@@ -80,10 +80,24 @@ impl FunctionMetrics {
     }
 }
 
+/// Series of one model.
+#[derive(Default)]
+pub struct ModelMetrics {
+    /// Successful inferences.
+    pub inferences: AtomicU64,
+    /// Failed computes (bad inputs, runtime errors, timeouts).
+    pub errors: AtomicU64,
+    /// Time ONNX Runtime spent in one inference.
+    pub latency: Histogram,
+    /// Time a compute waited for a free session.
+    pub session_wait: Histogram,
+}
+
 /// All metrics of the node.
 #[derive(Default)]
 pub struct Metrics {
     functions: Mutex<BTreeMap<String, Arc<FunctionMetrics>>>,
+    models: Mutex<BTreeMap<String, Arc<ModelMetrics>>>,
     /// Time to create an instance from a pre-instantiated component.
     pub instantiation: Histogram,
 }
@@ -92,6 +106,12 @@ impl Metrics {
     /// The series of `name`, created on first use.
     pub fn function(&self, name: &str) -> Arc<FunctionMetrics> {
         let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(name.to_string()).or_default())
+    }
+
+    /// The series of model `name`, created on first use.
+    pub fn model(&self, name: &str) -> Arc<ModelMetrics> {
+        let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(map.entry(name.to_string()).or_default())
     }
 
@@ -139,7 +159,56 @@ impl Metrics {
         out.push_str("# TYPE tensorlet_instantiation_duration_seconds histogram\n");
         self.instantiation
             .render(&mut out, "tensorlet_instantiation_duration_seconds", "");
+        self.render_models(&mut out);
         out
+    }
+
+    fn render_models(&self, out: &mut String) {
+        let models = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let counters: [(&str, &str, fn(&ModelMetrics) -> &AtomicU64); 2] = [
+            (
+                "tensorlet_model_inferences_total",
+                "Successful wasi:nn inferences by model.",
+                |m| &m.inferences,
+            ),
+            (
+                "tensorlet_model_errors_total",
+                "Failed wasi:nn computes by model.",
+                |m| &m.errors,
+            ),
+        ];
+        for (metric, help, value) in counters {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (name, m) in &models {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{model=\"{name}\"}} {}",
+                    value(m).load(Ordering::Relaxed)
+                );
+            }
+        }
+        let histograms: [(&str, &str, fn(&ModelMetrics) -> &Histogram); 2] = [
+            (
+                "tensorlet_model_inference_duration_seconds",
+                "Time ONNX Runtime spent in one inference.",
+                |m| &m.latency,
+            ),
+            (
+                "tensorlet_model_session_wait_seconds",
+                "Time a compute waited for a free session.",
+                |m| &m.session_wait,
+            ),
+        ];
+        for (metric, help, value) in histograms {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} histogram");
+            for (name, m) in &models {
+                value(m).render(out, metric, &format!("model=\"{name}\""));
+            }
+        }
     }
 }
 

@@ -120,7 +120,7 @@ impl Registry {
                 continue;
             };
             let loaded = store.read_blob(&m.live).and_then(|bytes| {
-                onnx.model(name, &bytes, config.model_sessions)
+                onnx.model(name, &bytes, config.model_sessions, metrics.model(name))
                     .map_err(anyhow::Error::msg)
             });
             match loaded {
@@ -480,10 +480,12 @@ impl Registry {
         // Building sessions parses and optimises the model: CPU-bound, off the async workers.
         let sessions = self.config.model_sessions;
         let (n, b) = (name.to_string(), bytes.clone());
-        let model = tokio::task::spawn_blocking(move || onnx.model(&n, &b, sessions))
-            .await
-            .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
-            .map_err(|e| ApiError::invalid_model(name, e))?;
+        let model_metrics = self.metrics.model(name);
+        let model =
+            tokio::task::spawn_blocking(move || onnx.model(&n, &b, sessions, model_metrics))
+                .await
+                .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
+                .map_err(|e| ApiError::invalid_model(name, e))?;
         let mut state = self.admin.lock().await;
         let record = ModelVersion {
             digest: digest.clone(),
@@ -556,7 +558,12 @@ impl Registry {
                 .read_blob(digest)
                 .map_err(|e| ApiError::internal(format!("{e:#}")))?;
             let model = onnx
-                .model(name, &bytes, self.config.model_sessions)
+                .model(
+                    name,
+                    &bytes,
+                    self.config.model_sessions,
+                    self.metrics.model(name),
+                )
                 .map_err(|e| ApiError::invalid_model(name, e))?;
             slot.insert(Arc::new(model));
         }

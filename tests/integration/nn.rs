@@ -34,6 +34,24 @@ fn a_guest_runs_a_shared_model() {
         assert!((v - e).abs() < 1e-5, "mlp output {values:?}");
     }
 
+    let metrics = node.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tensorlet_model_inferences_total",
+            &[("model", "add")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tensorlet_model_inference_duration_seconds_count{model=\"mlp\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tensorlet_model_session_wait_seconds_count{model=\"add\"} 1"),
+        "{metrics}"
+    );
     // Many requests at once share the model's sessions; every answer is right.
     let addr = node.addr();
     let workers: Vec<_> = (0..16)
@@ -81,6 +99,17 @@ fn models_must_be_allowed_and_inputs_must_match() {
         assert_eq!(r.status, 400, "{path}: {r}");
         assert!(r.text().starts_with(code), "{path}: {r}");
     }
+    let metrics = node.metrics();
+    assert!(
+        metric_value(
+            &metrics,
+            "tensorlet_model_errors_total",
+            &[("model", "add")]
+        )
+        .unwrap_or(0.0)
+            >= 4.0,
+        "{metrics}"
+    );
     // Thousands of tensor resources: bounded by the resource table, never a host crash.
     let many = node.get("/fn/nn/many-tensors");
     assert!(many.status == 200 || many.status == 500, "{many}");

@@ -154,7 +154,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             tensors.push((name, self.table.get(&t)?.clone()));
         }
         match model.run(tensors, self.ctx.deadline).await {
-            Ok((outputs, _waited)) => {
+            Ok(outputs) => {
                 let mut result = Vec::with_capacity(outputs.len());
                 for (name, t) in outputs {
                     result.push((name, self.table.push(t)?));

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ort::environment::Environment;
 use ort::memory::Allocator;
@@ -16,6 +16,7 @@ use super::bindings::wasi::nn::errors::ErrorCode;
 use super::bindings::wasi::nn::tensor::TensorType;
 use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
 use super::{Failure, NnResult};
+use crate::metrics::ModelMetrics;
 
 /// ONNX Runtime, loaded from a shared library at start-up.
 pub struct Onnx {
@@ -34,7 +35,13 @@ impl Onnx {
     }
 
     /// Builds `sessions` sessions of a model from its bytes and reads its inputs and outputs.
-    pub fn model(&self, name: &str, bytes: &[u8], sessions: usize) -> Result<Model, String> {
+    pub fn model(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        sessions: usize,
+        metrics: Arc<ModelMetrics>,
+    ) -> Result<Model, String> {
         let mut pool = Vec::with_capacity(sessions);
         for _ in 0..sessions.max(1) {
             let session = Session::builder(&self.env)
@@ -74,6 +81,7 @@ impl Onnx {
             outputs,
             permits: tokio::sync::Semaphore::new(pool.len()),
             sessions: Mutex::new(pool),
+            metrics,
         })
     }
 }
@@ -96,6 +104,7 @@ pub struct Model {
     outputs: Vec<Slot>,
     permits: tokio::sync::Semaphore,
     sessions: Mutex<Vec<Session>>,
+    metrics: Arc<ModelMetrics>,
 }
 
 impl Model {
@@ -181,7 +190,22 @@ impl Model {
         self: &Arc<Self>,
         inputs: Vec<(String, Tensor)>,
         deadline: Instant,
-    ) -> NnResult<(Vec<(String, Tensor)>, Duration)> {
+    ) -> NnResult<Vec<(String, Tensor)>> {
+        let result = self.run_checked(inputs, deadline).await;
+        let counter = if result.is_ok() {
+            &self.metrics.inferences
+        } else {
+            &self.metrics.errors
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    async fn run_checked(
+        self: &Arc<Self>,
+        inputs: Vec<(String, Tensor)>,
+        deadline: Instant,
+    ) -> NnResult<Vec<(String, Tensor)>> {
         self.check_inputs(&inputs)?;
         let waited = Instant::now();
         let permit = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
@@ -193,11 +217,13 @@ impl Model {
                 )
             })?
             .map_err(|_| Failure::new(ErrorCode::RuntimeError, "the model is being unloaded"))?;
-        let wait = waited.elapsed();
+        self.metrics.session_wait.observe(waited.elapsed());
         let model = Arc::clone(self);
         let job = tokio::task::spawn_blocking(move || {
             let mut session = model.take_session()?;
+            let started = Instant::now();
             let result = run_session(&mut session, inputs);
+            model.metrics.latency.observe(started.elapsed());
             model.put_session(session);
             result
         });
@@ -218,7 +244,7 @@ impl Model {
                 )
             })?;
         drop(permit);
-        outcome.map(|outputs| (outputs, wait))
+        outcome
     }
 
     fn take_session(&self) -> NnResult<Session> {
