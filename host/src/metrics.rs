@@ -93,6 +93,9 @@ pub struct ModelMetrics {
     pub session_wait: Histogram,
 }
 
+/// Picks one series out of a model's metrics, for rendering.
+type ModelField<T> = fn(&ModelMetrics) -> &T;
+
 /// All metrics of the node.
 #[derive(Default)]
 pub struct Metrics {
@@ -169,7 +172,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let counters: [(&str, &str, fn(&ModelMetrics) -> &AtomicU64); 2] = [
+        let counters: [(&str, &str, ModelField<AtomicU64>); 2] = [
             (
                 "tensorlet_model_inferences_total",
                 "Successful wasi:nn inferences by model.",
@@ -191,7 +194,7 @@ impl Metrics {
                 );
             }
         }
-        let histograms: [(&str, &str, fn(&ModelMetrics) -> &Histogram); 2] = [
+        let histograms: [(&str, &str, ModelField<Histogram>); 2] = [
             (
                 "tensorlet_model_inference_duration_seconds",
                 "Time ONNX Runtime spent in one inference.",
