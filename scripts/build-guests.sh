@@ -10,9 +10,16 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
-for workspace in examples tests/fixtures; do
+manifests=("$repo/examples/Cargo.toml" "$repo/tests/fixtures/Cargo.toml")
+# Examples with heavier dependencies are their own workspaces (their own Cargo.lock).
+for manifest in "$repo"/examples/*/Cargo.toml; do
+    if grep -q '^\[workspace\]' "$manifest"; then
+        manifests+=("$manifest")
+    fi
+done
+for manifest in "${manifests[@]}"; do
     cargo build --release --locked --target wasm32-wasip2 \
-        --manifest-path "$repo/$workspace/Cargo.toml" --target-dir "$target_dir"
+        --manifest-path "$manifest" --target-dir "$target_dir"
 done
 
 echo "guests built in $target_dir/wasm32-wasip2/release" >&2

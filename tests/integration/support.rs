@@ -192,6 +192,75 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// The path of a built example (`examples/NAME`), built on first use. Examples that are their own
+/// workspace (`[workspace]` in their Cargo.toml) are built from their own manifest.
+pub fn example(name: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let root = repo_root();
+    let own = root.join("examples").join(name).join("Cargo.toml");
+    let manifest = match std::fs::read_to_string(&own) {
+        Ok(text) if text.lines().any(|l| l.trim() == "[workspace]") => own,
+        _ => root.join("examples/Cargo.toml"),
+    };
+    let status = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(root.join("target/wasm"))
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .expect("run cargo for the examples");
+    assert!(status.success(), "building example {name} failed");
+    let path = root.join(format!(
+        "target/wasm/wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ));
+    assert!(
+        path.is_file(),
+        "example {name} was not built: {} is missing",
+        path.display()
+    );
+    path
+}
+
+/// A real model fetched by `scripts/fetch-models.sh` (`.cache/models/FILE`). `None` (with a
+/// message) when it is missing, so the test can skip; under CI a missing model fails instead.
+pub fn real_model(file: &str) -> Option<PathBuf> {
+    let path = repo_root().join(".cache/models").join(file);
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is missing under CI: run scripts/fetch-models.sh first",
+            path.display()
+        );
+    }
+    eprintln!(
+        "skipping: {} not found (run scripts/fetch-models.sh)",
+        path.display()
+    );
+    None
+}
+
+/// Adds a model file (any path) to the node under `name`; asserts success.
+pub fn add_model_file(node: &Node, name: &str, path: &Path) {
+    let bytes = std::fs::read(path).expect("read model");
+    let r = Request::new("POST", &format!("/admin/v1/models/{name}/versions"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send(node.addr());
+    assert!(r.status == 201 || r.status == 200, "model add {name}: {r}");
+}
+
 pub fn fixture_bytes(name: &str) -> Vec<u8> {
     std::fs::read(fixture(name)).expect("read fixture")
 }

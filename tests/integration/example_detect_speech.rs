@@ -1,0 +1,1 @@
+//! Integration test of examples/detect-speech (a real handler with a real model).
