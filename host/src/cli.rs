@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::client::{AdminClient, encode};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::nn::{ModelSet, Onnx};
+use crate::nn::{ModelSet, NnNode, Onnx};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::service::Node;
@@ -203,15 +203,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let models = Arc::new(ModelSet::default());
-    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&models), onnx.is_some())?);
+    let nn = Arc::new(NnNode {
+        onnx,
+        models: ModelSet::default(),
+        guest_load_limit: config.guest_model_load,
+        guest_load_metrics: metrics.model("guest-bytes"),
+    });
+    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn))?);
     let registry = Arc::new(
         Registry::open(
             Arc::clone(&config),
             Arc::clone(&runtime),
             Arc::clone(&metrics),
-            onnx,
-            models,
+            nn,
         )
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
     );

@@ -29,6 +29,8 @@ pub struct Config {
     pub max_model_size: u64,
     /// ONNX Runtime sessions per model: how many inferences of one model run at once.
     pub model_sessions: usize,
+    /// Largest model a guest may load from bytes with `graph.load`; `None` = such loads are off.
+    pub guest_model_load: Option<u64>,
     /// Limits a deploy gets when it does not name them.
     pub defaults: FunctionLimits,
     /// Upper bounds for any deploy's limits.
@@ -86,6 +88,8 @@ struct FileConfig {
     onnxruntime: Option<PathBuf>,
     max_model_size: Option<String>,
     model_sessions: Option<usize>,
+    guest_model_load: Option<bool>,
+    max_guest_model_size: Option<String>,
     #[serde(default)]
     defaults: FileDefaults,
     #[serde(default)]
@@ -180,6 +184,13 @@ impl Config {
             max_model_size: opt(&f.max_model_size, parse_size, 1 << 30)
                 .context("max_model_size")?,
             model_sessions: f.model_sessions.unwrap_or(2).max(1),
+            guest_model_load: match f.guest_model_load {
+                Some(true) => Some(
+                    opt(&f.max_guest_model_size, parse_size, 32 << 20)
+                        .context("max_guest_model_size")?,
+                ),
+                _ => None,
+            },
             defaults,
             ceilings,
         };

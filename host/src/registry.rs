@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, FunctionLimits};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
-use crate::nn::{Model, ModelSet, Onnx};
+use crate::nn::{Model, NnNode};
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
 use crate::store::{self, FunctionRecord, Meta, ModelRecord, ModelVersion, Store, VersionRecord};
 use crate::time::now_rfc3339;
@@ -63,8 +63,7 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     live: RwLock<Arc<LiveMap>>,
     admin: tokio::sync::Mutex<AdminState>,
-    onnx: Option<Arc<Onnx>>,
-    models: Arc<ModelSet>,
+    nn: Arc<NnNode>,
 }
 
 /// Whether a deploy created a new version.
@@ -82,8 +81,7 @@ impl Registry {
         config: Arc<Config>,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
-        onnx: Option<Arc<Onnx>>,
-        models: Arc<ModelSet>,
+        nn: Arc<NnNode>,
     ) -> anyhow::Result<Registry> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let mut meta = store.load_meta()?;
@@ -115,7 +113,7 @@ impl Registry {
         store.collect_garbage(&referenced(&meta));
         let mut loaded_models = HashMap::new();
         for (name, m) in &meta.models {
-            let Some(onnx) = &onnx else {
+            let Some(onnx) = &nn.onnx else {
                 tracing::warn!(model = %name, "ONNX Runtime is not loaded; model not served");
                 continue;
             };
@@ -142,8 +140,7 @@ impl Registry {
                 logs: HashMap::new(),
                 loaded_models,
             }),
-            onnx,
-            models,
+            nn,
         };
         let mut state = registry
             .admin
@@ -460,7 +457,7 @@ impl Registry {
 
     /// Checks, stores and makes live a new version of a model.
     pub async fn add_model(&self, name: &str, bytes: Bytes) -> Result<Deploy, ApiError> {
-        let Some(onnx) = self.onnx.clone() else {
+        let Some(onnx) = self.nn.onnx.clone() else {
             return Err(ApiError::onnx_unavailable());
         };
         let digest = store::digest(&bytes);
@@ -552,7 +549,11 @@ impl Registry {
         m.updated_at = now_rfc3339();
         let key = format!("{name}@{digest}");
         if let std::collections::hash_map::Entry::Vacant(slot) = state.loaded_models.entry(key) {
-            let onnx = self.onnx.clone().ok_or_else(ApiError::onnx_unavailable)?;
+            let onnx = self
+                .nn
+                .onnx
+                .clone()
+                .ok_or_else(ApiError::onnx_unavailable)?;
             let bytes = self
                 .store
                 .read_blob(digest)
@@ -673,7 +674,7 @@ impl Registry {
                 Some((name.clone(), Arc::clone(model)))
             })
             .collect();
-        self.models.replace(set);
+        self.nn.models.replace(set);
     }
 
     /// Rebuilds the live snapshot from the metadata and swaps it in.

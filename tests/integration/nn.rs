@@ -238,3 +238,20 @@ fn a_node_without_onnx_runtime_still_serves_other_functions() {
         "{r}"
     );
 }
+
+#[test]
+fn guest_model_loads_follow_the_node_policy() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(
+        &dir.data(),
+        Some("guest_model_load = true\nmax_guest_model_size = \"1KiB\"\n"),
+    );
+    node.deploy_ok("nn", "nn-probe", "");
+    // Turned on, the bytes are checked like any model: these 64 bytes are not one.
+    let r = node.get("/fn/nn/raw-load");
+    assert_eq!(r.status, 400, "{r}");
+    assert!(r.text().starts_with("invalid-encoding: "), "{r}");
+}

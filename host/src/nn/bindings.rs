@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
     world: "wasi:nn/ml",
     imports: {
         "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+        "wasi:nn/graph.load": async | trappable,
         default: trappable,
     },
     with: {

@@ -12,6 +12,14 @@ use super::bindings::wasi::nn::tensor::{self, TensorType};
 use super::tensor::Tensor;
 use super::{ExecutionContext, Failure, GraphHandle, NnView};
 
+fn not_loaded() -> Failure {
+    Failure::new(
+        ErrorCode::RuntimeError,
+        "ONNX Runtime is not loaded on this node: run scripts/fetch-onnxruntime.sh and start the node with \
+         ORT_DYLIB_PATH (or `onnxruntime` in its config) pointing at libonnxruntime.so",
+    )
+}
+
 type GuestResult<T> = wasmtime::Result<Result<T, Resource<Failure>>>;
 
 impl NnView<'_> {
@@ -75,30 +83,73 @@ impl errors::HostError for NnView<'_> {
 }
 
 impl graph::Host for NnView<'_> {
-    fn load(
+    async fn load(
         &mut self,
-        _builder: Vec<Vec<u8>>,
-        _encoding: GraphEncoding,
-        _target: ExecutionTarget,
+        builder: Vec<Vec<u8>>,
+        encoding: GraphEncoding,
+        target: ExecutionTarget,
     ) -> GuestResult<Resource<GraphHandle>> {
-        // Compiling arbitrary bytes from a guest on the host is off: models are deployed to the
-        // node, checked once, and shared.
-        self.fail(Failure::new(
-            ErrorCode::Security,
-            "loading a model from guest bytes is disabled on this node: add the model with \
-             `tensorlet model add NAME FILE.onnx`, deploy the function with `--model NAME`, and use load-by-name",
-        ))
+        let node = Arc::clone(&self.ctx.node);
+        let Some(limit) = node.guest_load_limit else {
+            // Compiling arbitrary bytes from a guest on the host is off unless the operator
+            // turns it on: models are deployed to the node, checked once, and shared.
+            return self.fail(Failure::new(
+                ErrorCode::Security,
+                "loading a model from guest bytes is disabled on this node: add the model with \
+                 `tensorlet model add NAME FILE.onnx`, deploy the function with `--model NAME`, and use load-by-name",
+            ));
+        };
+        let Some(onnx) = node.onnx.clone() else {
+            return self.fail(not_loaded());
+        };
+        if !matches!(encoding, GraphEncoding::Onnx | GraphEncoding::Autodetect) {
+            return self.fail(Failure::new(
+                ErrorCode::InvalidEncoding,
+                format!("this node runs ONNX models only, not {encoding:?}"),
+            ));
+        }
+        if !matches!(target, ExecutionTarget::Cpu) {
+            return self.fail(Failure::new(
+                ErrorCode::UnsupportedOperation,
+                format!("models loaded from guest bytes run on the CPU only, not {target:?}"),
+            ));
+        }
+        let bytes = match <[Vec<u8>; 1]>::try_from(builder) {
+            Ok([bytes]) if !bytes.is_empty() => bytes,
+            _ => {
+                return self.fail(Failure::new(
+                    ErrorCode::InvalidArgument,
+                    "pass exactly one non-empty builder: the .onnx bytes",
+                ));
+            }
+        };
+        if bytes.len() as u64 > limit {
+            return self.fail(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the model is {} bytes; this node accepts at most {limit} from a guest",
+                    bytes.len()
+                ),
+            ));
+        }
+        let metrics = Arc::clone(&node.guest_load_metrics);
+        let built =
+            tokio::task::spawn_blocking(move || onnx.model("(guest bytes)", &bytes, 1, metrics))
+                .await;
+        match built {
+            Ok(Ok(model)) => Ok(Ok(self.table.push(Arc::new(model))?)),
+            Ok(Err(reason)) => self.fail(Failure::new(ErrorCode::InvalidEncoding, reason)),
+            Err(e) => self.fail(Failure::new(
+                ErrorCode::RuntimeError,
+                format!("model load task failed: {e}"),
+            )),
+        }
     }
 
     fn load_by_name(&mut self, name: String) -> GuestResult<Resource<GraphHandle>> {
         let ctx = &self.ctx;
-        if !ctx.onnx_loaded {
-            let f = Failure::new(
-                ErrorCode::RuntimeError,
-                "ONNX Runtime is not loaded on this node: run scripts/fetch-onnxruntime.sh and start the node with \
-                 ORT_DYLIB_PATH (or `onnxruntime` in its config) pointing at libonnxruntime.so",
-            );
-            return self.fail(f);
+        if ctx.node.onnx.is_none() {
+            return self.fail(not_loaded());
         }
         if !ctx.allowed.contains(&name) {
             let f = Failure::new(
@@ -110,7 +161,7 @@ impl graph::Host for NnView<'_> {
             );
             return self.fail(f);
         }
-        match ctx.models.get(&name) {
+        match ctx.node.models.get(&name) {
             Some(model) => Ok(Ok(self.table.push(model)?)),
             None => {
                 let f = Failure::new(

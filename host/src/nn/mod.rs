@@ -20,6 +20,8 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use bindings::wasi::nn::errors::ErrorCode;
 pub use onnx::{Model, Onnx};
 
+use crate::metrics::ModelMetrics;
+
 /// The host side of a `wasi:nn/errors.error` resource.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -70,30 +72,40 @@ impl ModelSet {
     }
 }
 
+/// What every request's wasi:nn shares: ONNX Runtime (if it loaded), the node's models, and the
+/// policy for models loaded from guest bytes.
+pub struct NnNode {
+    /// ONNX Runtime, `None` when the library was not found or failed to load.
+    pub onnx: Option<Arc<Onnx>>,
+    /// Models deployed to the node, by name.
+    pub models: ModelSet,
+    /// Largest model a guest may load from bytes (`graph.load`); `None` keeps such loads off.
+    pub guest_load_limit: Option<u64>,
+    /// Metrics of models loaded from guest bytes.
+    pub guest_load_metrics: Arc<ModelMetrics>,
+}
+
 /// Per-request wasi:nn state: which models this function may load, and its deadline.
 pub struct NnCtx {
-    models: Arc<ModelSet>,
+    node: Arc<NnNode>,
     allowed: Arc<[String]>,
     function: Arc<str>,
     deadline: Instant,
-    onnx_loaded: bool,
 }
 
 impl NnCtx {
     /// State for one request of `function`.
     pub fn new(
-        models: Arc<ModelSet>,
+        node: Arc<NnNode>,
         allowed: Arc<[String]>,
         function: Arc<str>,
         deadline: Instant,
-        onnx_loaded: bool,
     ) -> Self {
         Self {
-            models,
+            node,
             allowed,
             function,
             deadline,
-            onnx_loaded,
         }
     }
 }

@@ -58,11 +58,10 @@ impl Runtime {
         let limits = inv.limits;
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let nn = NnCtx::new(
-            Arc::clone(&self.models),
+            Arc::clone(&self.nn),
             Arc::clone(&inv.models),
             Arc::clone(&inv.name),
             deadline,
-            self.onnx_loaded,
         );
         let state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());

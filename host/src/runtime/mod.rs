@@ -26,7 +26,7 @@ pub use invoke::{Invocation, ResponseBody, request_body_error};
 pub use state::HostState;
 
 use crate::config::Config;
-use crate::nn::ModelSet;
+use crate::nn::NnNode;
 
 /// A compiled, linked, ready-to-instantiate component.
 pub type Prepared = ProxyPre<HostState>;
@@ -37,14 +37,13 @@ pub struct Runtime {
     linker: Linker<HostState>,
     engine_hash: String,
     pooling: bool,
-    models: Arc<ModelSet>,
-    onnx_loaded: bool,
+    nn: Arc<NnNode>,
     _ticker: epoch::EpochTicker,
 }
 
 impl Runtime {
     /// Builds the engine (pooling allocator when the address space allows it) and the linker.
-    pub fn new(config: &Config, models: Arc<ModelSet>, onnx_loaded: bool) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, nn: Arc<NnNode>) -> anyhow::Result<Self> {
         let (engine, pooling) = match Engine::new(&engine_config(config, true)) {
             Ok(engine) => (engine, true),
             Err(e) => {
@@ -70,8 +69,7 @@ impl Runtime {
             linker,
             engine_hash,
             pooling,
-            models,
-            onnx_loaded,
+            nn,
             _ticker: ticker,
         })
     }
