@@ -66,6 +66,9 @@ struct ModelAddArgs {
     name: String,
     /// The .onnx file.
     file: PathBuf,
+    /// Where the model runs: cpu or gpu (CUDA).
+    #[arg(long, default_value = "cpu")]
+    target: String,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -183,7 +186,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?);
     let metrics = Arc::new(Metrics::default());
     let onnx = match &config.onnxruntime {
-        Some(path) => match Onnx::load(path) {
+        Some(path) => match Onnx::load(path, config.gpu_fallback) {
             Ok(onnx) => {
                 tracing::info!(library = %path.display(), "ONNX Runtime loaded; wasi:nn is available");
                 Some(Arc::new(onnx))
@@ -375,7 +378,11 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Add(a) => {
             let bytes =
                 std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-            let path = format!("models/{}/versions", encode(&a.name));
+            let path = format!(
+                "models/{}/versions?target={}",
+                encode(&a.name),
+                encode(&a.target)
+            );
             let v = AdminClient::new(&a.node.node)?
                 .call(
                     Method::POST,

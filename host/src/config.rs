@@ -31,6 +31,8 @@ pub struct Config {
     pub model_sessions: usize,
     /// Largest model a guest may load from bytes with `graph.load`; `None` = such loads are off.
     pub guest_model_load: Option<u64>,
+    /// What happens to a GPU model on a node whose ONNX Runtime has no CUDA provider.
+    pub gpu_fallback: crate::nn::onnx::GpuFallback,
     /// Limits a deploy gets when it does not name them.
     pub defaults: FunctionLimits,
     /// Upper bounds for any deploy's limits.
@@ -89,6 +91,7 @@ struct FileConfig {
     max_model_size: Option<String>,
     model_sessions: Option<usize>,
     guest_model_load: Option<bool>,
+    gpu_fallback: Option<String>,
     max_guest_model_size: Option<String>,
     #[serde(default)]
     defaults: FileDefaults,
@@ -184,6 +187,11 @@ impl Config {
             max_model_size: opt(&f.max_model_size, parse_size, 1 << 30)
                 .context("max_model_size")?,
             model_sessions: f.model_sessions.unwrap_or(2).max(1),
+            gpu_fallback: match f.gpu_fallback.as_deref() {
+                None | Some("error") => crate::nn::onnx::GpuFallback::Error,
+                Some("cpu") => crate::nn::onnx::GpuFallback::Cpu,
+                Some(other) => bail!("gpu_fallback must be \"error\" or \"cpu\", not \"{other}\""),
+            },
             guest_model_load: match f.guest_model_load {
                 Some(true) => Some(
                     opt(&f.max_guest_model_size, parse_size, 32 << 20)

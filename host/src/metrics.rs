@@ -89,6 +89,8 @@ pub struct ModelMetrics {
     pub errors: AtomicU64,
     /// Time ONNX Runtime spent in one inference.
     pub latency: Histogram,
+    /// Times the model asked for the GPU and was put on the CPU.
+    pub gpu_fallbacks: AtomicU64,
     /// Time a compute waited for a free session.
     pub session_wait: Histogram,
 }
@@ -172,7 +174,12 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let counters: [(&str, &str, ModelField<AtomicU64>); 2] = [
+        let counters: [(&str, &str, ModelField<AtomicU64>); 3] = [
+            (
+                "tensorlet_model_gpu_fallbacks_total",
+                "Models that asked for the GPU and run on the CPU (gpu_fallback = cpu).",
+                |m| &m.gpu_fallbacks,
+            ),
             (
                 "tensorlet_model_inferences_total",
                 "Successful wasi:nn inferences by model.",

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, FunctionLimits};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::nn::onnx::Target;
 use crate::nn::{Model, NnNode};
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
 use crate::store::{self, FunctionRecord, Meta, ModelRecord, ModelVersion, Store, VersionRecord};
@@ -118,8 +119,14 @@ impl Registry {
                 continue;
             };
             let loaded = store.read_blob(&m.live).and_then(|bytes| {
-                onnx.model(name, &bytes, config.model_sessions, metrics.model(name))
-                    .map_err(anyhow::Error::msg)
+                onnx.model(
+                    name,
+                    &bytes,
+                    config.model_sessions,
+                    live_target(m),
+                    metrics.model(name),
+                )
+                .map_err(anyhow::Error::msg)
             });
             match loaded {
                 Ok(model) => {
@@ -456,7 +463,12 @@ impl Registry {
     }
 
     /// Checks, stores and makes live a new version of a model.
-    pub async fn add_model(&self, name: &str, bytes: Bytes) -> Result<Deploy, ApiError> {
+    pub async fn add_model(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        target: Target,
+    ) -> Result<Deploy, ApiError> {
         let Some(onnx) = self.nn.onnx.clone() else {
             return Err(ApiError::onnx_unavailable());
         };
@@ -470,6 +482,17 @@ impl Registry {
                 .and_then(|m| m.versions.iter().find(|v| v.digest == digest))
             {
                 let v = v.clone();
+                if v.target != target {
+                    return Err(ApiError::version_conflict(format!(
+                        "model `{name}` already has version {} for another target, and versions never change: \
+                         add it with --target {}",
+                        store::short_id(&v.digest),
+                        serde_json::to_value(v.target)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or("cpu")
+                    )));
+                }
                 self.set_model_live(&mut state, name, &digest).await?;
                 return Ok(Deploy::Existing(model_version_json(&v, true)));
             }
@@ -478,16 +501,18 @@ impl Registry {
         let sessions = self.config.model_sessions;
         let (n, b) = (name.to_string(), bytes.clone());
         let model_metrics = self.metrics.model(name);
-        let model =
-            tokio::task::spawn_blocking(move || onnx.model(&n, &b, sessions, model_metrics))
-                .await
-                .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
-                .map_err(|e| ApiError::invalid_model(name, e))?;
+        let model = tokio::task::spawn_blocking(move || {
+            onnx.model(&n, &b, sessions, target, model_metrics)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
+        .map_err(|e| ApiError::invalid_model(name, e))?;
         let mut state = self.admin.lock().await;
         let record = ModelVersion {
             digest: digest.clone(),
             created_at: now_rfc3339(),
             size: bytes.len() as u64,
+            target,
         };
         let mut meta = state.meta.clone();
         let m = meta
@@ -563,6 +588,7 @@ impl Registry {
                     name,
                     &bytes,
                     self.config.model_sessions,
+                    live_target(m),
                     self.metrics.model(name),
                 )
                 .map_err(|e| ApiError::invalid_model(name, e))?;
@@ -727,6 +753,15 @@ impl Registry {
     }
 }
 
+/// Where the live version of a model runs.
+fn live_target(m: &ModelRecord) -> Target {
+    m.versions
+        .iter()
+        .find(|v| v.digest == m.live)
+        .map(|v| v.target)
+        .unwrap_or_default()
+}
+
 /// Every digest the metadata refers to: function versions and model versions.
 fn referenced(meta: &Meta) -> HashSet<&str> {
     let functions = meta
@@ -783,6 +818,7 @@ pub fn model_version_json(v: &ModelVersion, live: bool) -> Value {
         "created_at": v.created_at,
         "size": v.size,
         "live": live,
+        "target": v.target,
     })
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::config::{Config, FunctionLimits, parse_duration, parse_size};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::nn::onnx::Target;
 use crate::registry::{Deploy, Deployed, Registry};
 use crate::runtime::{Invocation, Runtime, request_body_error};
 
@@ -260,8 +261,17 @@ impl Node {
             (["models", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
             (["models", name, "versions"], &Method::POST) => {
                 let name = check_name(name)?.to_string();
+                let target = match req.uri().query().unwrap_or("") {
+                    "" | "target=cpu" => Target::Cpu,
+                    "target=gpu" => Target::Gpu,
+                    other => {
+                        return Err(ApiError::invalid_request(format!(
+                            "unknown model parameters `{other}`: the only one is target=cpu or target=gpu"
+                        )));
+                    }
+                };
                 let bytes = read_body(req, self.config.max_model_size).await?;
-                match self.registry.add_model(&name, bytes).await? {
+                match self.registry.add_model(&name, bytes, target).await? {
                     Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, v)),
                     Deploy::Existing(v) => Ok(json_response(StatusCode::OK, v)),
                 }

@@ -58,6 +58,9 @@ pub struct ModelVersion {
     pub created_at: String,
     /// Size in bytes.
     pub size: u64,
+    /// Where it runs.
+    #[serde(default)]
+    pub target: crate::nn::onnx::Target,
 }
 
 /// One function: its versions (oldest first) and which one is live.

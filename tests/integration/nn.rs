@@ -255,3 +255,52 @@ fn guest_model_loads_follow_the_node_policy() {
     assert_eq!(r.status, 400, "{r}");
     assert!(r.text().starts_with("invalid-encoding: "), "{r}");
 }
+
+#[test]
+fn gpu_models_follow_the_node_fallback_policy() {
+    if !nn_available() {
+        return;
+    }
+    let bytes = std::fs::read(repo_root().join("tests/models/add_f32.onnx")).unwrap();
+    let add_gpu = |node: &Node| {
+        Request::new("POST", "/admin/v1/models/add/versions?target=gpu")
+            .header("content-type", "application/octet-stream")
+            .body(bytes.clone())
+            .send(node.addr())
+    };
+    // The CPU build of ONNX Runtime has no CUDA provider. By default that is an error that says so.
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), None);
+    let refused = assert_error(&add_gpu(&node), 400, "invalid_model");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("CUDA"),
+        "{refused}"
+    );
+
+    // With `gpu_fallback = "cpu"` the model runs on the CPU, logged and counted, never silently.
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some("gpu_fallback = \"cpu\"\n"));
+    let added = add_gpu(&node);
+    assert_eq!(added.status, 201, "{added}");
+    assert_eq!(added.json()["target"], "gpu");
+    node.deploy_ok("nn", "nn-probe", "model=add");
+    assert_eq!(node.get("/fn/nn/add").text(), "2 3 4 5 6 7");
+    let metrics = node.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tensorlet_model_gpu_fallbacks_total",
+            &[("model", "add")]
+        ),
+        Some(1.0),
+        "one fallback per model load:\n{metrics}"
+    );
+    wait_for("the fallback to be logged", || {
+        node.stderr_text()
+            .contains("running the model on the CPU")
+            .then_some(())
+    });
+}

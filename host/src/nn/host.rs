@@ -9,6 +9,7 @@ use super::bindings::wasi::nn::errors::{self, ErrorCode};
 use super::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use super::bindings::wasi::nn::inference;
 use super::bindings::wasi::nn::tensor::{self, TensorType};
+use super::onnx::Target;
 use super::tensor::Tensor;
 use super::{ExecutionContext, Failure, GraphHandle, NnView};
 
@@ -133,9 +134,10 @@ impl graph::Host for NnView<'_> {
             ));
         }
         let metrics = Arc::clone(&node.guest_load_metrics);
-        let built =
-            tokio::task::spawn_blocking(move || onnx.model("(guest bytes)", &bytes, 1, metrics))
-                .await;
+        let built = tokio::task::spawn_blocking(move || {
+            onnx.model("(guest bytes)", &bytes, 1, Target::Cpu, metrics)
+        })
+        .await;
         match built {
             Ok(Ok(model)) => Ok(Ok(self.table.push(Arc::new(model))?)),
             Ok(Err(reason)) => self.fail(Failure::new(ErrorCode::InvalidEncoding, reason)),

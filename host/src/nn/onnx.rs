@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ort::environment::Environment;
+use ort::ep::{CUDA, ExecutionProvider};
 use ort::memory::Allocator;
 use ort::session::Session;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, ValueType};
@@ -18,20 +19,42 @@ use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
 use super::{Failure, NnResult};
 use crate::metrics::ModelMetrics;
 
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA provider.
+    Gpu,
+}
+
+/// What the node does when a model asks for the GPU and the loaded ONNX Runtime has no CUDA
+/// provider. Never silent: either an error, or a logged and counted fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuFallback {
+    /// Refuse the model with an error that says why.
+    Error,
+    /// Run it on the CPU, with a warning in the log and `tensorlet_model_gpu_fallbacks_total`.
+    Cpu,
+}
+
 /// ONNX Runtime, loaded from a shared library at start-up.
 pub struct Onnx {
     env: Environment,
+    gpu_fallback: GpuFallback,
 }
 
 impl Onnx {
     /// Loads `libonnxruntime` from `path`; an error (not a panic) when it is missing or broken.
-    pub fn load(path: &Path) -> anyhow::Result<Onnx> {
+    pub fn load(path: &Path, gpu_fallback: GpuFallback) -> anyhow::Result<Onnx> {
         let env = ort::init_from(path)
             .map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime from {}: {e}", path.display()))?
             .with_name("tensorlet")
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start ONNX Runtime: {e}"))?;
-        Ok(Onnx { env })
+        Ok(Onnx { env, gpu_fallback })
     }
 
     /// Builds `sessions` sessions of a model from its bytes and reads its inputs and outputs.
@@ -40,12 +63,39 @@ impl Onnx {
         name: &str,
         bytes: &[u8],
         sessions: usize,
+        target: Target,
         metrics: Arc<ModelMetrics>,
     ) -> Result<Model, String> {
+        let cuda = match target {
+            Target::Cpu => false,
+            Target::Gpu if CUDA::is_available().unwrap_or(false) => true,
+            Target::Gpu => match self.gpu_fallback {
+                GpuFallback::Error => {
+                    return Err("it asks for the GPU, but this node's ONNX Runtime has no CUDA execution provider \
+                         (use the onnxruntime-gpu library, add it with --target cpu, or set gpu_fallback = \"cpu\")"
+                        .into());
+                }
+                GpuFallback::Cpu => {
+                    tracing::warn!(
+                        model = name,
+                        "no CUDA execution provider: running the model on the CPU (gpu_fallback = cpu)"
+                    );
+                    metrics
+                        .gpu_fallbacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    false
+                }
+            },
+        };
         let mut pool = Vec::with_capacity(sessions);
         for _ in 0..sessions.max(1) {
-            let session = Session::builder(&self.env)
-                .map_err(|e| e.to_string())?
+            let mut builder = Session::builder(&self.env).map_err(|e| e.to_string())?;
+            if cuda {
+                builder = builder
+                    .with_execution_providers([CUDA::default().build().error_on_failure()])
+                    .map_err(|e| format!("the CUDA execution provider failed: {e}"))?;
+            }
+            let session = builder
                 // One intra-op thread, no spinning: on a shared node more threads per session
                 // made latency worse, and concurrency comes from the session pool instead.
                 .with_intra_threads(1)
