@@ -11,34 +11,35 @@
 //!    a word with no match (or over 100 characters) is `[UNK]`.
 //! 6. `[CLS]` + tokens + `[SEP]`, truncated to `max_len` tokens in all.
 
-use std::collections::HashMap;
-
 use crate::unicode_tables::{DECOMPOSED, NONSPACING_MARKS, OTHER, PUNCTUATION};
 
 const MAX_WORD_CHARS: usize = 100;
 
-/// A WordPiece vocabulary (one token per line; the line number is the id).
+/// A WordPiece vocabulary: tokens with their ids, sorted by token (built from `vocab.txt` at
+/// compile time by `build.rs`).
 pub struct Tokenizer {
-    ids: HashMap<&'static str, i64>,
+    ids: &'static [(&'static str, u32)],
     cls: i64,
     sep: i64,
     unk: i64,
 }
 
 impl Tokenizer {
-    /// Reads a `vocab.txt`; panics if `[CLS]`, `[SEP]` or `[UNK]` is missing.
-    pub fn new(vocab: &'static str) -> Tokenizer {
-        let ids: HashMap<&str, i64> = vocab
-            .lines()
-            .enumerate()
-            .map(|(i, token)| (token, i as i64))
-            .collect();
-        let id = |t: &str| {
-            *ids.get(t)
-                .unwrap_or_else(|| panic!("vocabulary has no {t}"))
-        };
+    /// Uses a sorted vocabulary; panics if `[CLS]`, `[SEP]` or `[UNK]` is missing (a build error,
+    /// not something a request can cause).
+    pub fn new(ids: &'static [(&'static str, u32)]) -> Tokenizer {
+        let mut tokenizer = Tokenizer { ids, cls: 0, sep: 0, unk: 0 };
+        let id = |t: &str| tokenizer.id(t).unwrap_or_else(|| panic!("vocabulary has no {t}"));
         let (cls, sep, unk) = (id("[CLS]"), id("[SEP]"), id("[UNK]"));
-        Tokenizer { ids, cls, sep, unk }
+        tokenizer.cls = cls;
+        tokenizer.sep = sep;
+        tokenizer.unk = unk;
+        tokenizer
+    }
+
+    fn id(&self, token: &str) -> Option<i64> {
+        let i = self.ids.binary_search_by(|(t, _)| (*t).cmp(token)).ok()?;
+        Some(i64::from(self.ids[i].1))
     }
 
     /// The token ids of `text`: `[CLS] ... [SEP]`, at most `max_len` (at least 2) ids.
@@ -70,7 +71,7 @@ impl Tokenizer {
                     piece.push_str("##");
                 }
                 piece.push_str(&word[start..end]);
-                if let Some(&id) = self.ids.get(piece.as_str()) {
+                if let Some(id) = self.id(piece.as_str()) {
                     found = Some(id);
                     break;
                 }
@@ -199,9 +200,8 @@ mod tests {
     use super::*;
 
     fn tokens(text: &str) -> Vec<String> {
-        let vocab = include_str!("../vocab.txt");
-        let by_id: Vec<&str> = vocab.lines().collect();
-        Tokenizer::new(vocab)
+        let by_id: Vec<&str> = include_str!("../vocab.txt").lines().collect();
+        Tokenizer::new(&crate::vocab::VOCAB)
             .encode(text, 128)
             .into_iter()
             .map(|id| by_id[id as usize].to_string())
