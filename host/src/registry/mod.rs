@@ -2,7 +2,10 @@
 //! delete. Admin changes are serialised by one async mutex and persisted through [`Store`]
 //! before they are acknowledged; the request path only reads an immutable snapshot of the live
 //! versions ([`Registry::route`]), swapped atomically after each change, so in-flight requests
-//! keep the version they started on.
+//! keep the version they started on. Models (`models.rs`) live in the same metadata and follow
+//! the same rules.
+
+mod models;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -14,11 +17,11 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, FunctionLimits};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
-use crate::nn::onnx::Target;
 use crate::nn::{Model, NnNode};
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
-use crate::store::{self, FunctionRecord, Meta, ModelRecord, ModelVersion, Store, VersionRecord};
+use crate::store::{self, FunctionRecord, Meta, Store, VersionRecord};
 use crate::time::now_rfc3339;
+use models::live_target;
 
 /// One version of one function, ready to serve requests.
 pub struct Deployed {
@@ -462,247 +465,6 @@ impl Registry {
             .map_err(|e| ApiError::internal(format!("cannot save metadata: {e}")))
     }
 
-    /// Checks, stores and makes live a new version of a model.
-    pub async fn add_model(
-        &self,
-        name: &str,
-        bytes: Bytes,
-        target: Target,
-    ) -> Result<Deploy, ApiError> {
-        let Some(onnx) = self.nn.onnx.clone() else {
-            return Err(ApiError::onnx_unavailable());
-        };
-        let digest = store::digest(&bytes);
-        {
-            let mut state = self.admin.lock().await;
-            if let Some(v) = state
-                .meta
-                .models
-                .get(name)
-                .and_then(|m| m.versions.iter().find(|v| v.digest == digest))
-            {
-                let v = v.clone();
-                if v.target != target {
-                    return Err(ApiError::version_conflict(format!(
-                        "model `{name}` already has version {} for another target, and versions never change: \
-                         add it with --target {}",
-                        store::short_id(&v.digest),
-                        serde_json::to_value(v.target)
-                            .unwrap_or_default()
-                            .as_str()
-                            .unwrap_or("cpu")
-                    )));
-                }
-                self.set_model_live(&mut state, name, &digest).await?;
-                return Ok(Deploy::Existing(model_version_json(&v, true)));
-            }
-        }
-        // Building sessions parses and optimises the model: CPU-bound, off the async workers.
-        let sessions = self.config.model_sessions;
-        let (n, b) = (name.to_string(), bytes.clone());
-        let model_metrics = self.metrics.model(name);
-        let model = tokio::task::spawn_blocking(move || {
-            onnx.model(&n, &b, sessions, target, model_metrics)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
-        .map_err(|e| ApiError::invalid_model(name, e))?;
-        let mut state = self.admin.lock().await;
-        let record = ModelVersion {
-            digest: digest.clone(),
-            created_at: now_rfc3339(),
-            size: bytes.len() as u64,
-            target,
-        };
-        let mut meta = state.meta.clone();
-        let m = meta
-            .models
-            .entry(name.to_string())
-            .or_insert_with(|| ModelRecord {
-                live: digest.clone(),
-                updated_at: String::new(),
-                versions: Vec::new(),
-            });
-        if !m.versions.iter().any(|v| v.digest == digest) {
-            m.versions.push(record.clone());
-        }
-        m.live = digest.clone();
-        m.updated_at = record.created_at.clone();
-        while m.versions.len() > self.config.max_versions {
-            let Some(oldest) = m.versions.iter().position(|v| v.digest != m.live) else {
-                break;
-            };
-            m.versions.remove(oldest);
-        }
-        let store = Arc::clone(&self.store);
-        let (d, to_save) = (digest.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || {
-            store.put_blob(&d, &bytes)?;
-            store.save_meta(&to_save)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("cannot store the model: {e}")))?;
-        state.meta = meta;
-        state
-            .loaded_models
-            .insert(format!("{name}@{digest}"), Arc::new(model));
-        self.publish_models(&state);
-        self.collect_garbage(&mut state);
-        tracing::info!(
-            model = name,
-            version = store::short_id(&digest),
-            "model added"
-        );
-        Ok(Deploy::Created(model_version_json(&record, true)))
-    }
-
-    async fn set_model_live(
-        &self,
-        state: &mut AdminState,
-        name: &str,
-        digest: &str,
-    ) -> Result<(), ApiError> {
-        let mut meta = state.meta.clone();
-        let Some(m) = meta.models.get_mut(name) else {
-            return Err(ApiError::model_not_found(name));
-        };
-        if m.live == digest {
-            return Ok(());
-        }
-        m.live = digest.to_string();
-        m.updated_at = now_rfc3339();
-        let key = format!("{name}@{digest}");
-        if let std::collections::hash_map::Entry::Vacant(slot) = state.loaded_models.entry(key) {
-            let onnx = self
-                .nn
-                .onnx
-                .clone()
-                .ok_or_else(ApiError::onnx_unavailable)?;
-            let bytes = self
-                .store
-                .read_blob(digest)
-                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-            let model = onnx
-                .model(
-                    name,
-                    &bytes,
-                    self.config.model_sessions,
-                    live_target(m),
-                    self.metrics.model(name),
-                )
-                .map_err(|e| ApiError::invalid_model(name, e))?;
-            slot.insert(Arc::new(model));
-        }
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish_models(state);
-        Ok(())
-    }
-
-    /// Every model with its live version.
-    pub async fn list_models(&self) -> Value {
-        let state = self.admin.lock().await;
-        let models: Vec<Value> = state
-            .meta
-            .models
-            .iter()
-            .map(|(name, m)| {
-                let loaded = state
-                    .loaded_models
-                    .contains_key(&format!("{name}@{}", m.live));
-                json!({
-                    "name": name,
-                    "live": store::short_id(&m.live),
-                    "versions": m.versions.len(),
-                    "updated_at": m.updated_at,
-                    "loaded": loaded,
-                })
-            })
-            .collect();
-        json!({ "models": models })
-    }
-
-    /// One model with its versions, newest first, and its declared inputs and outputs.
-    pub async fn get_model(&self, name: &str) -> Result<Value, ApiError> {
-        let state = self.admin.lock().await;
-        let m = state
-            .meta
-            .models
-            .get(name)
-            .ok_or_else(|| ApiError::model_not_found(name))?;
-        let versions: Vec<Value> = m
-            .versions
-            .iter()
-            .rev()
-            .map(|v| model_version_json(v, v.digest == m.live))
-            .collect();
-        let slots = |s: &[crate::nn::onnx::Slot]| -> Vec<Value> {
-            s.iter()
-                .map(|s| {
-                    json!({
-                        "name": s.name,
-                        "type": s.ty.map(crate::nn::tensor::type_name).unwrap_or("unsupported"),
-                        "dims": s.dims,
-                    })
-                })
-                .collect()
-        };
-        let (inputs, outputs) = match state.loaded_models.get(&format!("{name}@{}", m.live)) {
-            Some(model) => (slots(model.inputs()), slots(model.outputs())),
-            None => (Vec::new(), Vec::new()),
-        };
-        Ok(
-            json!({ "name": name, "live": store::short_id(&m.live), "versions": versions, "inputs": inputs, "outputs": outputs }),
-        )
-    }
-
-    /// Removes a model, unless a live function version may use it.
-    pub async fn remove_model(&self, name: &str) -> Result<Value, ApiError> {
-        let mut state = self.admin.lock().await;
-        if !state.meta.models.contains_key(name) {
-            return Err(ApiError::model_not_found(name));
-        }
-        let users: Vec<&String> = state
-            .meta
-            .functions
-            .iter()
-            .filter(|(_, f)| {
-                f.versions
-                    .iter()
-                    .any(|v| v.digest == f.live && v.models.iter().any(|m| m == name))
-            })
-            .map(|(n, _)| n)
-            .collect();
-        if !users.is_empty() {
-            return Err(ApiError::version_conflict(format!(
-                "model `{name}` is used by the live version of {users:?}: redeploy or delete those functions first"
-            )));
-        }
-        let mut meta = state.meta.clone();
-        meta.models.remove(name);
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish_models(&state);
-        self.collect_garbage(&mut state);
-        tracing::info!(model = name, "model removed");
-        Ok(json!({ "name": name, "deleted": true }))
-    }
-
-    /// Swaps in the set of live models.
-    fn publish_models(&self, state: &AdminState) {
-        let set = state
-            .meta
-            .models
-            .iter()
-            .filter_map(|(name, m)| {
-                let model = state.loaded_models.get(&format!("{name}@{}", m.live))?;
-                Some((name.clone(), Arc::clone(model)))
-            })
-            .collect();
-        self.nn.models.replace(set);
-    }
-
     /// Rebuilds the live snapshot from the metadata and swaps it in.
     fn publish(&self, state: &mut AdminState) {
         let current = Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()));
@@ -753,15 +515,6 @@ impl Registry {
     }
 }
 
-/// Where the live version of a model runs.
-fn live_target(m: &ModelRecord) -> Target {
-    m.versions
-        .iter()
-        .find(|v| v.digest == m.live)
-        .map(|v| v.target)
-        .unwrap_or_default()
-}
-
 /// Every digest the metadata refers to: function versions and model versions.
 fn referenced(meta: &Meta) -> HashSet<&str> {
     let functions = meta
@@ -808,18 +561,6 @@ fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Resu
         }
     };
     runtime.prepare(&component).map_err(anyhow::Error::msg)
-}
-
-/// The JSON form of a model version.
-pub fn model_version_json(v: &ModelVersion, live: bool) -> Value {
-    json!({
-        "version": store::short_id(&v.digest),
-        "digest": format!("sha256:{}", v.digest),
-        "created_at": v.created_at,
-        "size": v.size,
-        "live": live,
-        "target": v.target,
-    })
 }
 
 /// The JSON form of a version record.
