@@ -12,7 +12,6 @@
 //! - 500 `{"error":"..."}`: the model failed (not deployed with `--model orientation`, a wrong
 //!   model, a runtime error).
 
-use image::imageops::{self, FilterType};
 use image::{DynamicImage, GenericImageView, ImageDecoder, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use tensorlet_sdk::nn::{Graph, NnError, Tensor};
@@ -107,6 +106,11 @@ fn decode(body: &[u8]) -> Result<RgbImage, (StatusCode, String)> {
 /// transparent pixels on white. With `k` = 1 it only converts. Shrinking before the bilinear
 /// resize keeps large photos cheap in memory (one decoded copy) and antialiased.
 fn shrink(image: &DynamicImage, k: u32) -> RgbImage {
+    if k == 1 && !image.color().has_alpha() {
+        // The common case (an opaque image of normal size): one bulk conversion, no per-pixel
+        // dispatch through DynamicImage.
+        return image.to_rgb8();
+    }
     let area = k * k;
     RgbImage::from_fn(image.width() / k, image.height() / k, |bx, by| {
         let mut sum = [0u32; 3];
@@ -126,26 +130,74 @@ fn shrink(image: &DynamicImage, k: u32) -> RgbImage {
 /// RGB image → `x`: f32[1,3,224,224], CHW, (pixel/255 - mean) / std.
 ///
 /// Short side to 256 (bilinear with antialiasing, like Pillow's `BILINEAR`; the long side
-/// `round(long * 256 / short)`), then the centre 224x224 (offset `(side - 224) / 2`).
+/// `round(long * 256 / short)`), then the centre 224x224 (offset `(side - 224) / 2`). The two are
+/// done in one separable pass that computes only the 224x224 pixels kept.
 fn preprocess(rgb: &RgbImage) -> Vec<f32> {
     let (w, h) = rgb.dimensions();
     let scale = RESIZE_SHORT as f64 / w.min(h) as f64;
     let nw = ((w as f64 * scale).round() as u32).max(CROP);
     let nh = ((h as f64 * scale).round() as u32).max(CROP);
-    let resized = imageops::resize(rgb, nw, nh, FilterType::Triangle);
     let (left, top) = ((nw - CROP) / 2, (nh - CROP) / 2);
-    let plane = (CROP * CROP) as usize;
+    let columns = taps(w, nw, left);
+    let rows = taps(h, nh, top);
+    let crop = CROP as usize;
+    // Horizontal pass over every source row, for the kept columns only.
+    let src = rgb.as_raw();
+    let mut horizontal = vec![0f32; h as usize * crop * 3];
+    for y in 0..h as usize {
+        let line = &src[y * w as usize * 3..][..w as usize * 3];
+        for (cx, (start, weights)) in columns.iter().enumerate() {
+            let mut acc = [0f32; 3];
+            for (k, wt) in weights.iter().enumerate() {
+                let p = &line[(start + k) * 3..][..3];
+                for c in 0..3 {
+                    acc[c] += wt * p[c] as f32;
+                }
+            }
+            horizontal[(y * crop + cx) * 3..][..3].copy_from_slice(&acc);
+        }
+    }
+    // Vertical pass for the kept rows, then normalise into CHW planes.
+    let plane = crop * crop;
     let mut x = vec![0f32; 3 * plane];
-    for cy in 0..CROP {
-        for cx in 0..CROP {
-            let pixel = resized.get_pixel(left + cx, top + cy).0;
-            let i = (cy * CROP + cx) as usize;
+    for (cy, (start, weights)) in rows.iter().enumerate() {
+        for cx in 0..crop {
+            let mut acc = [0f32; 3];
+            for (k, wt) in weights.iter().enumerate() {
+                let p = &horizontal[((start + k) * crop + cx) * 3..][..3];
+                for c in 0..3 {
+                    acc[c] += wt * p[c];
+                }
+            }
             for c in 0..3 {
-                x[c * plane + i] = (pixel[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+                // Round and clamp like an 8-bit resized image would be.
+                let v = acc[c].round().clamp(0.0, 255.0);
+                x[c * plane + cy * crop + cx] = (v / 255.0 - MEAN[c]) / STD[c];
             }
         }
     }
     x
+}
+
+/// Triangle-filter taps for resizing `src` pixels to `dst` and keeping `CROP` outputs from
+/// `offset`: for each kept output, the first source index and the normalised weights. When
+/// shrinking, the filter widens by the scale (antialiasing), as Pillow's bilinear filter does.
+fn taps(src: u32, dst: u32, offset: u32) -> Vec<(usize, Vec<f32>)> {
+    let scale = src as f64 / dst as f64;
+    let support = scale.max(1.0);
+    (offset..offset + CROP)
+        .map(|o| {
+            let center = (o as f64 + 0.5) * scale;
+            let first = ((center - support).floor().max(0.0)) as usize;
+            let last = ((center + support).ceil() as usize).min(src as usize);
+            let mut weights: Vec<f32> = (first..last)
+                .map(|j| (1.0 - ((j as f64 + 0.5 - center) / support).abs()).max(0.0) as f32)
+                .collect();
+            let sum: f32 = weights.iter().sum();
+            weights.iter_mut().for_each(|wt| *wt /= sum);
+            (first, weights)
+        })
+        .collect()
 }
 
 /// Runs the model; the four probabilities in `LABELS` order.
