@@ -326,6 +326,12 @@ async fn versions(a: NameArgs) -> anyhow::Result<()> {
     let v = AdminClient::new(&a.node.node)?
         .call(Method::GET, &path, Bytes::new(), "application/json")
         .await?;
+    print_versions(&v);
+    Ok(())
+}
+
+/// Prints a `versions` answer (functions and models share its shape), newest first.
+fn print_versions(v: &Value) {
     println!("{:<14} {:<22} {:>10}  LIVE", "VERSION", "CREATED", "SIZE");
     for ver in v["versions"].as_array().into_iter().flatten() {
         let live = if ver["live"].as_bool() == Some(true) {
@@ -340,7 +346,6 @@ async fn versions(a: NameArgs) -> anyhow::Result<()> {
             ver["size"]
         );
     }
-    Ok(())
 }
 
 async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
@@ -413,20 +418,7 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
             let v = AdminClient::new(&a.node.node)?
                 .call(Method::GET, &path, Bytes::new(), "application/json")
                 .await?;
-            println!("{:<14} {:<22} {:>10}  LIVE", "VERSION", "CREATED", "SIZE");
-            for ver in v["versions"].as_array().into_iter().flatten() {
-                let live = if ver["live"].as_bool() == Some(true) {
-                    "*"
-                } else {
-                    ""
-                };
-                println!(
-                    "{:<14} {:<22} {:>10}  {live}",
-                    s(&ver["version"]),
-                    s(&ver["created_at"]),
-                    ver["size"]
-                );
-            }
+            print_versions(&v);
             for (kind, key) in [("input", "inputs"), ("output", "outputs")] {
                 for io in v[key].as_array().into_iter().flatten() {
                     println!(

@@ -127,25 +127,32 @@ impl Drop for TestDir {
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
+/// `cargo build --release --target wasm32-wasip2` of a guest workspace into `target_dir`, without
+/// the outer build's flags (they are for the host target).
+fn wasm_build(manifest: &Path, target_dir: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(manifest)
+    .arg("--target-dir")
+    .arg(target_dir)
+    .env_remove("CARGO_ENCODED_RUSTFLAGS")
+    .env_remove("RUSTFLAGS");
+    cmd
+}
+
 static FIXTURES: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 fn build_fixtures() -> Result<PathBuf, String> {
     let root = repo_root();
     let manifest = root.join("tests/fixtures/Cargo.toml");
     let target_dir = root.join("target/wasm");
-    let out = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
+    let out = wasm_build(&manifest, &target_dir)
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
         .stdin(Stdio::null())
@@ -203,19 +210,7 @@ pub fn example(name: &str) -> PathBuf {
         Ok(text) if text.lines().any(|l| l.trim() == "[workspace]") => own,
         _ => root.join("examples/Cargo.toml"),
     };
-    let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(root.join("target/wasm"))
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
+    let status = wasm_build(&manifest, &root.join("target/wasm"))
         .status()
         .expect("run cargo for the examples");
     assert!(status.success(), "building example {name} failed");
