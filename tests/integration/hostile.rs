@@ -164,3 +164,21 @@ fn large_streamed_response_arrives_whole() {
     assert!(r.body.iter().all(|&b| b == b'x'), "the body is all 'x'");
     assert_healthy(&node);
 }
+
+/// The memory cap is the deployed one: under it a guest allocates freely (and every request
+/// starts from a fresh, small memory), past it growth fails and the guest traps.
+#[test]
+fn memory_cap_is_enforced_at_its_size() {
+    let dir = TestDir::new();
+    let node = node_with_hello(&dir);
+    node.deploy_ok("small", "oom", "memory=16MiB");
+    for _ in 0..3 {
+        let r = node.get("/fn/small/4");
+        assert_eq!((r.status, r.text()), (200, "allocated 4".to_string()), "{r}");
+    }
+    assert_error(&node.get("/fn/small/32"), 500, "guest_trap");
+    node.deploy_ok("big", "oom", "memory=64MiB");
+    let r = node.get("/fn/big/32");
+    assert_eq!((r.status, r.text()), (200, "allocated 32".to_string()), "{r}");
+    assert_healthy(&node);
+}
