@@ -174,11 +174,19 @@ fn memory_cap_is_enforced_at_its_size() {
     node.deploy_ok("small", "oom", "memory=16MiB");
     for _ in 0..3 {
         let r = node.get("/fn/small/4");
-        assert_eq!((r.status, r.text()), (200, "allocated 4".to_string()), "{r}");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "allocated 4".to_string()),
+            "{r}"
+        );
     }
     assert_error(&node.get("/fn/small/32"), 500, "guest_trap");
     node.deploy_ok("big", "oom", "memory=64MiB");
     let r = node.get("/fn/big/32");
-    assert_eq!((r.status, r.text()), (200, "allocated 32".to_string()), "{r}");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "allocated 32".to_string()),
+        "{r}"
+    );
     assert_healthy(&node);
 }

@@ -201,10 +201,14 @@ impl Registry {
                 )));
             }
         }
-        if let Some(existing) = self.existing(name, &digest, &limits, &env, &models).await? {
-            return Ok(existing);
-        }
-        let compiled = self.admin.lock().await.compiled.get(&digest).cloned();
+        let compiled = {
+            let mut state = self.admin.lock().await;
+            let found = self.existing_locked(&mut state, name, &digest, &limits, &env, &models);
+            if let Some(existing) = found.await? {
+                return Ok(existing);
+            }
+            state.compiled.get(&digest).cloned()
+        };
         let pre = match compiled {
             Some(pre) => pre,
             None => {
@@ -287,19 +291,6 @@ impl Registry {
         self.collect_garbage(&mut state);
         tracing::info!(function = name, version = record.id(), "deployed");
         Ok(Deploy::Created(version_json(&record, true)))
-    }
-
-    async fn existing(
-        &self,
-        name: &str,
-        digest: &str,
-        limits: &FunctionLimits,
-        env: &BTreeMap<String, String>,
-        models: &[String],
-    ) -> Result<Option<Deploy>, ApiError> {
-        let mut state = self.admin.lock().await;
-        self.existing_locked(&mut state, name, digest, limits, env, models)
-            .await
     }
 
     /// A deploy of bytes this function already has: same settings make it live, others conflict.
