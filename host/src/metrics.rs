@@ -105,6 +105,8 @@ pub struct Metrics {
     models: Mutex<BTreeMap<String, Arc<ModelMetrics>>>,
     /// Time to create an instance from a pre-instantiated component.
     pub instantiation: Histogram,
+    /// Distinct models in memory (by digest and target), however many names share them.
+    pub models_loaded: AtomicU64,
 }
 
 impl Metrics {
@@ -164,6 +166,13 @@ impl Metrics {
         out.push_str("# TYPE tensorlet_instantiation_duration_seconds histogram\n");
         self.instantiation
             .render(&mut out, "tensorlet_instantiation_duration_seconds", "");
+        out.push_str("# HELP tensorlet_models_loaded Distinct models in memory (one per digest and target).\n");
+        out.push_str("# TYPE tensorlet_models_loaded gauge\n");
+        let _ = writeln!(
+            out,
+            "tensorlet_models_loaded {}",
+            self.models_loaded.load(Ordering::Relaxed)
+        );
         self.render_models(&mut out);
         out
     }

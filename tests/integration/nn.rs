@@ -164,6 +164,75 @@ fn inference_is_bounded_by_the_function_timeout() {
 }
 
 #[test]
+fn an_abandoned_inference_keeps_its_session_until_it_ends() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some("model_sessions = 1"));
+    add_models(&node, &[("slow", "slow.onnx")]);
+    node.deploy_ok("nn", "nn-probe", "model=slow&timeout=100ms");
+    assert_error(&node.get("/fn/nn/slow"), 504, "timeout");
+    // The first inference still holds the only session: the next request waits for it (and
+    // times out too) instead of being let in to find no session.
+    let r = node.get("/fn/nn/slow");
+    let text = r.text();
+    assert!(
+        r.status == 504 || (r.status == 400 && text.starts_with("timeout")),
+        "{r}"
+    );
+    // Once the abandoned inference ends, its session serves again.
+    wait_for("the abandoned inference to end", || {
+        let m = node.metrics();
+        let done = metric_value(
+            &m,
+            "tensorlet_model_inference_duration_seconds_count",
+            &[("model", "slow")],
+        )?;
+        (done >= 1.0).then_some(())
+    });
+    node.deploy_ok("patient", "nn-probe", "model=slow&timeout=10s");
+    assert_eq!(node.get("/fn/patient/slow").text(), "done");
+}
+
+#[test]
+fn identical_model_bytes_load_once() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let mut node = Node::start(&dir.data(), None);
+    add_models(
+        &node,
+        &[
+            ("add", "add_f32.onnx"),
+            ("add-copy", "add_f32.onnx"),
+            ("mlp", "mlp.onnx"),
+        ],
+    );
+    let loaded = |node: &Node| metric_value(&node.metrics(), "tensorlet_models_loaded", &[]);
+    assert_eq!(loaded(&node), Some(2.0), "two names, one copy of add_f32");
+    node.deploy_ok("nn", "nn-probe", "model=add&model=add-copy");
+    assert_eq!(node.get("/fn/nn/add").text(), "2 3 4 5 6 7");
+    assert_eq!(node.get("/fn/nn/load/add-copy").text(), "ok");
+
+    node.terminate();
+    assert!(node.wait_exit().success());
+    let node = Node::start(&dir.data(), None);
+    assert_eq!(loaded(&node), Some(2.0), "shared again after a restart");
+    assert_eq!(node.delete("/admin/v1/models/mlp").status, 200);
+    assert_eq!(loaded(&node), Some(1.0));
+    assert_eq!(node.delete("/admin/v1/functions/nn").status, 200);
+    assert_eq!(node.delete("/admin/v1/models/add").status, 200);
+    assert_eq!(loaded(&node), Some(1.0), "add-copy still uses the bytes");
+    node.deploy_ok("nn", "nn-probe", "model=add-copy");
+    assert_eq!(node.get("/fn/nn/load/add-copy").text(), "ok");
+    assert_eq!(node.delete("/admin/v1/functions/nn").status, 200);
+    assert_eq!(node.delete("/admin/v1/models/add-copy").status, 200);
+    assert_eq!(loaded(&node), Some(0.0));
+}
+
+#[test]
 fn models_are_managed_and_persist() {
     if !nn_available() {
         return;

@@ -1,10 +1,16 @@
-//! Models on ONNX Runtime. A [`Model`] is loaded once per node and shared by every instance that
-//! may use it. `Session::run` needs `&mut Session`, so a model holds a small pool of sessions
-//! behind a semaphore: requests run in parallel up to the pool size and wait (bounded by their
-//! deadline) beyond it. Inference always runs on the blocking pool, never on an async worker.
+//! Models on ONNX Runtime. A model's bytes are loaded once per node into [`Sessions`], shared
+//! by every name whose live version has the same digest and target and by every instance that
+//! may use them; a [`Model`] is one name's view of them (its name for messages, its metrics).
+//!
+//! `Session::run` needs `&mut Session`, so each session is owned by a thread of its own that
+//! takes inference jobs from the model's queue: requests run in parallel up to the number of
+//! sessions and queue beyond it. Inference never runs on an async worker, and a session stays on
+//! one thread (its caches stay warm; tokio's blocking pool moved it from thread to thread). A
+//! request that stops waiting (its deadline passed) leaves its job behind: a job nobody waits for
+//! any more is dropped before it runs, and one already running finishes on its thread.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use ort::environment::Environment;
@@ -58,14 +64,15 @@ impl Onnx {
     }
 
     /// Builds `sessions` sessions of a model from its bytes and reads its inputs and outputs.
-    pub fn model(
+    /// `name` and `metrics` are those of the model asking: they record a GPU fallback.
+    pub fn sessions(
         &self,
         name: &str,
         bytes: &[u8],
         sessions: usize,
         target: Target,
-        metrics: Arc<ModelMetrics>,
-    ) -> Result<Model, String> {
+        metrics: &ModelMetrics,
+    ) -> Result<Sessions, String> {
         let cuda = match target {
             Target::Cpu => false,
             Target::Gpu if CUDA::is_available().unwrap_or(false) => true,
@@ -87,7 +94,7 @@ impl Onnx {
                 }
             },
         };
-        let mut pool = Vec::with_capacity(sessions);
+        let mut pool = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
             let mut builder = Session::builder(&self.env).map_err(|e| e.to_string())?;
             if cuda {
@@ -125,14 +132,57 @@ impl Onnx {
                 .collect()
         };
         let (inputs, outputs) = (slots(first.inputs()), slots(first.outputs()));
-        Ok(Model {
-            name: name.to_string(),
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for (i, session) in pool.into_iter().enumerate() {
+            let jobs = Arc::clone(&jobs);
+            std::thread::Builder::new()
+                .name(format!("tensorlet-nn-{i}"))
+                .spawn(move || serve_jobs(session, &jobs))
+                .map_err(|e| format!("cannot start an inference thread: {e}"))?;
+        }
+        Ok(Sessions {
             inputs,
             outputs,
-            permits: tokio::sync::Semaphore::new(pool.len()),
-            sessions: Mutex::new(pool),
-            metrics,
+            queue,
         })
+    }
+}
+
+/// One inference to run, with where to send its result.
+struct Job {
+    inputs: Vec<(String, Tensor)>,
+    queued: Instant,
+    metrics: Arc<ModelMetrics>,
+    reply: tokio::sync::oneshot::Sender<NnResult<Vec<(String, Tensor)>>>,
+}
+
+/// A session's thread: runs jobs until the model is dropped (the queue closes).
+fn serve_jobs(mut session: Session, jobs: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        // Holding the lock while waiting is the point: one idle thread waits on the queue, the
+        // others wait for the lock.
+        let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(mpsc::RecvError) => return,
+        };
+        if job.reply.is_closed() {
+            continue; // the request gave up while queued
+        }
+        job.metrics.session_wait.observe(job.queued.elapsed());
+        let started = Instant::now();
+        // A panic inside ONNX Runtime's bindings must not take the session's thread with it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_session(&mut session, job.inputs)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Failure::new(
+                ErrorCode::RuntimeError,
+                "inference failed (the runtime panicked)",
+            ))
+        });
+        job.metrics.latency.observe(started.elapsed());
+        let _ = job.reply.send(result);
     }
 }
 
@@ -147,22 +197,16 @@ pub struct Slot {
     pub dims: Vec<i64>,
 }
 
-/// A loaded model with its session pool.
-pub struct Model {
-    name: String,
+/// A model's bytes loaded into ONNX Runtime: its declared inputs and outputs, and the queue of
+/// its session threads. One per distinct digest and target on the node; dropping it ends the
+/// threads once they finish what they run.
+pub struct Sessions {
     inputs: Vec<Slot>,
     outputs: Vec<Slot>,
-    permits: tokio::sync::Semaphore,
-    sessions: Mutex<Vec<Session>>,
-    metrics: Arc<ModelMetrics>,
+    queue: mpsc::Sender<Job>,
 }
 
-impl Model {
-    /// The model's name (for messages).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
+impl Sessions {
     /// Declared inputs.
     pub fn inputs(&self) -> &[Slot] {
         &self.inputs
@@ -172,15 +216,43 @@ impl Model {
     pub fn outputs(&self) -> &[Slot] {
         &self.outputs
     }
+}
+
+/// A named model as functions load it: the shared sessions plus this name's metrics.
+pub struct Model {
+    name: String,
+    sessions: Arc<Sessions>,
+    metrics: Arc<ModelMetrics>,
+}
+
+impl Model {
+    /// `name`'s view of loaded sessions.
+    pub fn new(name: &str, sessions: Arc<Sessions>, metrics: Arc<ModelMetrics>) -> Self {
+        Self {
+            name: name.to_string(),
+            sessions,
+            metrics,
+        }
+    }
+
+    /// The model's name (for messages).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Declared inputs.
+    pub fn inputs(&self) -> &[Slot] {
+        &self.sessions.inputs
+    }
 
     /// Checks named inputs against the model's declared inputs: every input given exactly once,
     /// element types equal, ranks equal, fixed dimensions equal, sizes consistent.
     pub fn check_inputs(&self, inputs: &[(String, Tensor)]) -> NnResult<()> {
         let invalid = |m: String| Failure::new(ErrorCode::InvalidArgument, m);
-        let expected: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+        let expected: Vec<&str> = self.inputs().iter().map(|s| s.name.as_str()).collect();
         for (i, (name, t)) in inputs.iter().enumerate() {
             let slot = self
-                .inputs
+                .inputs()
                 .iter()
                 .find(|s| &s.name == name)
                 .ok_or_else(|| {
@@ -223,7 +295,7 @@ impl Model {
                 .map_err(|m| invalid(format!("input `{name}`: {m}")))?;
         }
         if let Some(missing) = self
-            .inputs
+            .inputs()
             .iter()
             .find(|s| !inputs.iter().any(|(n, _)| *n == s.name))
         {
@@ -257,61 +329,27 @@ impl Model {
         deadline: Instant,
     ) -> NnResult<Vec<(String, Tensor)>> {
         self.check_inputs(&inputs)?;
-        let waited = Instant::now();
-        let permit = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job = Job {
+            inputs,
+            queued: Instant::now(),
+            metrics: Arc::clone(&self.metrics),
+            reply,
+        };
+        self.sessions.queue.send(job).map_err(|_| {
+            Failure::new(ErrorCode::RuntimeError, "the model's sessions have stopped")
+        })?;
+        // An inference cannot be interrupted, but the request does not wait past its deadline.
+        tokio::time::timeout_at(deadline.into(), result)
             .await
             .map_err(|_| {
                 Failure::new(
                     ErrorCode::Timeout,
-                    "no session of the model became free before the deadline",
+                    "inference did not finish before the function's deadline (a request waits for a \
+                     free session of the model, then for the inference)",
                 )
             })?
-            .map_err(|_| Failure::new(ErrorCode::RuntimeError, "the model is being unloaded"))?;
-        self.metrics.session_wait.observe(waited.elapsed());
-        let model = Arc::clone(self);
-        let job = tokio::task::spawn_blocking(move || {
-            let mut session = model.take_session()?;
-            let started = Instant::now();
-            let result = run_session(&mut session, inputs);
-            model.metrics.latency.observe(started.elapsed());
-            model.put_session(session);
-            result
-        });
-        // An inference cannot be interrupted, but the request does not wait past its deadline:
-        // the job finishes in the background and gives its session back.
-        let outcome = tokio::time::timeout_at(deadline.into(), job)
-            .await
-            .map_err(|_| {
-                Failure::new(
-                    ErrorCode::Timeout,
-                    "inference did not finish before the function's deadline",
-                )
-            })?
-            .map_err(|e| {
-                Failure::new(
-                    ErrorCode::RuntimeError,
-                    format!("inference task failed: {e}"),
-                )
-            })?;
-        drop(permit);
-        outcome
-    }
-
-    fn take_session(&self) -> NnResult<Session> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .ok_or_else(|| {
-                Failure::new(ErrorCode::RuntimeError, "no free session despite a permit")
-            })
-    }
-
-    fn put_session(&self, session: Session) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(session);
+            .map_err(|_| Failure::new(ErrorCode::RuntimeError, "the inference thread failed"))?
     }
 }
 

@@ -17,11 +17,12 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, FunctionLimits};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
-use crate::nn::{Model, NnNode};
+use crate::nn::NnNode;
+use crate::nn::onnx::Sessions;
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
 use crate::store::{self, FunctionRecord, Meta, Store, VersionRecord};
 use crate::time::now_rfc3339;
-use models::live_target;
+use models::{live_key, live_target};
 
 /// One version of one function, ready to serve requests.
 pub struct Deployed {
@@ -55,8 +56,8 @@ struct AdminState {
     /// Compiled components by digest (shared between functions deploying the same bytes).
     compiled: HashMap<String, Prepared>,
     logs: HashMap<String, Arc<LogBuffer>>,
-    /// Loaded models by `name@digest`.
-    loaded_models: HashMap<String, Arc<Model>>,
+    /// Loaded model sessions by [`models::sessions_key`] (digest and target).
+    loaded_models: HashMap<String, Arc<Sessions>>,
 }
 
 /// The node's functions.
@@ -121,19 +122,23 @@ impl Registry {
                 tracing::warn!(model = %name, "ONNX Runtime is not loaded; model not served");
                 continue;
             };
+            let key = live_key(m);
+            if loaded_models.contains_key(&key) {
+                continue;
+            }
             let loaded = store.read_blob(&m.live).and_then(|bytes| {
-                onnx.model(
+                onnx.sessions(
                     name,
                     &bytes,
                     config.model_sessions,
                     live_target(m),
-                    metrics.model(name),
+                    &metrics.model(name),
                 )
                 .map_err(anyhow::Error::msg)
             });
             match loaded {
-                Ok(model) => {
-                    loaded_models.insert(format!("{name}@{}", m.live), Arc::new(model));
+                Ok(sessions) => {
+                    loaded_models.insert(key, Arc::new(sessions));
                 }
                 Err(e) => tracing::error!(model = %name, "cannot load model: {e:#}"),
             }
@@ -497,11 +502,8 @@ impl Registry {
         state
             .compiled
             .retain(|d, _| referenced.contains(d.as_str()));
-        let models = &state.meta.models;
-        state.loaded_models.retain(|key, _| {
-            key.split_once('@')
-                .is_some_and(|(name, d)| models.get(name).is_some_and(|m| m.live == d))
-        });
+        let live: HashSet<String> = state.meta.models.values().map(live_key).collect();
+        state.loaded_models.retain(|key, _| live.contains(key));
         self.store.collect_garbage(&referenced);
     }
 }

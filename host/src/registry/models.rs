@@ -3,13 +3,14 @@
 //! [`crate::nn::ModelSet`] after each change.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{AdminState, Deploy, Registry};
 use crate::error::ApiError;
-use crate::nn::onnx::Target;
+use crate::nn::onnx::{Model, Target};
 use crate::store::{self, ModelRecord, ModelVersion};
 use crate::time::now_rfc3339;
 
@@ -25,7 +26,8 @@ impl Registry {
             return Err(ApiError::onnx_unavailable());
         };
         let digest = store::digest(&bytes);
-        {
+        let key = sessions_key(&digest, target);
+        let loaded = {
             let mut state = self.admin.lock().await;
             if let Some(v) = state
                 .meta
@@ -48,17 +50,26 @@ impl Registry {
                 self.set_model_live(&mut state, name, &digest).await?;
                 return Ok(Deploy::Existing(model_version_json(&v, true)));
             }
-        }
-        // Building sessions parses and optimises the model: CPU-bound, off the async workers.
-        let sessions = self.config.model_sessions;
-        let (n, b) = (name.to_string(), bytes.clone());
-        let model_metrics = self.metrics.model(name);
-        let model = tokio::task::spawn_blocking(move || {
-            onnx.model(&n, &b, sessions, target, model_metrics)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
-        .map_err(|e| ApiError::invalid_model(name, e))?;
+            // The same bytes live under another name: share its sessions.
+            state.loaded_models.get(&key).cloned()
+        };
+        let sessions = match loaded {
+            Some(sessions) => sessions,
+            None => {
+                // Building sessions parses and optimises the model: CPU-bound, off the async
+                // workers (and outside the admin lock).
+                let count = self.config.model_sessions;
+                let (n, b) = (name.to_string(), bytes.clone());
+                let metrics = self.metrics.model(name);
+                let built = tokio::task::spawn_blocking(move || {
+                    onnx.sessions(&n, &b, count, target, &metrics)
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
+                .map_err(|e| ApiError::invalid_model(name, e))?;
+                Arc::new(built)
+            }
+        };
         let mut state = self.admin.lock().await;
         let record = ModelVersion {
             digest: digest.clone(),
@@ -96,11 +107,9 @@ impl Registry {
         .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
         .map_err(|e| ApiError::internal(format!("cannot store the model: {e}")))?;
         state.meta = meta;
-        state
-            .loaded_models
-            .insert(format!("{name}@{digest}"), Arc::new(model));
-        self.publish_models(&state);
+        state.loaded_models.entry(key).or_insert(sessions);
         self.collect_garbage(&mut state);
+        self.publish_models(&state);
         tracing::info!(
             model = name,
             version = store::short_id(&digest),
@@ -124,7 +133,7 @@ impl Registry {
         }
         m.live = digest.to_string();
         m.updated_at = now_rfc3339();
-        let key = format!("{name}@{digest}");
+        let key = sessions_key(digest, live_target(m));
         if let std::collections::hash_map::Entry::Vacant(slot) = state.loaded_models.entry(key) {
             let onnx = self
                 .nn
@@ -135,19 +144,20 @@ impl Registry {
                 .store
                 .read_blob(digest)
                 .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-            let model = onnx
-                .model(
+            let sessions = onnx
+                .sessions(
                     name,
                     &bytes,
                     self.config.model_sessions,
                     live_target(m),
-                    self.metrics.model(name),
+                    &self.metrics.model(name),
                 )
                 .map_err(|e| ApiError::invalid_model(name, e))?;
-            slot.insert(Arc::new(model));
+            slot.insert(Arc::new(sessions));
         }
         self.save(&meta).await?;
         state.meta = meta;
+        self.collect_garbage(state);
         self.publish_models(state);
         Ok(())
     }
@@ -160,9 +170,7 @@ impl Registry {
             .models
             .iter()
             .map(|(name, m)| {
-                let loaded = state
-                    .loaded_models
-                    .contains_key(&format!("{name}@{}", m.live));
+                let loaded = state.loaded_models.contains_key(&live_key(m));
                 json!({
                     "name": name,
                     "live": store::short_id(&m.live),
@@ -200,7 +208,7 @@ impl Registry {
                 })
                 .collect()
         };
-        let (inputs, outputs) = match state.loaded_models.get(&format!("{name}@{}", m.live)) {
+        let (inputs, outputs) = match state.loaded_models.get(&live_key(m)) {
             Some(model) => (slots(model.inputs()), slots(model.outputs())),
             None => (Vec::new(), Vec::new()),
         };
@@ -235,8 +243,8 @@ impl Registry {
         meta.models.remove(name);
         self.save(&meta).await?;
         state.meta = meta;
-        self.publish_models(&state);
         self.collect_garbage(&mut state);
+        self.publish_models(&state);
         tracing::info!(model = name, "model removed");
         Ok(json!({ "name": name, "deleted": true }))
     }
@@ -248,12 +256,27 @@ impl Registry {
             .models
             .iter()
             .filter_map(|(name, m)| {
-                let model = state.loaded_models.get(&format!("{name}@{}", m.live))?;
-                Some((name.clone(), Arc::clone(model)))
+                let sessions = state.loaded_models.get(&live_key(m))?;
+                let model = Model::new(name, Arc::clone(sessions), self.metrics.model(name));
+                Some((name.clone(), Arc::new(model)))
             })
             .collect();
         self.nn.models.replace(set);
+        self.metrics
+            .models_loaded
+            .store(state.loaded_models.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// Loaded sessions are keyed by digest and target: the same bytes load once per node, however
+/// many names they are added under.
+pub(super) fn sessions_key(digest: &str, target: Target) -> String {
+    format!("{digest}/{target:?}")
+}
+
+/// The sessions key of a model's live version.
+pub(super) fn live_key(m: &ModelRecord) -> String {
+    sessions_key(&m.live, live_target(m))
 }
 
 /// Where the live version of a model runs.
