@@ -69,6 +69,10 @@ struct ModelAddArgs {
     /// Where the model runs: cpu or gpu (CUDA).
     #[arg(long, default_value = "cpu")]
     target: String,
+    /// Run up to N queued requests as one inference, stacked along the first dimension (every
+    /// input and output must have a dynamic first dimension). 1 = no batching.
+    #[arg(long, default_value_t = 1)]
+    max_batch: u32,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -384,9 +388,10 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
             let bytes =
                 std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
             let path = format!(
-                "models/{}/versions?target={}",
+                "models/{}/versions?target={}&max_batch={}",
                 encode(&a.name),
-                encode(&a.target)
+                encode(&a.target),
+                a.max_batch
             );
             let v = AdminClient::new(&a.node.node)?
                 .call(

@@ -93,6 +93,8 @@ pub struct ModelMetrics {
     pub gpu_fallbacks: AtomicU64,
     /// Time a compute waited for a free session.
     pub session_wait: Histogram,
+    /// Computes that ran stacked with others in one inference (`max_batch`).
+    pub batched: AtomicU64,
 }
 
 /// Picks one series out of a model's metrics, for rendering.
@@ -183,7 +185,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let counters: [(&str, &str, ModelField<AtomicU64>); 3] = [
+        let counters: [(&str, &str, ModelField<AtomicU64>); 4] = [
             (
                 "tensorlet_model_gpu_fallbacks_total",
                 "Models that asked for the GPU and run on the CPU (gpu_fallback = cpu).",
@@ -198,6 +200,11 @@ impl Metrics {
                 "tensorlet_model_errors_total",
                 "Failed wasi:nn computes by model.",
                 |m| &m.errors,
+            ),
+            (
+                "tensorlet_model_batched_total",
+                "wasi:nn computes that ran stacked with others in one inference (max_batch).",
+                |m| &m.batched,
             ),
         ];
         for (metric, help, value) in counters {

@@ -20,7 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::config::{Config, FunctionLimits, parse_duration, parse_size};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
-use crate::nn::onnx::Target;
+use crate::nn::onnx::{MAX_BATCH, ModelOptions, Target};
 use crate::registry::{Deploy, Deployed, Registry};
 use crate::runtime::{Invocation, Runtime, request_body_error};
 
@@ -261,17 +261,9 @@ impl Node {
             (["models", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
             (["models", name, "versions"], &Method::POST) => {
                 let name = check_name(name)?.to_string();
-                let target = match req.uri().query().unwrap_or("") {
-                    "" | "target=cpu" => Target::Cpu,
-                    "target=gpu" => Target::Gpu,
-                    other => {
-                        return Err(ApiError::invalid_request(format!(
-                            "unknown model parameters `{other}`: the only one is target=cpu or target=gpu"
-                        )));
-                    }
-                };
+                let options = model_options(req.uri().query().unwrap_or(""))?;
                 let bytes = read_body(req, self.config.max_model_size).await?;
-                match self.registry.add_model(&name, bytes, target).await? {
+                match self.registry.add_model(&name, bytes, options).await? {
                     Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, v)),
                     Deploy::Existing(v) => Ok(json_response(StatusCode::OK, v)),
                 }
@@ -459,6 +451,45 @@ fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiEr
         .check_limits(&limits)
         .map_err(ApiError::invalid_request)?;
     Ok((limits, env, models))
+}
+
+/// Parses a model version's options (`target=cpu|gpu`, `max_batch=N`) from the query string.
+fn model_options(query: &str) -> Result<ModelOptions, ApiError> {
+    let mut options = ModelOptions::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+        match k.as_str() {
+            "target" => {
+                options.target = match v.as_str() {
+                    "cpu" => Target::Cpu,
+                    "gpu" => Target::Gpu,
+                    _ => {
+                        return Err(ApiError::invalid_request(format!(
+                            "bad `target`: `{v}` is neither cpu nor gpu"
+                        )));
+                    }
+                }
+            }
+            "max_batch" => {
+                options.max_batch = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_BATCH).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid_request(format!(
+                            "bad `max_batch`: `{v}` is not a number from 1 to {MAX_BATCH}"
+                        ))
+                    })?
+            }
+            other => {
+                return Err(ApiError::invalid_request(format!(
+                    "unknown model parameter `{other}`: use target (cpu or gpu) or max_batch"
+                )));
+            }
+        }
+    }
+    Ok(options)
 }
 
 fn percent_decode(s: &str) -> Result<String, ApiError> {

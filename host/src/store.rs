@@ -61,6 +61,23 @@ pub struct ModelVersion {
     /// Where it runs.
     #[serde(default)]
     pub target: crate::nn::onnx::Target,
+    /// Most rows one inference may stack from queued requests (1: no batching).
+    #[serde(default = "one")]
+    pub max_batch: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ModelVersion {
+    /// How this version runs.
+    pub fn options(&self) -> crate::nn::onnx::ModelOptions {
+        crate::nn::onnx::ModelOptions {
+            target: self.target,
+            max_batch: self.max_batch,
+        }
+    }
 }
 
 /// One function: its versions (oldest first) and which one is live.

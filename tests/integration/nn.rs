@@ -196,6 +196,72 @@ fn an_abandoned_inference_keeps_its_session_until_it_ends() {
 }
 
 #[test]
+fn queued_computes_run_as_one_batch() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some("model_sessions = 1"));
+    let models = repo_root().join("tests/models");
+    let fixed = models.join("add_f32.onnx");
+    let out = node.cli(&[
+        "model",
+        "add",
+        "add",
+        fixed.to_str().unwrap(),
+        "--max-batch",
+        "4",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a model with a fixed first dimension cannot be batched"
+    );
+    assert!(out_text(&out).1.contains("cannot be batched"), "{out:?}");
+    let rows = models.join("slow_rows.onnx");
+    let out = node.cli(&[
+        "model",
+        "add",
+        "slow-rows",
+        rows.to_str().unwrap(),
+        "--max-batch",
+        "8",
+    ]);
+    cli_ok(&out, "model add --max-batch");
+    assert_eq!(
+        node.get("/admin/v1/models/slow-rows").json()["versions"][0]["max_batch"],
+        8
+    );
+    node.deploy_ok("nn", "nn-probe", "model=slow-rows&timeout=30s");
+
+    // The first compute takes the only session for ~0.5 s; the next ones queue behind it and
+    // then run together as one inference, each getting its own rows back.
+    let addr = node.addr();
+    let first = thread::spawn(move || Request::get("/fn/nn/rows/1").send(addr).text());
+    node.wait_in_flight("nn", 1);
+    let rest: Vec<_> = (2..=4)
+        .map(|k| {
+            thread::spawn(move || {
+                (
+                    k,
+                    Request::get(&format!("/fn/nn/rows/{k}")).send(addr).text(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(first.join().unwrap(), "ok 1");
+    for r in rest {
+        let (k, text) = r.join().unwrap();
+        assert_eq!(text, format!("ok {k}"));
+    }
+    let batched = metric_value(
+        &node.metrics(),
+        "tensorlet_model_batched_total",
+        &[("model", "slow-rows")],
+    );
+    assert!(batched >= Some(2.0), "batched computes: {batched:?}");
+}
+
+#[test]
 fn identical_model_bytes_load_once() {
     if !nn_available() {
         return;

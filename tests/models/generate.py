@@ -103,6 +103,26 @@ def build():
     nodes.append(helper.make_node("MatMul", [f"h{steps}", "w_out"], ["h_out"]))
     nodes.append(helper.make_node("ReduceMean", ["h_out"], ["y"], axes=[0], keepdims=1))
     models["slow"] = model("slow", nodes, [vi("x", f32, [1, 256])], [vi("y", f32, [1, 256])])
+
+    # slow_rows: y = 2x row by row, for any number of rows (batchable), after the same slow chain
+    # as slow.onnx run on mean(x) (its result is multiplied by 0 and added, so it cannot be skipped).
+    nodes = const_of_shape("w_in", [256, dim], 1.0 / 256)
+    nodes += const_of_shape("w", [dim, dim], 1.0 / dim)
+    nodes.append(helper.make_node("Constant", [], ["rows_shape"],
+                                  value=numpy_helper.from_array(np.array([rows, 256], np.int64), "rows_shape")))
+    nodes.append(helper.make_node("ReduceMean", ["x"], ["m"], keepdims=1))
+    nodes.append(helper.make_node("Expand", ["m", "rows_shape"], ["h_x"]))
+    nodes.append(helper.make_node("MatMul", ["h_x", "w_in"], ["h0"]))
+    for i in range(steps):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("ReduceMean", [f"h{steps}"], ["z"], keepdims=1))
+    for const, value in (("zero", 0.0), ("two", 2.0)):
+        nodes.append(helper.make_node("Constant", [], [const],
+                                      value=numpy_helper.from_array(np.array([[value]], np.float32), const)))
+    nodes.append(helper.make_node("Mul", ["z", "zero"], ["z0"]))
+    nodes.append(helper.make_node("Mul", ["x", "two"], ["x2"]))
+    nodes.append(helper.make_node("Add", ["x2", "z0"], ["y"]))
+    models["slow_rows"] = model("slow_rows", nodes, [vi("x", f32, ["N", 8])], [vi("y", f32, ["N", 8])])
     return models
 
 
@@ -176,6 +196,11 @@ def verify(outdir):
         times.append((time.perf_counter() - t0) * 1000)
     print(f"slow: y[0,:3] = {y[0, :3]}, run ms (1 thread): first {times[0]:.0f}, "
           f"median of the rest {sorted(times[1:])[2]:.0f}, min {min(times):.0f}, max {max(times):.0f}")
+    s = session("slow_rows")
+    x = np.arange(24, dtype=np.float32).reshape(3, 8)
+    t0 = time.perf_counter()
+    y = s.run(None, {"x": x})[0]
+    print(f"slow_rows: y = 2x: {np.array_equal(y, 2 * x)}, run ms {(time.perf_counter() - t0) * 1000:.0f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ use super::bindings::wasi::nn::errors::{self, ErrorCode};
 use super::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use super::bindings::wasi::nn::inference;
 use super::bindings::wasi::nn::tensor::{self, TensorType};
-use super::onnx::{Model, Target};
+use super::onnx::{Model, ModelOptions};
 use super::tensor::Tensor;
 use super::{ExecutionContext, Failure, GraphHandle, NnView};
 
@@ -136,7 +136,7 @@ impl graph::Host for NnView<'_> {
         let metrics = Arc::clone(&node.guest_load_metrics);
         let built = tokio::task::spawn_blocking(move || {
             let name = "(guest bytes)";
-            let sessions = onnx.sessions(name, &bytes, 1, Target::Cpu, &metrics)?;
+            let sessions = onnx.sessions(name, &bytes, 1, ModelOptions::default(), &metrics)?;
             Ok::<_, String>(Model::new(name, Arc::new(sessions), metrics))
         })
         .await;

@@ -9,6 +9,7 @@
 pub mod bindings;
 mod host;
 pub mod onnx;
+mod queue;
 pub mod tensor;
 
 use std::collections::HashMap;

@@ -3,14 +3,14 @@
 //! may use them; a [`Model`] is one name's view of them (its name for messages, its metrics).
 //!
 //! `Session::run` needs `&mut Session`, so each session is owned by a thread of its own that
-//! takes inference jobs from the model's queue: requests run in parallel up to the number of
-//! sessions and queue beyond it. Inference never runs on an async worker, and a session stays on
-//! one thread (its caches stay warm; tokio's blocking pool moved it from thread to thread). A
-//! request that stops waiting (its deadline passed) leaves its job behind: a job nobody waits for
-//! any more is dropped before it runs, and one already running finishes on its thread.
+//! takes inference jobs from the model's queue ([`super::queue`]): requests run in parallel up to
+//! the number of sessions and queue beyond it (batched, when the model allows it). Inference
+//! never runs on an async worker. A request that stops waiting (its deadline passed) leaves its
+//! job behind: a job nobody waits for is dropped before it runs, and one already running
+//! finishes on its thread.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ort::environment::Environment;
@@ -21,6 +21,7 @@ use ort::value::{DynTensor, DynTensorValueType, DynValue, ValueType};
 
 use super::bindings::wasi::nn::errors::ErrorCode;
 use super::bindings::wasi::nn::tensor::TensorType;
+use super::queue::{self, Job, Named, Queue};
 use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
 use super::{Failure, NnResult};
 use crate::metrics::ModelMetrics;
@@ -35,6 +36,27 @@ pub enum Target {
     /// ONNX Runtime's CUDA provider.
     Gpu,
 }
+
+/// How a model version runs; part of the version (versions never change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Execution provider.
+    pub target: Target,
+    /// Most rows one inference may stack from queued requests (1: no batching).
+    pub max_batch: u32,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            target: Target::Cpu,
+            max_batch: 1,
+        }
+    }
+}
+
+/// The largest `max_batch` a model may ask for.
+pub const MAX_BATCH: u32 = 1024;
 
 /// What the node does when a model asks for the GPU and the loaded ONNX Runtime has no CUDA
 /// provider. Never silent: either an error, or a logged and counted fallback.
@@ -63,17 +85,18 @@ impl Onnx {
         Ok(Onnx { env, gpu_fallback })
     }
 
-    /// Builds `sessions` sessions of a model from its bytes and reads its inputs and outputs.
-    /// `name` and `metrics` are those of the model asking: they record a GPU fallback.
+    /// Builds `sessions` sessions of a model from its bytes, reads its inputs and outputs and
+    /// starts a thread per session. `name` and `metrics` are those of the model asking: they
+    /// record a GPU fallback.
     pub fn sessions(
         &self,
         name: &str,
         bytes: &[u8],
         sessions: usize,
-        target: Target,
+        options: ModelOptions,
         metrics: &ModelMetrics,
     ) -> Result<Sessions, String> {
-        let cuda = match target {
+        let cuda = match options.target {
             Target::Cpu => false,
             Target::Gpu if CUDA::is_available().unwrap_or(false) => true,
             Target::Gpu => match self.gpu_fallback {
@@ -132,57 +155,33 @@ impl Onnx {
                 .collect()
         };
         let (inputs, outputs) = (slots(first.inputs()), slots(first.outputs()));
-        let (queue, jobs) = mpsc::channel::<Job>();
-        let jobs = Arc::new(Mutex::new(jobs));
+        let unbatchable = inputs
+            .iter()
+            .chain(&outputs)
+            .find(|s| s.dims.first() != Some(&-1));
+        if let (true, Some(s)) = (options.max_batch > 1, unbatchable) {
+            return Err(format!(
+                "it cannot be batched: `{}` has dimensions {:?}, and batching needs a dynamic first \
+                 dimension on every input and output (add it without --max-batch)",
+                s.name, s.dims
+            ));
+        }
+        let queue = Arc::new(Queue::default());
         for (i, session) in pool.into_iter().enumerate() {
-            let jobs = Arc::clone(&jobs);
-            std::thread::Builder::new()
+            let queue = Arc::clone(&queue);
+            let max_batch = options.max_batch.clamp(1, MAX_BATCH);
+            let started = std::thread::Builder::new()
                 .name(format!("tensorlet-nn-{i}"))
-                .spawn(move || serve_jobs(session, &jobs))
-                .map_err(|e| format!("cannot start an inference thread: {e}"))?;
+                .spawn(move || queue::serve(session, &queue, max_batch, run_session));
+            if let Err(e) = started {
+                return Err(format!("cannot start an inference thread: {e}"));
+            }
         }
         Ok(Sessions {
             inputs,
             outputs,
             queue,
         })
-    }
-}
-
-/// One inference to run, with where to send its result.
-struct Job {
-    inputs: Vec<(String, Tensor)>,
-    queued: Instant,
-    metrics: Arc<ModelMetrics>,
-    reply: tokio::sync::oneshot::Sender<NnResult<Vec<(String, Tensor)>>>,
-}
-
-/// A session's thread: runs jobs until the model is dropped (the queue closes).
-fn serve_jobs(mut session: Session, jobs: &Mutex<mpsc::Receiver<Job>>) {
-    loop {
-        // Holding the lock while waiting is the point: one idle thread waits on the queue, the
-        // others wait for the lock.
-        let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-            Ok(job) => job,
-            Err(mpsc::RecvError) => return,
-        };
-        if job.reply.is_closed() {
-            continue; // the request gave up while queued
-        }
-        job.metrics.session_wait.observe(job.queued.elapsed());
-        let started = Instant::now();
-        // A panic inside ONNX Runtime's bindings must not take the session's thread with it.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_session(&mut session, job.inputs)
-        }))
-        .unwrap_or_else(|_| {
-            Err(Failure::new(
-                ErrorCode::RuntimeError,
-                "inference failed (the runtime panicked)",
-            ))
-        });
-        job.metrics.latency.observe(started.elapsed());
-        let _ = job.reply.send(result);
     }
 }
 
@@ -198,12 +197,18 @@ pub struct Slot {
 }
 
 /// A model's bytes loaded into ONNX Runtime: its declared inputs and outputs, and the queue of
-/// its session threads. One per distinct digest and target on the node; dropping it ends the
-/// threads once they finish what they run.
+/// its session threads. One per distinct digest and options on the node; dropping it ends the
+/// threads once they finish what is queued.
 pub struct Sessions {
     inputs: Vec<Slot>,
     outputs: Vec<Slot>,
-    queue: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl Sessions {
@@ -329,15 +334,16 @@ impl Model {
         deadline: Instant,
     ) -> NnResult<Vec<(String, Tensor)>> {
         self.check_inputs(&inputs)?;
+        // The model's declared order: queued jobs stack input by input.
+        let mut inputs = inputs;
+        let order = |n: &str| self.inputs().iter().position(|s| s.name == n);
+        inputs.sort_by_key(|(n, _)| order(n));
         let (reply, result) = tokio::sync::oneshot::channel();
-        let job = Job {
+        self.sessions.queue.push(Job {
             inputs,
             queued: Instant::now(),
             metrics: Arc::clone(&self.metrics),
             reply,
-        };
-        self.sessions.queue.send(job).map_err(|_| {
-            Failure::new(ErrorCode::RuntimeError, "the model's sessions have stopped")
         })?;
         // An inference cannot be interrupted, but the request does not wait past its deadline.
         tokio::time::timeout_at(deadline.into(), result)
@@ -353,10 +359,7 @@ impl Model {
     }
 }
 
-fn run_session(
-    session: &mut Session,
-    inputs: Vec<(String, Tensor)>,
-) -> NnResult<Vec<(String, Tensor)>> {
+fn run_session(session: &mut Session, inputs: Named) -> NnResult<Named> {
     let runtime = |m: String| Failure::new(ErrorCode::RuntimeError, m);
     let allocator = Allocator::default();
     let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());

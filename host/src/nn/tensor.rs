@@ -9,7 +9,7 @@ use super::bindings::wasi::nn::tensor::TensorType;
 pub const MAX_TENSOR_BYTES: usize = 256 << 20;
 
 /// The host side of a `wasi:nn/tensor.tensor` resource.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     /// Dimensions.
     pub dims: Vec<u32>,

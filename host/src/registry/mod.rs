@@ -22,7 +22,7 @@ use crate::nn::onnx::Sessions;
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
 use crate::store::{self, FunctionRecord, Meta, Store, VersionRecord};
 use crate::time::now_rfc3339;
-use models::{live_key, live_target};
+use models::{live_key, live_options};
 
 /// One version of one function, ready to serve requests.
 pub struct Deployed {
@@ -131,7 +131,7 @@ impl Registry {
                     name,
                     &bytes,
                     config.model_sessions,
-                    live_target(m),
+                    live_options(m),
                     &metrics.model(name),
                 )
                 .map_err(anyhow::Error::msg)

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{AdminState, Deploy, Registry};
 use crate::error::ApiError;
-use crate::nn::onnx::{Model, Target};
+use crate::nn::onnx::{Model, ModelOptions};
 use crate::store::{self, ModelRecord, ModelVersion};
 use crate::time::now_rfc3339;
 
@@ -20,13 +20,13 @@ impl Registry {
         &self,
         name: &str,
         bytes: Bytes,
-        target: Target,
+        options: ModelOptions,
     ) -> Result<Deploy, ApiError> {
         let Some(onnx) = self.nn.onnx.clone() else {
             return Err(ApiError::onnx_unavailable());
         };
         let digest = store::digest(&bytes);
-        let key = sessions_key(&digest, target);
+        let key = sessions_key(&digest, options);
         let loaded = {
             let mut state = self.admin.lock().await;
             if let Some(v) = state
@@ -36,15 +36,16 @@ impl Registry {
                 .and_then(|m| m.versions.iter().find(|v| v.digest == digest))
             {
                 let v = v.clone();
-                if v.target != target {
+                if v.options() != options {
                     return Err(ApiError::version_conflict(format!(
-                        "model `{name}` already has version {} for another target, and versions never change: \
-                         add it with --target {}",
+                        "model `{name}` already has version {} with other options, and versions never change: \
+                         add it with --target {} --max-batch {}",
                         store::short_id(&v.digest),
                         serde_json::to_value(v.target)
                             .unwrap_or_default()
                             .as_str()
-                            .unwrap_or("cpu")
+                            .unwrap_or("cpu"),
+                        v.max_batch
                     )));
                 }
                 self.set_model_live(&mut state, name, &digest).await?;
@@ -62,7 +63,7 @@ impl Registry {
                 let (n, b) = (name.to_string(), bytes.clone());
                 let metrics = self.metrics.model(name);
                 let built = tokio::task::spawn_blocking(move || {
-                    onnx.sessions(&n, &b, count, target, &metrics)
+                    onnx.sessions(&n, &b, count, options, &metrics)
                 })
                 .await
                 .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
@@ -75,7 +76,8 @@ impl Registry {
             digest: digest.clone(),
             created_at: now_rfc3339(),
             size: bytes.len() as u64,
-            target,
+            target: options.target,
+            max_batch: options.max_batch,
         };
         let mut meta = state.meta.clone();
         let m = meta
@@ -133,7 +135,7 @@ impl Registry {
         }
         m.live = digest.to_string();
         m.updated_at = now_rfc3339();
-        let key = sessions_key(digest, live_target(m));
+        let key = sessions_key(digest, live_options(m));
         if let std::collections::hash_map::Entry::Vacant(slot) = state.loaded_models.entry(key) {
             let onnx = self
                 .nn
@@ -149,7 +151,7 @@ impl Registry {
                     name,
                     &bytes,
                     self.config.model_sessions,
-                    live_target(m),
+                    live_options(m),
                     &self.metrics.model(name),
                 )
                 .map_err(|e| ApiError::invalid_model(name, e))?;
@@ -270,21 +272,21 @@ impl Registry {
 
 /// Loaded sessions are keyed by digest and target: the same bytes load once per node, however
 /// many names they are added under.
-pub(super) fn sessions_key(digest: &str, target: Target) -> String {
-    format!("{digest}/{target:?}")
+pub(super) fn sessions_key(digest: &str, options: ModelOptions) -> String {
+    format!("{digest}/{:?}/{}", options.target, options.max_batch)
 }
 
 /// The sessions key of a model's live version.
 pub(super) fn live_key(m: &ModelRecord) -> String {
-    sessions_key(&m.live, live_target(m))
+    sessions_key(&m.live, live_options(m))
 }
 
-/// Where the live version of a model runs.
-pub(super) fn live_target(m: &ModelRecord) -> Target {
+/// How the live version of a model runs.
+pub(super) fn live_options(m: &ModelRecord) -> ModelOptions {
     m.versions
         .iter()
         .find(|v| v.digest == m.live)
-        .map(|v| v.target)
+        .map(ModelVersion::options)
         .unwrap_or_default()
 }
 
@@ -297,5 +299,6 @@ pub fn model_version_json(v: &ModelVersion, live: bool) -> Value {
         "size": v.size,
         "live": live,
         "target": v.target,
+        "max_batch": v.max_batch,
     })
 }

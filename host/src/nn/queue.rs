@@ -1,0 +1,302 @@
+//! A model's inference queue and the threads that serve it, one per session.
+//!
+//! A session stays on one thread (its caches stay warm). With `max_batch` > 1 a thread that
+//! becomes free takes the oldest job plus every queued job that can join it (same input names,
+//! types and dimensions apart from the first), up to `max_batch` rows, concatenates them along
+//! the first dimension, runs them once and splits the outputs back. Nothing waits to fill a batch:
+//! under light load every job runs alone as soon as a session is free, and batches form only from
+//! jobs that would have queued anyway (dynamic batching without a delay).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use ort::session::Session;
+
+use super::bindings::wasi::nn::errors::ErrorCode;
+use super::tensor::Tensor;
+use super::{Failure, NnResult};
+use crate::metrics::ModelMetrics;
+
+/// Named tensors, inputs or outputs of one inference.
+pub type Named = Vec<(String, Tensor)>;
+
+/// One inference to run, with where to send its result.
+pub struct Job {
+    /// Checked inputs, in the model's declared order.
+    pub inputs: Named,
+    /// When it was queued (for the session-wait metric).
+    pub queued: Instant,
+    /// The series of the model name it came through.
+    pub metrics: Arc<ModelMetrics>,
+    /// Where the result goes; closed when the request stopped waiting.
+    pub reply: tokio::sync::oneshot::Sender<NnResult<Named>>,
+}
+
+impl Job {
+    /// The rows this job adds to a batch: the common first dimension of its inputs, `None` when
+    /// it cannot join a batch (a scalar input, or inputs that disagree on it).
+    fn rows(&self) -> Option<u32> {
+        let first = *self.inputs.first()?.1.dims.first()?;
+        self.inputs
+            .iter()
+            .all(|(_, t)| t.dims.first() == Some(&first))
+            .then_some(first)
+    }
+
+    /// Whether `other` can be stacked under this job: same names, types and trailing dimensions.
+    fn stacks_with(&self, other: &Job) -> bool {
+        self.inputs.len() == other.inputs.len()
+            && self
+                .inputs
+                .iter()
+                .zip(&other.inputs)
+                .all(|((n, a), (m, b))| {
+                    n == m && a.ty == b.ty && a.dims.get(1..) == b.dims.get(1..)
+                })
+    }
+}
+
+/// Jobs waiting for a session. Closed when the model is dropped; its threads then finish what
+/// is queued and end.
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<State>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Queue {
+    /// Queues a job for the next free session.
+    pub fn push(&self, job: Job) -> NnResult<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.closed {
+            return Err(Failure::new(
+                ErrorCode::RuntimeError,
+                "the model is being unloaded",
+            ));
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Lets the threads end once the queue is empty.
+    pub fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next jobs to run together (at least one), or `None` once closed and empty. Jobs
+    /// whose request stopped waiting are dropped here, before they cost an inference.
+    fn take(&self, max_batch: u32) -> Option<Vec<Job>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            state.jobs.retain(|j| !j.reply.is_closed());
+            if let Some(first) = state.jobs.pop_front() {
+                let mut batch = vec![first];
+                let Some(mut rows) = batch[0].rows().filter(|_| max_batch > 1) else {
+                    return Some(batch);
+                };
+                let mut i = 0;
+                while i < state.jobs.len() && rows < max_batch {
+                    let job = &state.jobs[i];
+                    match job.rows() {
+                        Some(r) if rows + r <= max_batch && batch[0].stacks_with(job) => {
+                            rows += r;
+                            batch.extend(state.jobs.remove(i));
+                        }
+                        _ => i += 1,
+                    }
+                }
+                return Some(batch);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A session's thread: runs jobs from `queue` until it closes.
+pub fn serve(
+    mut session: Session,
+    queue: &Queue,
+    max_batch: u32,
+    run: fn(&mut Session, Named) -> NnResult<Named>,
+) {
+    while let Some(jobs) = queue.take(max_batch) {
+        let started = Instant::now();
+        for job in &jobs {
+            job.metrics.session_wait.observe(started - job.queued);
+        }
+        // A panic inside ONNX Runtime's bindings must not take the session's thread with it.
+        let mut guarded = |inputs: Named| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut session, inputs)))
+                .unwrap_or_else(|_| {
+                    Err(Failure::new(
+                        ErrorCode::RuntimeError,
+                        "inference failed (the runtime panicked)",
+                    ))
+                })
+        };
+        if jobs.len() == 1 {
+            let job = jobs.into_iter().next().expect("one job");
+            let result = guarded(job.inputs);
+            job.metrics.latency.observe(started.elapsed());
+            let _ = job.reply.send(result);
+            continue;
+        }
+        let rows: Vec<u32> = jobs.iter().map(|j| j.rows().unwrap_or(0)).collect();
+        let (batch, replies) = stack(jobs);
+        let result = guarded(batch);
+        let elapsed = started.elapsed();
+        match result.and_then(|outputs| unstack(outputs, &rows)) {
+            Ok(parts) => {
+                for ((metrics, reply), part) in replies.into_iter().zip(parts) {
+                    metrics.latency.observe(elapsed);
+                    metrics.batched.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Ok(part));
+                }
+            }
+            Err(e) => {
+                for (metrics, reply) in replies {
+                    metrics.latency.observe(elapsed);
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+type Reply = (
+    Arc<ModelMetrics>,
+    tokio::sync::oneshot::Sender<NnResult<Named>>,
+);
+
+/// Concatenates the jobs' inputs along the first dimension.
+fn stack(jobs: Vec<Job>) -> (Named, Vec<Reply>) {
+    let mut batch: Named = Vec::new();
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if batch.is_empty() {
+            batch = job.inputs;
+        } else {
+            for ((_, into), (_, t)) in batch.iter_mut().zip(job.inputs) {
+                into.dims[0] += t.dims[0];
+                into.data.extend_from_slice(&t.data);
+            }
+        }
+        replies.push((job.metrics, job.reply));
+    }
+    (batch, replies)
+}
+
+/// Splits batched outputs back into each job's rows. Every output must have the batch as its
+/// first dimension; a model that does not cannot be batched (checked when it is added, and
+/// again here).
+fn unstack(outputs: Named, rows: &[u32]) -> NnResult<Vec<Named>> {
+    let total: u32 = rows.iter().sum();
+    let mut parts: Vec<Named> = rows.iter().map(|_| Vec::new()).collect();
+    for (name, t) in outputs {
+        if t.dims.first() != Some(&total) || t.data.len() % total.max(1) as usize != 0 {
+            return Err(Failure::new(
+                ErrorCode::RuntimeError,
+                format!(
+                    "output `{name}` has dimensions {:?}, not the batch of {total} first: add the model \
+                     without --max-batch",
+                    t.dims
+                ),
+            ));
+        }
+        let row_bytes = t.data.len() / total.max(1) as usize;
+        let mut offset = 0;
+        for (part, &r) in parts.iter_mut().zip(rows) {
+            let len = r as usize * row_bytes;
+            let mut dims = t.dims.clone();
+            dims[0] = r;
+            part.push((
+                name.clone(),
+                Tensor {
+                    dims,
+                    ty: t.ty,
+                    data: t.data[offset..offset + len].to_vec(),
+                },
+            ));
+            offset += len;
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::bindings::wasi::nn::tensor::TensorType;
+
+    fn f32s(dims: &[u32], values: &[f32]) -> Tensor {
+        Tensor {
+            dims: dims.to_vec(),
+            ty: TensorType::Fp32,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    fn job(dims: &[u32], values: &[f32]) -> (Job, tokio::sync::oneshot::Receiver<NnResult<Named>>) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            inputs: vec![("x".into(), f32s(dims, values))],
+            queued: Instant::now(),
+            metrics: Arc::default(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn batches_only_jobs_that_stack_and_fit() {
+        let queue = Queue::default();
+        let mut receivers = Vec::new();
+        for (dims, values) in [
+            (&[1, 2][..], &[1.0, 2.0][..]),
+            (&[1, 3], &[0.0; 3]),
+            (&[2, 2], &[3.0, 4.0, 5.0, 6.0]),
+            (&[1, 2], &[7.0, 8.0]),
+        ] {
+            let (j, rx) = job(dims, values);
+            queue.push(j).unwrap();
+            receivers.push(rx);
+        }
+        // Up to 3 rows: the first [1,2] and the [2,2]; not the [1,3] (other shape), not the
+        // last [1,2] (no room).
+        let batch = queue.take(3).unwrap();
+        assert_eq!(batch.len(), 2);
+        let (stacked, _) = stack(batch);
+        assert_eq!(stacked[0].1.dims, vec![3, 2]);
+        assert_eq!(stacked[0].1, f32s(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let parts = unstack(stacked, &[1, 2]).unwrap();
+        assert_eq!(parts[0][0].1, f32s(&[1, 2], &[1.0, 2.0]));
+        assert_eq!(parts[1][0].1, f32s(&[2, 2], &[3.0, 4.0, 5.0, 6.0]));
+        // Without batching, one at a time, oldest first; a job nobody waits for is skipped.
+        drop(receivers.remove(1));
+        let next = queue.take(1).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].inputs[0].1.dims, vec![1, 2]);
+        queue.close();
+        assert!(queue.take(4).is_none());
+    }
+
+    #[test]
+    fn outputs_without_the_batch_first_are_an_error() {
+        let outputs = vec![("y".to_string(), f32s(&[2], &[1.0, 2.0]))];
+        assert!(unstack(outputs, &[1, 2]).is_err());
+    }
+}
