@@ -11,12 +11,14 @@ use serde_json::Value;
 /// Talks JSON to one node's `/admin/v1`.
 pub struct AdminClient {
     base: String,
+    token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl AdminClient {
-    /// `node` is the node's base URL, e.g. `http://127.0.0.1:8080`.
-    pub fn new(node: &str) -> anyhow::Result<Self> {
+    /// `node` is the node's base URL, e.g. `http://127.0.0.1:8080`; `token` is sent as a
+    /// bearer token.
+    pub fn new(node: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let base = node.trim_end_matches('/').to_string();
         let uri: http::Uri = base
             .parse()
@@ -30,6 +32,7 @@ impl AdminClient {
         }
         Ok(Self {
             base,
+            token: token.map(str::to_string),
             client: Client::builder(TokioExecutor::new()).build_http(),
         })
     }
@@ -44,11 +47,14 @@ impl AdminClient {
         content_type: &str,
     ) -> anyhow::Result<Value> {
         let uri = format!("{}/admin/v1/{path}", self.base);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(&uri)
-            .header("content-type", content_type)
-            .body(Full::new(body))?;
+            .header("content-type", content_type);
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(body))?;
         let resp = self
             .client
             .request(req)

@@ -37,6 +37,50 @@ pub struct Config {
     pub defaults: FunctionLimits,
     /// Upper bounds for any deploy's limits.
     pub ceilings: Ceilings,
+    /// Whether functions and models belong to tenants (see [`crate::auth`]).
+    pub tenants: bool,
+    /// The operator token, when the config sets one (else made at first start with tenants).
+    pub operator_token: Option<String>,
+    /// Quotas a new tenant gets unless `tenant create` says otherwise.
+    pub tenant_defaults: Quotas,
+}
+
+/// A tenant's quotas, fixed by the operator (`tenant create/update`) and stored with the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Functions the tenant may have.
+    pub max_functions: u32,
+    /// Models the tenant may have.
+    pub max_models: u32,
+    /// Bytes of retained function and model versions.
+    pub max_stored: u64,
+    /// Largest `memory` one instance may ask for.
+    pub max_memory: u64,
+    /// Longest `timeout` a function may ask for, in milliseconds.
+    pub max_timeout_ms: u64,
+    /// Requests running at once across the tenant's functions (429 beyond).
+    pub max_concurrency: u32,
+    /// Sustained requests per second across the tenant's functions (token bucket; a burst of
+    /// one second's worth; 429 with Retry-After beyond).
+    pub requests_per_second: u32,
+    /// Inferences running or waiting for a session at once across the tenant's functions.
+    pub max_inferences: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_functions: 20,
+            max_models: 10,
+            max_stored: 2 << 30,
+            max_memory: 256 << 20,
+            max_timeout_ms: 60_000,
+            max_concurrency: 64,
+            requests_per_second: 1000,
+            max_inferences: 8,
+        }
+    }
 }
 
 /// Per-function limits, fixed at deploy time and stored with the version.
@@ -97,6 +141,23 @@ struct FileConfig {
     defaults: FileDefaults,
     #[serde(default)]
     ceilings: FileCeilings,
+    tenants: Option<bool>,
+    operator_token: Option<String>,
+    #[serde(default)]
+    tenant_defaults: FileQuotas,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuotas {
+    max_functions: Option<u32>,
+    max_models: Option<u32>,
+    max_stored: Option<String>,
+    max_memory: Option<String>,
+    max_timeout: Option<String>,
+    max_concurrency: Option<u32>,
+    requests_per_second: Option<u32>,
+    max_inferences: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +262,9 @@ impl Config {
             },
             defaults,
             ceilings,
+            tenants: f.tenants.unwrap_or(false),
+            operator_token: f.operator_token,
+            tenant_defaults: tenant_defaults(&f.tenant_defaults)?,
         };
         config.validate()?;
         Ok(config)
@@ -215,6 +279,13 @@ impl Config {
         }
         if self.ceilings.instances == 0 {
             bail!("ceilings.instances must be at least 1");
+        }
+        let weak = |t: &String| !t.starts_with(crate::auth::OPERATOR_PREFIX) || t.len() < 36;
+        if self.operator_token.as_ref().is_some_and(weak) {
+            bail!(
+                "operator_token must start with `tlo_` and hold at least 32 characters after it \
+                 (for example `tlo_` followed by `openssl rand -hex 32`)"
+            );
         }
         self.check_limits(&self.defaults)
             .map_err(|e| anyhow::anyhow!("[defaults] {e}"))
@@ -242,6 +313,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn tenant_defaults(q: &FileQuotas) -> anyhow::Result<Quotas> {
+    let base = Quotas::default();
+    Ok(Quotas {
+        max_functions: q.max_functions.unwrap_or(base.max_functions),
+        max_models: q.max_models.unwrap_or(base.max_models),
+        max_stored: opt(&q.max_stored, parse_size, base.max_stored)
+            .context("tenant_defaults.max_stored")?,
+        max_memory: opt(&q.max_memory, parse_size, base.max_memory)
+            .context("tenant_defaults.max_memory")?,
+        max_timeout_ms: opt(
+            &q.max_timeout,
+            parse_duration,
+            Duration::from_millis(base.max_timeout_ms),
+        )
+        .context("tenant_defaults.max_timeout")?
+        .as_millis() as u64,
+        max_concurrency: q.max_concurrency.unwrap_or(base.max_concurrency),
+        requests_per_second: q.requests_per_second.unwrap_or(base.requests_per_second),
+        max_inferences: q.max_inferences.unwrap_or(base.max_inferences),
+    })
 }
 
 /// Where to find ONNX Runtime when the config does not say: `ORT_DYLIB_PATH`, else where

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation that says how to fix the problem.
     pub message: String,
+    /// Seconds to send in `Retry-After` (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,69 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// 401: no token, or not a valid one. The same message whatever was wrong with it.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: a valid token that may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 403: the tenant is at one of its quotas.
+    pub fn quota_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "quota_exceeded", message)
+    }
+
+    /// 429: the tenant's request rate is used up for now.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this tenant is over its requests_per_second quota: retry after {seconds}s, or ask the operator for more"
+            ),
+        );
+        e.retry_after = Some(seconds);
+        e
+    }
+
+    /// 429: the tenant already runs as many requests as its quota allows.
+    pub fn tenant_busy(limit: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "tenant_busy",
+            format!(
+                "this tenant already runs {limit} requests at once (its max_concurrency quota): retry shortly"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 404: no such tenant.
+    pub fn tenant_not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "tenant_not_found",
+            format!("no tenant named `{name}`: see `tensorlet tenant list`"),
+        )
+    }
+
+    /// 404 with a specific code.
+    pub fn not_found_code(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 409 with a specific code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
     }
 
     /// 400: the request itself is malformed.

@@ -5,6 +5,8 @@
 //! [`registry`] (the function's live version) → [`runtime`] (a fresh instance per request).
 //! [`store`] persists what [`registry`] owns; [`config`] is read once at start-up.
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

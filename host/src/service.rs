@@ -17,11 +17,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::audit::Audit;
+use crate::auth::{self, Caller};
 use crate::config::{Config, FunctionLimits, parse_duration, parse_size};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::onnx::{MAX_BATCH, ModelOptions, Target};
-use crate::registry::{Deploy, Deployed, Registry};
+use crate::registry::{Deploy, Deployed, QuotaPatch, Registry, TenantLive};
 use crate::runtime::{Invocation, Runtime, request_body_error};
 
 /// Error type of response bodies.
@@ -37,6 +39,9 @@ pub struct Node {
     metrics: Arc<Metrics>,
     id_prefix: String,
     next_id: AtomicU64,
+    /// Hash of the operator token; `None` on a node without tokens.
+    operator: Option<String>,
+    audit: Audit,
 }
 
 impl Node {
@@ -46,6 +51,8 @@ impl Node {
         registry: Arc<Registry>,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
+        operator: Option<String>,
+        audit: Audit,
     ) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -58,6 +65,8 @@ impl Node {
             metrics,
             id_prefix: format!("{:08x}", seed as u32),
             next_id: AtomicU64::new(1),
+            operator,
+            audit,
         }
     }
 
@@ -104,6 +113,15 @@ impl Node {
         req: Request<Incoming>,
         request_id: &str,
     ) -> Result<Response<ResponseBody>, ApiError> {
+        // With tenants a function is `/fn/{tenant}/{name}/...`, else `/fn/{name}/...`.
+        let (tenant_name, rest) = if self.config.tenants {
+            match rest.split_once('/') {
+                Some((t, rest)) if !t.is_empty() => (Some(t), rest),
+                _ => return Err(ApiError::not_found(req.uri().path())),
+            }
+        } else {
+            (None, rest)
+        };
         let (name, guest_path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -111,10 +129,40 @@ impl Node {
         if name.is_empty() {
             return Err(ApiError::not_found(req.uri().path()));
         }
-        let function = self
-            .registry
-            .route(name)
-            .ok_or_else(|| ApiError::function_not_found(name))?;
+        let key = match tenant_name {
+            Some(t) => format!("{t}/{name}"),
+            None => name.to_string(),
+        };
+        let not_found = || ApiError::function_not_found(name);
+        let function = self.registry.route(&key).ok_or_else(not_found)?;
+        let tenant = match tenant_name {
+            Some(t) => Some(self.registry.tenant(t).ok_or_else(not_found)?),
+            None => None,
+        };
+        let mut tenant_permit = None;
+        if let (Some(t), Some(live)) = (tenant_name, &tenant) {
+            if !function.public {
+                let key_ok = auth::bearer(req.headers())
+                    .and_then(auth::parse_key)
+                    .is_some_and(|(kt, id, secret)| kt == t && live.key_matches(id, secret));
+                if !key_ok {
+                    function.metrics.count(401);
+                    return Err(ApiError::unauthorized(format!(
+                        "function `{name}` is private: send one of its tenant's invoke keys as `Authorization: Bearer tlk_...` \
+                         (`tensorlet key create`), or deploy it with --public"
+                    )));
+                }
+            }
+            if let Err(wait) = live.admit() {
+                function.metrics.count(429);
+                return Err(ApiError::rate_limited(wait));
+            }
+            let Ok(p) = Arc::clone(&live.concurrency).try_acquire_owned() else {
+                function.metrics.count(429);
+                return Err(ApiError::tenant_busy(live.quotas.max_concurrency));
+            };
+            tenant_permit = Some(p);
+        }
         let limits = function.limits;
         let Ok(permit) = Arc::clone(&function.permits).try_acquire_owned() else {
             function.metrics.count(503);
@@ -133,13 +181,12 @@ impl Node {
             Arc::clone(&overflowed),
         )?;
         let started = Instant::now();
-        let guard = InFlight::enter(Arc::clone(&function.metrics), permit);
+        let guard = InFlight::enter(Arc::clone(&function.metrics), permit, tenant_permit);
         let metrics = Arc::clone(&self.metrics);
+        let inv = invocation(&function, tenant.as_deref(), request_id);
         let result = self
             .runtime
-            .invoke(invocation(&function, request_id), req, move |d| {
-                metrics.instantiation.observe(d)
-            })
+            .invoke(inv, req, move |d| metrics.instantiation.observe(d))
             .await;
         function.metrics.latency.observe(started.elapsed());
         // A chunked body can only be found too large while the guest reads it; whatever the guest
@@ -171,99 +218,202 @@ impl Node {
         }
     }
 
+    /// The admin API: authenticates the caller, runs the call in the caller's scope, and
+    /// records every change in the audit log.
     async fn admin(
         &self,
         rest: &str,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ApiError> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let caller = self.authenticate(req.headers());
+        let result = match &caller {
+            Ok(caller) => self.admin_as(caller, rest, req).await,
+            Err(e) => Err(e.clone()),
+        };
+        if method != Method::GET && method != Method::HEAD {
+            let who = match &caller {
+                Ok(Caller::Operator) => "operator".to_string(),
+                Ok(Caller::Tenant(t)) => format!("tenant:{t}"),
+                Err(_) => "unauthenticated".to_string(),
+            };
+            let status = match &result {
+                Ok(r) => r.status().as_u16(),
+                Err(e) => e.status.as_u16(),
+            };
+            self.audit
+                .record(&who, method.as_str(), &path, status)
+                .await;
+        }
+        result
+    }
+
+    /// Who sent an admin request. Without tokens on the node, everyone is the operator (the
+    /// node then only listens on loopback). One message for every bad token, whatever is wrong.
+    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
+        let Some(operator) = &self.operator else {
+            return Ok(Caller::Operator);
+        };
+        let token = auth::bearer(headers).ok_or_else(|| {
+            ApiError::unauthorized(
+                "this node needs a token: pass --token or set TENSORLET_TOKEN (sent as `Authorization: Bearer ...`)",
+            )
+        })?;
+        if token.starts_with(auth::OPERATOR_PREFIX) && auth::matches(token, operator) {
+            return Ok(Caller::Operator);
+        }
+        let tenant = auth::parse_tenant_token(token).filter(|(tenant, secret)| {
+            self.registry
+                .tenant(tenant)
+                .is_some_and(|live| live.token_matches(secret))
+        });
+        if let Some((tenant, _)) = tenant {
+            return Ok(Caller::Tenant(tenant.to_string()));
+        }
+        Err(ApiError::unauthorized(
+            "the token is not valid: check --token or TENSORLET_TOKEN",
+        ))
+    }
+
+    /// The key of `name` in the caller's namespace, for functions (`models` = false) or models.
+    fn key(&self, caller: &Caller, name: &str, models: bool) -> Result<String, ApiError> {
+        let name = check_name(name)?;
+        match caller {
+            Caller::Tenant(t) => Ok(format!("{t}/{name}")),
+            Caller::Operator if self.config.tenants && !models => Err(ApiError::forbidden(
+                "functions belong to tenants: use a tenant's token (the operator token manages tenants and shared models)",
+            )),
+            Caller::Operator => Ok(name.to_string()),
+        }
+    }
+
+    async fn admin_as(
+        &self,
+        caller: &Caller,
+        rest: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, ApiError> {
         let segments: Vec<&str> = rest.split('/').collect();
         let method = req.method().clone();
+        let owner = match caller {
+            Caller::Tenant(t) => Some(t.as_str()),
+            Caller::Operator => None,
+        };
+        let ok = |v: Value| Ok(json_response(StatusCode::OK, v));
         match (segments.as_slice(), &method) {
+            (["tenants", ..] | ["audit"], _) if !self.config.tenants => {
+                Err(ApiError::invalid_request(
+                    "this node has no tenants: set `tenants = true` in its config",
+                ))
+            }
+            (["tenants", ..] | ["audit"], _) if owner.is_some() => {
+                Err(ApiError::forbidden("this needs the operator token"))
+            }
+            (["tenants"] | ["tenants", ""], &Method::GET) => ok(self.registry.list_tenants().await),
+            (["tenants"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["tenants", name], &Method::POST) => {
+                let name = check_name(name)?.to_string();
+                let patch = quota_patch(req).await?;
+                let created = self.registry.create_tenant(&name, &patch).await?;
+                Ok(json_response(StatusCode::CREATED, created))
+            }
+            (["tenants", name], &Method::PATCH) => {
+                let name = check_name(name)?.to_string();
+                let patch = quota_patch(req).await?;
+                ok(self.registry.update_tenant(&name, &patch).await?)
+            }
+            (["tenants", name], &Method::DELETE) => {
+                ok(self.registry.remove_tenant(check_name(name)?).await?)
+            }
+            (["tenants", _], _) => Err(ApiError::method_not_allowed("POST, PATCH, DELETE")),
+            (["tenants", name, "token"], &Method::POST) => {
+                ok(self.registry.rotate_token(check_name(name)?).await?)
+            }
+            (["tenants", _, "token"], _) => Err(ApiError::method_not_allowed("POST")),
+            (["audit"], &Method::GET) => {
+                let n = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("limit="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100usize);
+                ok(json!({ "records": self.audit.tail(n).await }))
+            }
+            (["audit"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["keys", ..], _) if owner.is_none() => Err(ApiError::forbidden(
+                "invoke keys belong to tenants: use a tenant's token",
+            )),
+            (["keys"] | ["keys", ""], &Method::GET) => {
+                ok(self.registry.list_keys(owner.unwrap_or_default()).await?)
+            }
+            (["keys"], &Method::POST) => {
+                let key = self.registry.create_key(owner.unwrap_or_default()).await?;
+                Ok(json_response(StatusCode::CREATED, key))
+            }
+            (["keys"], _) => Err(ApiError::method_not_allowed("GET, POST")),
+            (["keys", id], &Method::DELETE) => ok(self
+                .registry
+                .remove_key(owner.unwrap_or_default(), id)
+                .await?),
+            (["keys", _], _) => Err(ApiError::method_not_allowed("DELETE")),
             (["functions"] | ["functions", ""], &Method::GET) => {
-                Ok(json_response(StatusCode::OK, self.registry.list().await))
+                if owner.is_none() && self.config.tenants {
+                    self.key(caller, "x", false)?; // the operator has no functions
+                }
+                ok(self.registry.list(owner).await)
             }
             (["functions"], _) => Err(ApiError::method_not_allowed("GET")),
             (["functions", name], m) | (["functions", name, "versions"], m) if m == Method::GET => {
-                let name = check_name(name)?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    self.registry.get(name).await?,
-                ))
+                ok(self.registry.get(&self.key(caller, name, false)?).await?)
             }
-            (["functions", name], &Method::DELETE) => {
-                let name = check_name(name)?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    self.registry.delete(name).await?,
-                ))
-            }
+            (["functions", name], &Method::DELETE) => ok(self
+                .registry
+                .delete(&self.key(caller, name, false)?)
+                .await?),
             (["functions", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
             (["functions", name, "versions"], &Method::POST) => {
-                let name = check_name(name)?.to_string();
-                self.deploy(&name, req).await
+                let key = self.key(caller, name, false)?;
+                self.deploy(&key, req).await
             }
             (["functions", _, "versions"], _) => Err(ApiError::method_not_allowed("GET, POST")),
             (["functions", name, "rollback"], &Method::POST) => {
-                let name = check_name(name)?.to_string();
+                let key = self.key(caller, name, false)?;
                 let body = read_body(req, 64 * 1024).await?;
-                let to = if body.iter().all(u8::is_ascii_whitespace) {
-                    None
-                } else {
-                    let v: Value = serde_json::from_slice(&body).map_err(|e| {
-                        ApiError::invalid_request(format!(
-                            "rollback body must be JSON like {{\"to\": \"VERSION\"}}: {e}"
-                        ))
-                    })?;
-                    match v.get("to") {
-                        None | Some(Value::Null) => None,
-                        Some(Value::String(s)) => Some(s.clone()),
-                        Some(_) => {
-                            return Err(ApiError::invalid_request(
-                                "`to` must be a version id string",
-                            ));
-                        }
-                    }
-                };
-                Ok(json_response(
-                    StatusCode::OK,
-                    self.registry.rollback(&name, to.as_deref()).await?,
-                ))
+                let to = rollback_target(&body)?;
+                ok(self.registry.rollback(&key, to.as_deref()).await?)
             }
             (["functions", _, "rollback"], _) => Err(ApiError::method_not_allowed("POST")),
             (["functions", name, "logs"], &Method::GET) => {
-                let name = check_name(name)?;
-                let lines = self.registry.logs(name).await?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    json!({ "name": name, "lines": lines }),
-                ))
+                let key = self.key(caller, name, false)?;
+                let lines = self.registry.logs(&key).await?;
+                ok(json!({ "name": name, "lines": lines }))
             }
             (["functions", _, "logs"], _) => Err(ApiError::method_not_allowed("GET")),
-            (["models"] | ["models", ""], &Method::GET) => Ok(json_response(
-                StatusCode::OK,
-                self.registry.list_models().await,
-            )),
+            (["models"] | ["models", ""], &Method::GET) => {
+                ok(self.registry.list_models(owner).await)
+            }
             (["models"], _) => Err(ApiError::method_not_allowed("GET")),
             (["models", name], m) | (["models", name, "versions"], m) if m == Method::GET => {
-                let name = check_name(name)?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    self.registry.get_model(name).await?,
-                ))
+                let key = self.key(caller, name, true)?;
+                match self.registry.get_model(&key).await {
+                    // A tenant may read the operator's shared models too.
+                    Err(e) if owner.is_some() && e.code == "model_not_found" => {
+                        ok(self.registry.get_model(check_name(name)?).await?)
+                    }
+                    other => ok(other?),
+                }
             }
-            (["models", name], &Method::DELETE) => {
-                let name = check_name(name)?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    self.registry.remove_model(name).await?,
-                ))
-            }
+            (["models", name], &Method::DELETE) => ok(self
+                .registry
+                .remove_model(&self.key(caller, name, true)?)
+                .await?),
             (["models", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
             (["models", name, "versions"], &Method::POST) => {
-                let name = check_name(name)?.to_string();
+                let key = self.key(caller, name, true)?;
                 let options = model_options(req.uri().query().unwrap_or(""))?;
                 let bytes = read_body(req, self.config.max_model_size).await?;
-                match self.registry.add_model(&name, bytes, options).await? {
+                match self.registry.add_model(&key, bytes, options).await? {
                     Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, v)),
                     Deploy::Existing(v) => Ok(json_response(StatusCode::OK, v)),
                 }
@@ -278,7 +428,8 @@ impl Node {
         name: &str,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ApiError> {
-        let (limits, env, models) = deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
+        let (limits, env, models, public) =
+            deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
         let bytes = read_body(req, self.config.max_component_size)
             .await
             .map_err(|e| {
@@ -293,7 +444,7 @@ impl Node {
             })?;
         match self
             .registry
-            .deploy(name, bytes, limits, env, models)
+            .deploy(name, bytes, limits, env, models, public)
             .await?
         {
             Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, v)),
@@ -302,7 +453,7 @@ impl Node {
     }
 }
 
-fn invocation(f: &Deployed, request_id: &str) -> Invocation {
+fn invocation(f: &Deployed, tenant: Option<&TenantLive>, request_id: &str) -> Invocation {
     Invocation {
         name: Arc::clone(&f.name),
         version: Arc::clone(&f.version),
@@ -312,6 +463,7 @@ fn invocation(f: &Deployed, request_id: &str) -> Invocation {
         logs: Arc::clone(&f.logs),
         request_id: Arc::from(request_id),
         models: Arc::clone(&f.models),
+        inferences: tenant.map(|t| Arc::clone(&t.inferences)),
     }
 }
 
@@ -402,14 +554,15 @@ fn check_name(name: &str) -> Result<&str, ApiError> {
     }
 }
 
-/// Limits, environment and allowed models of a deploy.
-type DeploySettings = (FunctionLimits, BTreeMap<String, String>, Vec<String>);
+/// Limits, environment, allowed models and visibility of a deploy.
+type DeploySettings = (FunctionLimits, BTreeMap<String, String>, Vec<String>, bool);
 
 /// Parses deploy settings from the query string; unknown parameters are errors.
 fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiError> {
     let mut limits = config.defaults;
     let mut env = BTreeMap::new();
     let mut models = Vec::new();
+    let mut public = false;
     let bad = |k: &str, e: anyhow::Error| ApiError::invalid_request(format!("bad `{k}`: {e:#}"));
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -440,9 +593,20 @@ fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiEr
                 env.insert(ek.to_string(), ev.to_string());
             }
             "model" => models.push(check_name(&v)?.to_string()),
+            "public" => {
+                public = match v.as_str() {
+                    "true" | "" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::invalid_request(format!(
+                            "bad `public`: `{v}` is neither true nor false"
+                        )));
+                    }
+                }
+            }
             other => {
                 return Err(ApiError::invalid_request(format!(
-                    "unknown deploy parameter `{other}`: use memory, timeout, max_concurrency, max_request_body, max_response_body, env or model"
+                    "unknown deploy parameter `{other}`: use memory, timeout, max_concurrency, max_request_body, max_response_body, env, model or public"
                 )));
             }
         }
@@ -450,7 +614,39 @@ fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiEr
     config
         .check_limits(&limits)
         .map_err(ApiError::invalid_request)?;
-    Ok((limits, env, models))
+    Ok((limits, env, models, public))
+}
+
+/// `{"to": VERSION}` (or an empty body: the version before the live one).
+fn rollback_target(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "rollback body must be JSON like {{\"to\": \"VERSION\"}}: {e}"
+        ))
+    })?;
+    match v.get("to") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid_request(
+            "`to` must be a version id string",
+        )),
+    }
+}
+
+/// A tenant's quotas as JSON (bytes and milliseconds); an empty body changes nothing.
+async fn quota_patch(req: Request<Incoming>) -> Result<QuotaPatch, ApiError> {
+    let body = read_body(req, 64 * 1024).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(QuotaPatch::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "quotas must be JSON like {{\"max_functions\": 10, \"max_memory\": 134217728}}: {e}"
+        ))
+    })
 }
 
 /// Parses a model version's options (`target=cpu|gpu`, `max_batch=N`) from the query string.
@@ -556,9 +752,16 @@ fn error_response(e: &ApiError, request_id: &str) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+    if let Some(seconds) = e.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    } else if e.status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
 }
@@ -567,14 +770,20 @@ fn error_response(e: &ApiError, request_id: &str) -> Response<ResponseBody> {
 struct InFlight {
     metrics: Arc<FunctionMetrics>,
     _permit: OwnedSemaphorePermit,
+    _tenant: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlight {
-    fn enter(metrics: Arc<FunctionMetrics>, permit: OwnedSemaphorePermit) -> Self {
+    fn enter(
+        metrics: Arc<FunctionMetrics>,
+        permit: OwnedSemaphorePermit,
+        tenant: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         Self {
             metrics,
             _permit: permit,
+            _tenant: tenant,
         }
     }
 }
@@ -626,12 +835,15 @@ mod tests {
     #[test]
     fn deploy_query() {
         let c = Config::from_toml("").unwrap();
-        let (l, env, models) = deploy_settings(
+        let (l, env, models, public) = deploy_settings(
             &c,
-            "memory=16MiB&timeout=2s&env=A%3D1&env=B=x%20y&model=mlp",
+            "memory=16MiB&timeout=2s&env=A%3D1&env=B=x%20y&model=mlp&public=true",
         )
         .unwrap();
         assert_eq!(models, ["mlp"]);
+        assert!(public);
+        assert!(!deploy_settings(&c, "").unwrap().3);
+        assert!(deploy_settings(&c, "public=yes").is_err());
         assert_eq!(l.memory, 16 << 20);
         assert_eq!(l.timeout_ms, 2000);
         assert_eq!(env["A"], "1");

@@ -34,6 +34,45 @@ pub struct Meta {
     /// ONNX models by name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelRecord>,
+    /// Tenants by name (a node with `tenants = true`). A tenant's functions and models are keyed
+    /// `{tenant}/{name}` in the maps above; models without a `/` are the operator's, shared.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantRecord>,
+}
+
+/// One tenant: its token (hash), invoke keys (hashes) and quotas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRecord {
+    /// When it was created.
+    pub created_at: String,
+    /// SHA-256 of its token's secret part.
+    pub token_hash: String,
+    /// Invoke keys by id: SHA-256 of their secret part and when they were made.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// Its quotas.
+    pub quotas: crate::config::Quotas,
+}
+
+/// One invoke key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// SHA-256 of the key's secret part.
+    pub hash: String,
+    /// When it was made.
+    pub created_at: String,
+}
+
+/// The tenant a function or model key belongs to (`{tenant}/{name}`), if any.
+pub fn owner(key: &str) -> Option<&str> {
+    key.split_once('/').map(|(t, _)| t)
+}
+
+/// The name users see: a key without its tenant.
+pub fn short_name(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, n)| n)
 }
 
 /// One model: its versions (oldest first) and which one is live.
@@ -106,9 +145,13 @@ pub struct VersionRecord {
     pub limits: FunctionLimits,
     /// Environment the guest sees.
     pub env: BTreeMap<String, String>,
-    /// Models the function may load by name.
+    /// Models the function may load by name (their keys: `{tenant}/{name}`, or a shared name).
     #[serde(default)]
     pub models: Vec<String>,
+    /// Whether anyone may invoke it; otherwise (on a node with tenants) callers need one of
+    /// its tenant's invoke keys.
+    #[serde(default)]
+    pub public: bool,
 }
 
 impl VersionRecord {

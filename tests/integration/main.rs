@@ -18,4 +18,5 @@ mod limits;
 mod nn;
 mod ops;
 mod persistence;
+mod tenants;
 mod uploads;

@@ -155,17 +155,21 @@ impl graph::Host for NnView<'_> {
         if ctx.node.onnx.is_none() {
             return self.fail(not_loaded());
         }
-        if !ctx.allowed.contains(&name) {
+        let Some(key) = ctx
+            .allowed
+            .iter()
+            .find(|k| crate::store::short_name(k) == name)
+        else {
             let f = Failure::new(
                 ErrorCode::Security,
                 format!(
                     "function `{}` may not use model `{name}`: deploy it with `--model {name}` to allow it",
-                    ctx.function
+                    crate::store::short_name(&ctx.function)
                 ),
             );
             return self.fail(f);
-        }
-        match ctx.node.models.get(&name) {
+        };
+        match ctx.node.models.get(key) {
             Some(model) => Ok(Ok(self.table.push(model)?)),
             None => {
                 let f = Failure::new(
@@ -208,6 +212,24 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         for (name, t) in inputs {
             tensors.push((name, self.table.get(&t)?.clone()));
         }
+        // The tenant's inference quota: wait for a permit, bounded by the deadline like the rest.
+        let _permit = match &self.ctx.inferences {
+            Some(permits) => {
+                let permits = Arc::clone(permits);
+                match tokio::time::timeout_at(self.ctx.deadline.into(), permits.acquire_owned())
+                    .await
+                {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        return self.fail(Failure::new(
+                            ErrorCode::Timeout,
+                            "the tenant's max_inferences quota kept this compute waiting until the deadline",
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
         match model.run(tensors, self.ctx.deadline).await {
             Ok(outputs) => {
                 let mut result = Vec::with_capacity(outputs.len());

@@ -86,12 +86,14 @@ pub struct NnNode {
     pub guest_load_metrics: Arc<ModelMetrics>,
 }
 
-/// Per-request wasi:nn state: which models this function may load, and its deadline.
+/// Per-request wasi:nn state: which models this function may load (by key: `{tenant}/{name}`
+/// or a shared name; guests use the name), its deadline, and its tenant's inference permits.
 pub struct NnCtx {
     node: Arc<NnNode>,
     allowed: Arc<[String]>,
     function: Arc<str>,
     deadline: Instant,
+    inferences: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl NnCtx {
@@ -101,12 +103,14 @@ impl NnCtx {
         allowed: Arc<[String]>,
         function: Arc<str>,
         deadline: Instant,
+        inferences: Option<Arc<tokio::sync::Semaphore>>,
     ) -> Self {
         Self {
             node,
             allowed,
             function,
             deadline,
+            inferences,
         }
     }
 }

@@ -6,6 +6,9 @@
 //! the same rules.
 
 mod models;
+mod tenants;
+
+pub use tenants::{QuotaPatch, TenantLive};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -46,6 +49,8 @@ pub struct Deployed {
     pub metrics: Arc<FunctionMetrics>,
     /// Models the function may load by name.
     pub models: Arc<[String]>,
+    /// Whether callers need no invoke key (on a node with tenants).
+    pub public: bool,
 }
 
 type LiveMap = HashMap<String, Arc<Deployed>>;
@@ -69,6 +74,7 @@ pub struct Registry {
     live: RwLock<Arc<LiveMap>>,
     admin: tokio::sync::Mutex<AdminState>,
     nn: Arc<NnNode>,
+    tenants: RwLock<Arc<HashMap<String, Arc<TenantLive>>>>,
 }
 
 /// Whether a deploy created a new version.
@@ -156,6 +162,7 @@ impl Registry {
                 loaded_models,
             }),
             nn,
+            tenants: RwLock::new(Arc::default()),
         };
         let mut state = registry
             .admin
@@ -163,6 +170,7 @@ impl Registry {
             .expect("new registry is not shared yet");
         registry.publish(&mut state);
         registry.publish_models(&state);
+        registry.publish_tenants(&state);
         drop(state);
         Ok(registry)
     }
@@ -193,22 +201,24 @@ impl Registry {
         bytes: Bytes,
         limits: FunctionLimits,
         env: BTreeMap<String, String>,
-        mut models: Vec<String>,
+        models: Vec<String>,
+        public: bool,
     ) -> Result<Deploy, ApiError> {
         let digest = store::digest(&bytes);
-        models.sort();
-        models.dedup();
-        {
+        let settings = {
             let state = self.admin.lock().await;
-            if let Some(missing) = models.iter().find(|m| !state.meta.models.contains_key(*m)) {
-                return Err(ApiError::invalid_request(format!(
-                    "no model named `{missing}` on this node: add it first with `tensorlet model add {missing} FILE.onnx`"
-                )));
+            let models = resolve_models(&state.meta, store::owner(name), models)?;
+            check_tenant_deploy(&state.meta, name, &limits, bytes.len() as u64)?;
+            Settings {
+                limits,
+                env,
+                models,
+                public,
             }
-        }
+        };
         let compiled = {
             let mut state = self.admin.lock().await;
-            let found = self.existing_locked(&mut state, name, &digest, &limits, &env, &models);
+            let found = self.existing_locked(&mut state, name, &digest, &settings);
             if let Some(existing) = found.await? {
                 return Ok(existing);
             }
@@ -249,18 +259,20 @@ impl Registry {
         let mut state = self.admin.lock().await;
         // Another deploy may have raced us while we compiled.
         if let Some(existing) = self
-            .existing_locked(&mut state, name, &digest, &limits, &env, &models)
+            .existing_locked(&mut state, name, &digest, &settings)
             .await?
         {
             return Ok(existing);
         }
+        check_tenant_deploy(&state.meta, name, &settings.limits, bytes.len() as u64)?;
         let record = VersionRecord {
             digest: digest.clone(),
             created_at: now_rfc3339(),
             size: bytes.len() as u64,
-            limits,
-            env,
-            models,
+            limits: settings.limits,
+            env: settings.env,
+            models: settings.models,
+            public: settings.public,
         };
         let mut meta = state.meta.clone();
         let f = meta
@@ -304,9 +316,7 @@ impl Registry {
         state: &mut AdminState,
         name: &str,
         digest: &str,
-        limits: &FunctionLimits,
-        env: &BTreeMap<String, String>,
-        models: &[String],
+        s: &Settings,
     ) -> Result<Option<Deploy>, ApiError> {
         let Some(v) = state
             .meta
@@ -316,10 +326,11 @@ impl Registry {
         else {
             return Ok(None);
         };
-        if &v.limits != limits || &v.env != env || v.models != models {
+        if v.limits != s.limits || v.env != s.env || v.models != s.models || v.public != s.public {
             return Err(ApiError::version_conflict(format!(
-                "function `{name}` already has version {} with different settings, and versions never change: \
+                "function `{}` already has version {} with different settings, and versions never change: \
                  deploy it with the same settings, or change the component",
+                store::short_name(name),
                 v.id()
             )));
         }
@@ -383,7 +394,7 @@ impl Registry {
             version = store::short_id(&target),
             "live moved"
         );
-        Ok(json!({ "name": name, "live": store::short_id(&target) }))
+        Ok(json!({ "name": store::short_name(name), "live": store::short_id(&target) }))
     }
 
     /// Removes a function and all its versions.
@@ -400,19 +411,20 @@ impl Registry {
         self.publish(&mut state);
         self.collect_garbage(&mut state);
         tracing::info!(function = name, "deleted");
-        Ok(json!({ "name": name, "deleted": true }))
+        Ok(json!({ "name": store::short_name(name), "deleted": true }))
     }
 
-    /// Summary of every function.
-    pub async fn list(&self) -> Value {
+    /// Summary of every function of `owner` (a tenant, or `None` for the single user's).
+    pub async fn list(&self, owner: Option<&str>) -> Value {
         let state = self.admin.lock().await;
         let functions: Vec<Value> = state
             .meta
             .functions
             .iter()
+            .filter(|(name, _)| store::owner(name) == owner)
             .map(|(name, f)| {
                 json!({
-                    "name": name,
+                    "name": store::short_name(name),
                     "live": store::short_id(&f.live),
                     "versions": f.versions.len(),
                     "updated_at": f.updated_at,
@@ -436,7 +448,9 @@ impl Registry {
             .rev()
             .map(|v| version_json(v, v.digest == f.live))
             .collect();
-        Ok(json!({ "name": name, "live": store::short_id(&f.live), "versions": versions }))
+        Ok(
+            json!({ "name": store::short_name(name), "live": store::short_id(&f.live), "versions": versions }),
+        )
     }
 
     /// The function's recent guest output.
@@ -490,6 +504,7 @@ impl Registry {
                     logs,
                     metrics: self.metrics.function(name),
                     models: v.models.iter().cloned().collect(),
+                    public: v.public,
                 }),
             );
         }
@@ -506,6 +521,86 @@ impl Registry {
         state.loaded_models.retain(|key, _| live.contains(key));
         self.store.collect_garbage(&referenced);
     }
+}
+
+/// Settings of a version, fixed at deploy.
+struct Settings {
+    limits: FunctionLimits,
+    env: BTreeMap<String, String>,
+    /// Model keys, sorted.
+    models: Vec<String>,
+    public: bool,
+}
+
+/// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
+/// first, else a shared (operator's) model `{name}`.
+fn resolve_models(
+    meta: &Meta,
+    owner: Option<&str>,
+    names: Vec<String>,
+) -> Result<Vec<String>, ApiError> {
+    let mut keys = Vec::with_capacity(names.len());
+    for name in names {
+        let own = owner.map(|t| format!("{t}/{name}"));
+        let key = match own {
+            Some(own) if meta.models.contains_key(&own) => own,
+            _ if meta.models.contains_key(&name) => name,
+            _ => {
+                return Err(ApiError::invalid_request(format!(
+                    "no model named `{name}`: add it first with `tensorlet model add {name} FILE.onnx`"
+                )));
+            }
+        };
+        keys.push(key);
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// A tenant's deploy must fit its quotas: function count, stored bytes, memory and timeout.
+fn check_tenant_deploy(
+    meta: &Meta,
+    name: &str,
+    limits: &FunctionLimits,
+    size: u64,
+) -> Result<(), ApiError> {
+    let Some(tenant) = store::owner(name) else {
+        return Ok(());
+    };
+    let Some(t) = meta.tenants.get(tenant) else {
+        return Err(ApiError::tenant_not_found(tenant));
+    };
+    let q = t.quotas;
+    if limits.memory > q.max_memory {
+        return Err(ApiError::invalid_request(format!(
+            "memory {} is above this tenant's max_memory quota of {}: ask for less",
+            crate::config::format_size(limits.memory),
+            crate::config::format_size(q.max_memory)
+        )));
+    }
+    if limits.timeout_ms > q.max_timeout_ms {
+        return Err(ApiError::invalid_request(format!(
+            "timeout {}ms is above this tenant's max_timeout quota of {}ms: ask for less",
+            limits.timeout_ms, q.max_timeout_ms
+        )));
+    }
+    let used = tenants::usage(meta, tenant);
+    if !meta.functions.contains_key(name) && used.functions >= q.max_functions {
+        return Err(ApiError::quota_exceeded(format!(
+            "this tenant has {} functions, its max_functions quota: delete one first",
+            used.functions
+        )));
+    }
+    if used.stored + size > q.max_stored {
+        return Err(ApiError::quota_exceeded(format!(
+            "this tenant stores {} and this upload is {}, over its max_stored quota of {}: delete functions, models or old versions first",
+            crate::config::format_size(used.stored),
+            crate::config::format_size(size),
+            crate::config::format_size(q.max_stored)
+        )));
+    }
+    Ok(())
 }
 
 /// Every digest the metadata refers to: function versions and model versions.
@@ -570,6 +665,7 @@ pub fn version_json(v: &VersionRecord, live: bool) -> Value {
         "max_request_body": v.limits.max_request_body,
         "max_response_body": v.limits.max_response_body,
         "env": v.env,
-        "models": v.models,
+        "models": v.models.iter().map(|m| store::short_name(m)).collect::<Vec<_>>(),
+        "public": v.public,
     })
 }

@@ -51,6 +51,7 @@ impl Registry {
                 self.set_model_live(&mut state, name, &digest).await?;
                 return Ok(Deploy::Existing(model_version_json(&v, true)));
             }
+            check_tenant_model(&state.meta, name, bytes.len() as u64)?;
             // The same bytes live under another name: share its sessions.
             state.loaded_models.get(&key).cloned()
         };
@@ -72,6 +73,7 @@ impl Registry {
             }
         };
         let mut state = self.admin.lock().await;
+        check_tenant_model(&state.meta, name, bytes.len() as u64)?;
         let record = ModelVersion {
             digest: digest.clone(),
             created_at: now_rfc3339(),
@@ -164,17 +166,22 @@ impl Registry {
         Ok(())
     }
 
-    /// Every model with its live version.
-    pub async fn list_models(&self) -> Value {
+    /// Every model `owner` may use: its own and, for a tenant, the operator's shared ones.
+    pub async fn list_models(&self, owner: Option<&str>) -> Value {
         let state = self.admin.lock().await;
         let models: Vec<Value> = state
             .meta
             .models
             .iter()
+            .filter(|(name, _)| {
+                let of = store::owner(name);
+                of == owner || of.is_none()
+            })
             .map(|(name, m)| {
                 let loaded = state.loaded_models.contains_key(&live_key(m));
                 json!({
-                    "name": name,
+                    "name": store::short_name(name),
+                    "shared": owner.is_some() && store::owner(name).is_none(),
                     "live": store::short_id(&m.live),
                     "versions": m.versions.len(),
                     "updated_at": m.updated_at,
@@ -215,7 +222,7 @@ impl Registry {
             None => (Vec::new(), Vec::new()),
         };
         Ok(
-            json!({ "name": name, "live": store::short_id(&m.live), "versions": versions, "inputs": inputs, "outputs": outputs }),
+            json!({ "name": store::short_name(name), "live": store::short_id(&m.live), "versions": versions, "inputs": inputs, "outputs": outputs }),
         )
     }
 
@@ -225,7 +232,7 @@ impl Registry {
         if !state.meta.models.contains_key(name) {
             return Err(ApiError::model_not_found(name));
         }
-        let users: Vec<&String> = state
+        let users: Vec<&str> = state
             .meta
             .functions
             .iter()
@@ -234,7 +241,7 @@ impl Registry {
                     .iter()
                     .any(|v| v.digest == f.live && v.models.iter().any(|m| m == name))
             })
-            .map(|(n, _)| n)
+            .map(|(n, _)| store::short_name(n))
             .collect();
         if !users.is_empty() {
             return Err(ApiError::version_conflict(format!(
@@ -248,7 +255,7 @@ impl Registry {
         self.collect_garbage(&mut state);
         self.publish_models(&state);
         tracing::info!(model = name, "model removed");
-        Ok(json!({ "name": name, "deleted": true }))
+        Ok(json!({ "name": store::short_name(name), "deleted": true }))
     }
 
     /// Swaps in the set of live models.
@@ -268,6 +275,32 @@ impl Registry {
             .models_loaded
             .store(state.loaded_models.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// A tenant's model must fit its quotas: model count and stored bytes.
+fn check_tenant_model(meta: &crate::store::Meta, name: &str, size: u64) -> Result<(), ApiError> {
+    let Some(tenant) = store::owner(name) else {
+        return Ok(());
+    };
+    let Some(t) = meta.tenants.get(tenant) else {
+        return Err(ApiError::tenant_not_found(tenant));
+    };
+    let used = super::tenants::usage(meta, tenant);
+    if !meta.models.contains_key(name) && used.models >= t.quotas.max_models {
+        return Err(ApiError::quota_exceeded(format!(
+            "this tenant has {} models, its max_models quota: remove one first",
+            used.models
+        )));
+    }
+    if used.stored + size > t.quotas.max_stored {
+        return Err(ApiError::quota_exceeded(format!(
+            "this tenant stores {} and this model is {}, over its max_stored quota of {}: remove something first",
+            crate::config::format_size(used.stored),
+            crate::config::format_size(size),
+            crate::config::format_size(t.quotas.max_stored)
+        )));
+    }
+    Ok(())
 }
 
 /// Loaded sessions are keyed by digest and target: the same bytes load once per node, however

@@ -39,6 +39,8 @@ pub struct Invocation {
     pub request_id: Arc<str>,
     /// Models the function may load by name.
     pub models: Arc<[String]>,
+    /// Its tenant's inference permits (`max_inferences`), on a node with tenants.
+    pub inferences: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Runtime {
@@ -62,6 +64,7 @@ impl Runtime {
             Arc::clone(&inv.models),
             Arc::clone(&inv.name),
             deadline,
+            inv.inferences.clone(),
         );
         let state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());

@@ -1,5 +1,7 @@
 //! Command-line interface: `tensorlet serve` runs a node; every other command is a client of a
-//! node's admin API.
+//! node's admin API (`tenants.rs`: tenants, invoke keys and the audit log).
+
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +48,14 @@ enum Command {
     /// Manage ONNX models that functions load through wasi:nn.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Manage tenants (operator token; a node with `tenants = true`).
+    #[command(subcommand)]
+    Tenant(tenants::TenantCommand),
+    /// Manage the invoke keys of your private functions (tenant token).
+    #[command(subcommand)]
+    Key(tenants::KeyCommand),
+    /// Show the audit log of admin changes (operator token).
+    Audit(tenants::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +105,15 @@ struct NodeArgs {
     /// The node's URL.
     #[arg(long, env = "TENSORLET_NODE", default_value = "http://127.0.0.1:8080")]
     node: String,
+    /// Operator or tenant token, for nodes that need one.
+    #[arg(long, env = "TENSORLET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl NodeArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        AdminClient::new(&self.node, self.token.as_deref())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +162,9 @@ struct DeployArgs {
     /// A model the function may load with wasi:nn load-by-name (repeatable).
     #[arg(long = "model", value_name = "NAME")]
     models: Vec<String>,
+    /// Anyone may invoke it (on a node with tenants, functions otherwise need an invoke key).
+    #[arg(long)]
+    public: bool,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -163,7 +185,7 @@ impl Cli {
                 Command::Versions(a) => versions(a).await,
                 Command::Rollback(a) => rollback(a).await,
                 Command::Delete(a) => {
-                    let client = AdminClient::new(&a.node.node)?;
+                    let client = a.node.client()?;
                     client
                         .call(
                             Method::DELETE,
@@ -177,6 +199,9 @@ impl Cli {
                 }
                 Command::Logs(a) => logs(a).await,
                 Command::Model(m) => model(m).await,
+                Command::Tenant(t) => tenants::tenant(t).await,
+                Command::Key(k) => tenants::key(k).await,
+                Command::Audit(a) => tenants::audit(a).await,
             }
         })
     }
@@ -232,13 +257,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "node ready"
     );
+    let operator = crate::auth::operator_token(
+        config.operator_token.as_deref(),
+        config.tenants,
+        &config.data_dir,
+    )?;
+    if operator.is_none() && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without tokens: anyone who can reach it could deploy code. \
+             Set `tenants = true` or `operator_token` in the config, or listen on 127.0.0.1",
+            config.listen
+        );
+    }
+    let audit = crate::audit::Audit::open(&config.data_dir)
+        .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?;
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let listeners = crate::server::bind(config.listen, workers)
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listeners[0].local_addr()?;
-    let node = Arc::new(Node::new(Arc::clone(&config), registry, runtime, metrics));
+    let node = Arc::new(Node::new(
+        Arc::clone(&config),
+        registry,
+        runtime,
+        metrics,
+        operator,
+        audit,
+    ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = crate::server::run_workers(
         listeners,
@@ -299,7 +345,10 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     for m in &a.models {
         query.push(format!("model={}", encode(m)));
     }
-    let client = AdminClient::new(&a.node.node)?;
+    if a.public {
+        query.push("public=true".into());
+    }
+    let client = a.node.client()?;
     let path = format!("functions/{}/versions?{}", encode(&a.name), query.join("&"));
     let v = client
         .call(Method::POST, &path, Bytes::from(bytes), "application/wasm")
@@ -309,7 +358,8 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
 }
 
 async fn list(node: NodeArgs) -> anyhow::Result<()> {
-    let v = AdminClient::new(&node.node)?
+    let v = node
+        .client()?
         .call(Method::GET, "functions", Bytes::new(), "application/json")
         .await?;
     println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
@@ -327,7 +377,9 @@ async fn list(node: NodeArgs) -> anyhow::Result<()> {
 
 async fn versions(a: NameArgs) -> anyhow::Result<()> {
     let path = format!("functions/{}/versions", encode(&a.name));
-    let v = AdminClient::new(&a.node.node)?
+    let v = a
+        .node
+        .client()?
         .call(Method::GET, &path, Bytes::new(), "application/json")
         .await?;
     print_versions(&v);
@@ -358,7 +410,9 @@ async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     let path = format!("functions/{}/rollback", encode(&a.name));
-    let v = AdminClient::new(&a.node.node)?
+    let v = a
+        .node
+        .client()?
         .call(Method::POST, &path, Bytes::from(body), "application/json")
         .await?;
     println!("{} is live for {}", s(&v["live"]), a.name);
@@ -367,7 +421,9 @@ async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
 
 async fn logs(a: NameArgs) -> anyhow::Result<()> {
     let path = format!("functions/{}/logs", encode(&a.name));
-    let v = AdminClient::new(&a.node.node)?
+    let v = a
+        .node
+        .client()?
         .call(Method::GET, &path, Bytes::new(), "application/json")
         .await?;
     for l in v["lines"].as_array().into_iter().flatten() {
@@ -393,7 +449,9 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 encode(&a.target),
                 a.max_batch
             );
-            let v = AdminClient::new(&a.node.node)?
+            let v = a
+                .node
+                .client()?
                 .call(
                     Method::POST,
                     &path,
@@ -404,7 +462,8 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
             println!("{}", s(&v["version"]));
         }
         ModelCommand::List(node) => {
-            let v = AdminClient::new(&node.node)?
+            let v = node
+                .client()?
                 .call(Method::GET, "models", Bytes::new(), "application/json")
                 .await?;
             println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
@@ -420,7 +479,9 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::Versions(a) => {
             let path = format!("models/{}/versions", encode(&a.name));
-            let v = AdminClient::new(&a.node.node)?
+            let v = a
+                .node
+                .client()?
                 .call(Method::GET, &path, Bytes::new(), "application/json")
                 .await?;
             print_versions(&v);
@@ -437,7 +498,8 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::Rm(a) => {
             let path = format!("models/{}", encode(&a.name));
-            AdminClient::new(&a.node.node)?
+            a.node
+                .client()?
                 .call(Method::DELETE, &path, Bytes::new(), "application/json")
                 .await?;
             println!("removed model {}", a.name);

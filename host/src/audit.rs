@@ -1,0 +1,80 @@
+//! The audit log: one JSON line per admin change (every admin call but reads), in
+//! `DATA/audit.log`: when, who (`operator`, `tenant:NAME` or `unauthenticated`), what (method
+//! and path; never the query, which may hold environment values) and the resulting status.
+//!
+//! Lines are appended with one `write` each (`O_APPEND`), so concurrent records never interleave;
+//! accepted changes are also fsynced before the response goes out. A line cut short by a crash
+//! is skipped when the log is read.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::time::now_rfc3339;
+
+/// The node's audit log.
+pub struct Audit {
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
+}
+
+impl Audit {
+    /// Opens (or creates) `DATA/audit.log`.
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let path = data_dir.join("audit.log");
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self {
+            path,
+            file: Arc::new(Mutex::new(file)),
+        })
+    }
+
+    /// Records one admin call.
+    pub async fn record(&self, who: &str, method: &str, path: &str, status: u16) {
+        let mut shown: String = path.chars().take(256).collect();
+        if shown.len() < path.len() {
+            shown.push('…');
+        }
+        let mut line = json!({
+            "time": now_rfc3339(),
+            "who": who,
+            "action": format!("{method} {shown}"),
+            "status": status,
+        })
+        .to_string();
+        line.push('\n');
+        let file = Arc::clone(&self.file);
+        let durable = (200..300).contains(&status);
+        let written = tokio::task::spawn_blocking(move || {
+            let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+            f.write_all(line.as_bytes())?;
+            if durable {
+                f.sync_data()?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::error!(?written, "cannot write the audit log");
+        }
+    }
+
+    /// The last `n` records, oldest first.
+    pub async fn tail(&self, n: usize) -> Vec<Value> {
+        let path = self.path.clone();
+        let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let records: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let skip = records.len().saturating_sub(n);
+        records.into_iter().skip(skip).collect()
+    }
+}

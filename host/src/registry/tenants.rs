@@ -1,0 +1,398 @@
+//! Tenants (a node with `tenants = true`): create, list, update quotas, remove, rotate tokens,
+//! and invoke keys. Tenant records live in the metadata with the functions and models; the
+//! request path reads an immutable snapshot ([`Registry::tenant`]) holding each tenant's token
+//! and key hashes and its limiters, swapped after each change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::{AdminState, Registry};
+use crate::auth;
+use crate::config::Quotas;
+use crate::error::ApiError;
+use crate::store::{self, KeyRecord, Meta, TenantRecord};
+use crate::time::now_rfc3339;
+
+/// What the request path needs of a tenant.
+pub struct TenantLive {
+    token_hash: String,
+    keys: Vec<(String, String)>,
+    /// The tenant's quotas.
+    pub quotas: Quotas,
+    /// `max_concurrency` permits shared by the tenant's requests.
+    pub concurrency: Arc<Semaphore>,
+    /// `max_inferences` permits shared by the tenant's wasi:nn computes.
+    pub inferences: Arc<Semaphore>,
+    bucket: Mutex<Bucket>,
+}
+
+/// A token bucket: `rate` tokens a second, holding at most one second's worth.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TenantLive {
+    fn new(record: &TenantRecord) -> Self {
+        let q = record.quotas;
+        Self {
+            token_hash: record.token_hash.clone(),
+            keys: record
+                .keys
+                .iter()
+                .map(|(id, k)| (id.clone(), k.hash.clone()))
+                .collect(),
+            quotas: q,
+            concurrency: Arc::new(Semaphore::new(q.max_concurrency as usize)),
+            inferences: Arc::new(Semaphore::new(q.max_inferences as usize)),
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(q.requests_per_second),
+                at: Instant::now(),
+            }),
+        }
+    }
+
+    /// Takes one request from the rate budget, or says how long until one is available.
+    pub fn admit(&self) -> Result<(), Duration> {
+        let rate = f64::from(self.quotas.requests_per_second.max(1));
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+
+    /// Whether `secret` is this tenant's token.
+    pub fn token_matches(&self, secret: &str) -> bool {
+        auth::matches(secret, &self.token_hash)
+    }
+
+    /// Whether `(id, secret)` is one of this tenant's invoke keys.
+    pub fn key_matches(&self, id: &str, secret: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|(i, hash)| i == id && auth::matches(secret, hash))
+    }
+}
+
+/// Quota changes, as `tenant create` and `tenant update` send them (bytes and milliseconds).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaPatch {
+    max_functions: Option<u32>,
+    max_models: Option<u32>,
+    max_stored: Option<u64>,
+    max_memory: Option<u64>,
+    max_timeout_ms: Option<u64>,
+    max_concurrency: Option<u32>,
+    requests_per_second: Option<u32>,
+    max_inferences: Option<u32>,
+}
+
+impl QuotaPatch {
+    fn apply(&self, q: &mut Quotas) -> Result<(), ApiError> {
+        let fields: [(&str, Option<u64>); 8] = [
+            ("max_functions", self.max_functions.map(u64::from)),
+            ("max_models", self.max_models.map(u64::from)),
+            ("max_stored", self.max_stored),
+            ("max_memory", self.max_memory),
+            ("max_timeout_ms", self.max_timeout_ms),
+            ("max_concurrency", self.max_concurrency.map(u64::from)),
+            (
+                "requests_per_second",
+                self.requests_per_second.map(u64::from),
+            ),
+            ("max_inferences", self.max_inferences.map(u64::from)),
+        ];
+        if let Some((name, _)) = fields.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(ApiError::invalid_request(format!(
+                "`{name}` must be at least 1"
+            )));
+        }
+        q.max_functions = self.max_functions.unwrap_or(q.max_functions);
+        q.max_models = self.max_models.unwrap_or(q.max_models);
+        q.max_stored = self.max_stored.unwrap_or(q.max_stored);
+        q.max_memory = self.max_memory.unwrap_or(q.max_memory);
+        q.max_timeout_ms = self.max_timeout_ms.unwrap_or(q.max_timeout_ms);
+        q.max_concurrency = self.max_concurrency.unwrap_or(q.max_concurrency);
+        q.requests_per_second = self.requests_per_second.unwrap_or(q.requests_per_second);
+        q.max_inferences = self.max_inferences.unwrap_or(q.max_inferences);
+        Ok(())
+    }
+}
+
+/// What a tenant holds now, for quota checks and `tenant list`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Usage {
+    /// Functions it has.
+    pub functions: u32,
+    /// Models it has.
+    pub models: u32,
+    /// Bytes of its retained function and model versions.
+    pub stored: u64,
+}
+
+/// A tenant's usage in `meta`.
+pub fn usage(meta: &Meta, tenant: &str) -> Usage {
+    let mut u = Usage::default();
+    for f in meta
+        .functions
+        .iter()
+        .filter(|(k, _)| store::owner(k) == Some(tenant))
+        .map(|(_, f)| f)
+    {
+        u.functions += 1;
+        u.stored += f.versions.iter().map(|v| v.size).sum::<u64>();
+    }
+    for m in meta
+        .models
+        .iter()
+        .filter(|(k, _)| store::owner(k) == Some(tenant))
+        .map(|(_, m)| m)
+    {
+        u.models += 1;
+        u.stored += m.versions.iter().map(|v| v.size).sum::<u64>();
+    }
+    u
+}
+
+fn tenant_json(name: &str, t: &TenantRecord, u: Usage) -> Value {
+    json!({
+        "name": name,
+        "created_at": t.created_at,
+        "quotas": t.quotas,
+        "usage": { "functions": u.functions, "models": u.models, "stored": u.stored },
+        "keys": t.keys.len(),
+    })
+}
+
+impl Registry {
+    /// The request path's view of tenant `name`.
+    pub fn tenant(&self, name: &str) -> Option<Arc<TenantLive>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Rebuilds the tenant snapshot, keeping the limiters of tenants whose record is unchanged.
+    pub(super) fn publish_tenants(&self, state: &AdminState) {
+        let current = Arc::clone(&self.tenants.read().unwrap_or_else(|e| e.into_inner()));
+        let next: HashMap<String, Arc<TenantLive>> = state
+            .meta
+            .tenants
+            .iter()
+            .map(|(name, t)| {
+                let same = current.get(name).filter(|live| {
+                    live.token_hash == t.token_hash
+                        && live.quotas == t.quotas
+                        && live.keys.len() == t.keys.len()
+                        && live
+                            .keys
+                            .iter()
+                            .all(|(id, h)| t.keys.get(id).is_some_and(|k| &k.hash == h))
+                });
+                let live = same
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(TenantLive::new(t)));
+                (name.clone(), live)
+            })
+            .collect();
+        *self.tenants.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
+
+    /// Creates a tenant; the answer holds its token, shown only this once.
+    pub async fn create_tenant(&self, name: &str, patch: &QuotaPatch) -> Result<Value, ApiError> {
+        let mut quotas = self.config.tenant_defaults;
+        patch.apply(&mut quotas)?;
+        let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let mut state = self.admin.lock().await;
+        if state.meta.tenants.contains_key(name) {
+            return Err(ApiError::conflict(
+                "tenant_exists",
+                format!(
+                    "tenant `{name}` already exists: pick another name, or `tensorlet tenant token rotate {name}` for a new token"
+                ),
+            ));
+        }
+        let record = TenantRecord {
+            created_at: now_rfc3339(),
+            token_hash: auth::hash(&secret),
+            keys: Default::default(),
+            quotas,
+        };
+        let mut meta = state.meta.clone();
+        meta.tenants.insert(name.to_string(), record.clone());
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish_tenants(&state);
+        tracing::info!(tenant = name, "tenant created");
+        let mut answer = tenant_json(name, &record, Usage::default());
+        answer["token"] = json!(format!("{}{name}_{secret}", auth::TENANT_PREFIX));
+        Ok(answer)
+    }
+
+    /// Every tenant with its quotas and usage.
+    pub async fn list_tenants(&self) -> Value {
+        let state = self.admin.lock().await;
+        let tenants: Vec<Value> = state
+            .meta
+            .tenants
+            .iter()
+            .map(|(name, t)| tenant_json(name, t, usage(&state.meta, name)))
+            .collect();
+        json!({ "tenants": tenants })
+    }
+
+    /// Changes a tenant's quotas (what it already holds stays; new work is checked).
+    pub async fn update_tenant(&self, name: &str, patch: &QuotaPatch) -> Result<Value, ApiError> {
+        let mut state = self.admin.lock().await;
+        let mut meta = state.meta.clone();
+        let t = meta
+            .tenants
+            .get_mut(name)
+            .ok_or_else(|| ApiError::tenant_not_found(name))?;
+        patch.apply(&mut t.quotas)?;
+        let answer = tenant_json(name, t, usage(&state.meta, name));
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish_tenants(&state);
+        tracing::info!(tenant = name, "tenant quotas updated");
+        Ok(answer)
+    }
+
+    /// Removes a tenant with all its functions, models and keys.
+    pub async fn remove_tenant(&self, name: &str) -> Result<Value, ApiError> {
+        let mut state = self.admin.lock().await;
+        if !state.meta.tenants.contains_key(name) {
+            return Err(ApiError::tenant_not_found(name));
+        }
+        let mut meta = state.meta.clone();
+        meta.tenants.remove(name);
+        let owned = |k: &String| store::owner(k) == Some(name);
+        let functions: Vec<String> = meta
+            .functions
+            .keys()
+            .filter(|k| owned(k))
+            .cloned()
+            .collect();
+        let models: Vec<String> = meta.models.keys().filter(|k| owned(k)).cloned().collect();
+        meta.functions.retain(|k, _| !owned(k));
+        meta.models.retain(|k, _| !owned(k));
+        self.save(&meta).await?;
+        state.meta = meta;
+        for f in &functions {
+            state.logs.remove(f);
+        }
+        self.publish(&mut state);
+        self.collect_garbage(&mut state);
+        self.publish_models(&state);
+        self.publish_tenants(&state);
+        tracing::info!(tenant = name, "tenant removed");
+        Ok(json!({
+            "name": name,
+            "deleted": true,
+            "functions": functions.iter().map(|k| store::short_name(k)).collect::<Vec<_>>(),
+            "models": models.iter().map(|k| store::short_name(k)).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Gives a tenant a new token; the old one stops working at once.
+    pub async fn rotate_token(&self, name: &str) -> Result<Value, ApiError> {
+        let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let mut state = self.admin.lock().await;
+        let mut meta = state.meta.clone();
+        let t = meta
+            .tenants
+            .get_mut(name)
+            .ok_or_else(|| ApiError::tenant_not_found(name))?;
+        t.token_hash = auth::hash(&secret);
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish_tenants(&state);
+        tracing::info!(tenant = name, "tenant token rotated");
+        Ok(json!({ "name": name, "token": format!("{}{name}_{secret}", auth::TENANT_PREFIX) }))
+    }
+
+    /// Issues an invoke key for the tenant's private functions; shown only this once.
+    pub async fn create_key(&self, tenant: &str) -> Result<Value, ApiError> {
+        let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let mut state = self.admin.lock().await;
+        let mut meta = state.meta.clone();
+        let t = meta
+            .tenants
+            .get_mut(tenant)
+            .ok_or_else(|| ApiError::tenant_not_found(tenant))?;
+        if t.keys.len() >= 100 {
+            return Err(ApiError::quota_exceeded(
+                "a tenant has at most 100 invoke keys: remove one with `tensorlet key rm ID`",
+            ));
+        }
+        let id = loop {
+            let id = auth::key_id().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            if !t.keys.contains_key(&id) {
+                break id;
+            }
+        };
+        let created_at = now_rfc3339();
+        t.keys.insert(
+            id.clone(),
+            KeyRecord {
+                hash: auth::hash(&secret),
+                created_at: created_at.clone(),
+            },
+        );
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish_tenants(&state);
+        Ok(json!({
+            "id": id,
+            "created_at": created_at,
+            "key": format!("{}{tenant}_{id}_{secret}", auth::KEY_PREFIX),
+        }))
+    }
+
+    /// The tenant's invoke keys (ids and dates, never the keys).
+    pub async fn list_keys(&self, tenant: &str) -> Result<Value, ApiError> {
+        let state = self.admin.lock().await;
+        let t = state
+            .meta
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| ApiError::tenant_not_found(tenant))?;
+        let keys: Vec<Value> = t
+            .keys
+            .iter()
+            .map(|(id, k)| json!({ "id": id, "created_at": k.created_at }))
+            .collect();
+        Ok(json!({ "keys": keys }))
+    }
+
+    /// Revokes an invoke key.
+    pub async fn remove_key(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
+        let mut state = self.admin.lock().await;
+        let mut meta = state.meta.clone();
+        let removed = meta.tenants.get_mut(tenant).and_then(|t| t.keys.remove(id));
+        if removed.is_none() {
+            return Err(ApiError::not_found_code(
+                "key_not_found",
+                format!("no invoke key `{id}`: see `tensorlet key list`"),
+            ));
+        }
+        self.save(&meta).await?;
+        state.meta = meta;
+        self.publish_tenants(&state);
+        Ok(json!({ "id": id, "deleted": true }))
+    }
+}

@@ -1,0 +1,360 @@
+//! Multi-tenant nodes (`tenants = true`): tokens, scoping, invoke keys, quotas, the audit log,
+//! shared models, and a node without tokens refusing a public address.
+
+use std::thread;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const TENANTS: &str = "tenants = true";
+
+fn operator_token(node: &Node) -> String {
+    std::fs::read_to_string(node.data_dir().join("operator-token"))
+        .expect("the node writes its operator token at first start")
+        .trim()
+        .to_string()
+}
+
+fn as_(token: &str, method: &str, path: &str) -> Request {
+    Request::new(method, path).header("authorization", &format!("Bearer {token}"))
+}
+
+fn create_tenant(node: &Node, op: &str, name: &str, quotas: Value) -> String {
+    let r = node.send(
+        as_(op, "POST", &format!("/admin/v1/tenants/{name}")).body(quotas.to_string().into_bytes()),
+    );
+    assert_eq!(r.status, 201, "tenant create {name}: {r}");
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with(&format!("tlt_{name}_")), "{token}");
+    token
+}
+
+fn deploy_as(node: &Node, token: &str, name: &str, fixture_name: &str, query: &str) -> Response {
+    let bytes = std::fs::read(fixture(fixture_name)).unwrap();
+    let mut path = format!("/admin/v1/functions/{name}/versions");
+    if !query.is_empty() {
+        path = format!("{path}?{query}");
+    }
+    node.send(as_(token, "POST", &path).body(bytes))
+}
+
+fn new_key(node: &Node, token: &str) -> String {
+    let r = node.send(as_(token, "POST", "/admin/v1/keys"));
+    assert_eq!(r.status, 201, "key create: {r}");
+    r.json()["key"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn tenants_see_and_change_only_their_own_work() {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    assert_error(&node.get("/admin/v1/functions"), 401, "unauthorized");
+    let a = create_tenant(&node, &op, "acme", json!({}));
+    let b = create_tenant(&node, &op, "bobco", json!({}));
+
+    // acme's private and public functions.
+    assert_eq!(deploy_as(&node, &a, "hello", "hello-plain", "").status, 201);
+    assert_eq!(
+        deploy_as(&node, &a, "open", "hello-plain", "public=true").status,
+        201
+    );
+    assert_error(&node.get("/fn/acme/hello"), 401, "unauthorized");
+    assert_error(
+        &node.send(as_(&b, "GET", "/fn/acme/hello")),
+        401,
+        "unauthorized",
+    );
+    let key_a = new_key(&node, &a);
+    let key_b = new_key(&node, &b);
+    assert_eq!(
+        node.send(as_(&key_a, "GET", "/fn/acme/hello")).text(),
+        "hello"
+    );
+    assert_error(
+        &node.send(as_(&key_b, "GET", "/fn/acme/hello")),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(node.get("/fn/acme/open").text(), "hello");
+    assert_error(&node.get("/fn/bobco/hello"), 404, "function_not_found");
+    assert_error(&node.get("/fn/hello"), 404, "not_found");
+    let versions_before = node
+        .send(as_(&a, "GET", "/admin/v1/functions/hello"))
+        .json();
+
+    // bobco tries everything on acme's names, and on the operator API: all refused, nothing
+    // about acme in the answers.
+    let attempts: [(&str, &str); 15] = [
+        ("GET", "/admin/v1/functions/hello"),
+        ("GET", "/admin/v1/functions/hello/versions"),
+        ("DELETE", "/admin/v1/functions/hello"),
+        ("POST", "/admin/v1/functions/hello/rollback"),
+        ("GET", "/admin/v1/functions/hello/logs"),
+        ("GET", "/admin/v1/functions/open"),
+        ("GET", "/admin/v1/models/m"),
+        ("DELETE", "/admin/v1/models/m"),
+        ("GET", "/admin/v1/tenants"),
+        ("POST", "/admin/v1/tenants/evil"),
+        ("PATCH", "/admin/v1/tenants/acme"),
+        ("DELETE", "/admin/v1/tenants/acme"),
+        ("POST", "/admin/v1/tenants/acme/token"),
+        ("GET", "/admin/v1/audit"),
+        (
+            "DELETE",
+            &format!("/admin/v1/keys/{}", key_a.split('_').nth(2).unwrap()),
+        ),
+    ];
+    for (method, path) in attempts {
+        let r = node.send(as_(&b, method, path));
+        assert!(
+            r.status == 404 || r.status == 403 || r.status == 400,
+            "{method} {path}: {r}"
+        );
+        assert!(!r.text().contains("acme"), "{method} {path} leaks: {r}");
+    }
+    // Names that try to reach out of the tenant's namespace are not names.
+    for path in [
+        "/admin/v1/functions/acme%2Fhello",
+        "/admin/v1/functions/..%2Facme%2Fhello",
+    ] {
+        assert_error(&node.send(as_(&b, "GET", path)), 400, "invalid_request");
+    }
+    assert_error(
+        &node.send(as_(&b, "GET", "/fn/bobco/..%2Facme%2Fhello")),
+        404,
+        "function_not_found",
+    );
+    let listed = node.send(as_(&b, "GET", "/admin/v1/functions")).json();
+    assert_eq!(listed["functions"], json!([]));
+    let listed = node.send(as_(&a, "GET", "/admin/v1/functions")).json();
+    assert_eq!(listed["functions"].as_array().unwrap().len(), 2);
+    assert_eq!(listed["functions"][0]["name"], "hello");
+    // Nothing of acme's changed.
+    assert_eq!(
+        node.send(as_(&a, "GET", "/admin/v1/functions/hello"))
+            .json(),
+        versions_before
+    );
+    assert_eq!(
+        node.send(as_(&key_a, "GET", "/fn/acme/hello")).text(),
+        "hello"
+    );
+    // The operator manages tenants, not functions.
+    assert_error(
+        &node.send(as_(&op, "GET", "/admin/v1/functions")),
+        403,
+        "forbidden",
+    );
+
+    // The audit log says who did what, with the result.
+    let records = node.send(as_(&op, "GET", "/admin/v1/audit")).json()["records"].clone();
+    let has = |who: &str, action: &str, status: u64| {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["who"] == who && r["action"] == action && r["status"] == status)
+    };
+    assert!(
+        has(
+            "tenant:acme",
+            "POST /admin/v1/functions/hello/versions",
+            201
+        ),
+        "{records}"
+    );
+    assert!(
+        has("tenant:bobco", "DELETE /admin/v1/functions/hello", 404),
+        "{records}"
+    );
+    assert!(
+        has("operator", "POST /admin/v1/tenants/bobco", 201),
+        "{records}"
+    );
+    // The CLI speaks with --token.
+    let out = node.cli(&["list", "--token", &a]);
+    assert!(cli_ok(&out, "list --token").contains("open"));
+    let out = node.cli(&["tenant", "list", "--token", &op]);
+    assert!(cli_ok(&out, "tenant list").contains("bobco"));
+}
+
+#[test]
+fn tokens_rotate_and_bogus_ones_are_refused() {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let a = create_tenant(&node, &op, "acme", json!({}));
+    assert_eq!(
+        deploy_as(&node, &a, "hello", "hello-plain", "public=true").status,
+        201
+    );
+
+    let secret = a.rsplit('_').next().unwrap();
+    for i in 0..10_000u32 {
+        let token = match i % 5 {
+            0 => format!("tlt_acme_{:064x}", i),
+            1 => format!("tlt_acme_{}{:x}", &secret[..secret.len() - 1], i % 16 + 16),
+            2 => format!("tlo_{:064x}", i),
+            3 => format!("tlk_acme_00000000_{:064x}", i),
+            _ => format!("{i}\u{e9}\u{200b}"),
+        };
+        let r = node.send(as_(&token, "GET", "/admin/v1/functions"));
+        assert_eq!(r.status, 401, "token {token:?}: {r}");
+    }
+    assert_eq!(node.send(as_(&a, "GET", "/admin/v1/functions")).status, 200);
+    assert_eq!(node.get("/fn/acme/hello").text(), "hello");
+
+    let r = node.send(as_(&op, "POST", "/admin/v1/tenants/acme/token"));
+    assert_eq!(r.status, 200, "{r}");
+    let rotated = r.json()["token"].as_str().unwrap().to_string();
+    assert_error(
+        &node.send(as_(&a, "GET", "/admin/v1/functions")),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(
+        node.send(as_(&rotated, "GET", "/admin/v1/functions"))
+            .status,
+        200
+    );
+
+    // Removing a tenant removes its functions and its token.
+    let r = node.send(as_(&op, "DELETE", "/admin/v1/tenants/acme"));
+    assert_eq!(r.json()["functions"], json!(["hello"]), "{r}");
+    assert_error(&node.get("/fn/acme/hello"), 404, "function_not_found");
+    assert_error(
+        &node.send(as_(&rotated, "GET", "/admin/v1/functions")),
+        401,
+        "unauthorized",
+    );
+}
+
+#[test]
+fn tenant_quotas_give_clear_errors() {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let t = create_tenant(
+        &node,
+        &op,
+        "small",
+        json!({"max_functions": 2, "max_memory": 32 << 20, "requests_per_second": 5, "max_concurrency": 1}),
+    );
+    assert_eq!(
+        deploy_as(&node, &t, "sleepy", "sleepy", "public=true&memory=16MiB").status,
+        201
+    );
+    assert_eq!(
+        deploy_as(
+            &node,
+            &t,
+            "hello",
+            "hello-plain",
+            "public=true&memory=16MiB"
+        )
+        .status,
+        201
+    );
+    let r = deploy_as(&node, &t, "third", "echo", "memory=16MiB");
+    assert_error(&r, 403, "quota_exceeded");
+    let r = deploy_as(&node, &t, "hello", "echo", "memory=64MiB");
+    assert_error(&r, 400, "invalid_request");
+    assert!(error_message(&r).contains("max_memory"), "{r}");
+
+    // One request at a time: a second one while the first sleeps is 429.
+    let addr = node.addr();
+    let slow = thread::spawn(move || Request::get("/fn/small/sleepy/1500").send(addr));
+    node.wait_in_flight("small/sleepy", 1);
+    let busy = node.get("/fn/small/hello");
+    assert_error(&busy, 429, "tenant_busy");
+    assert_eq!(slow.join().unwrap().text(), "slept 1500");
+
+    // Five requests a second: a quick burst runs into 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..30 {
+        let r = node.get("/fn/small/hello");
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{r}");
+    }
+    let limited = limited.expect("a burst past requests_per_second is refused");
+    assert_error(&limited, 429, "rate_limited");
+    let wait: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait >= 1, "{limited}");
+
+    // The operator raises the quota; the tenant's next deploy fits.
+    let r = node.send(
+        as_(&op, "PATCH", "/admin/v1/tenants/small")
+            .body(json!({"max_functions": 3}).to_string().into_bytes()),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(
+        deploy_as(&node, &t, "third", "echo", "memory=16MiB").status,
+        201
+    );
+    let listed = node.send(as_(&op, "GET", "/admin/v1/tenants")).json();
+    assert_eq!(listed["tenants"][0]["usage"]["functions"], 3, "{listed}");
+}
+
+#[test]
+fn shared_models_are_loaded_once_for_every_tenant() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let a = create_tenant(&node, &op, "acme", json!({}));
+    let b = create_tenant(&node, &op, "bobco", json!({}));
+    let model = std::fs::read(repo_root().join("tests/models/add_f32.onnx")).unwrap();
+    let r = node.send(as_(&op, "POST", "/admin/v1/models/add/versions").body(model.clone()));
+    assert_eq!(r.status, 201, "{r}");
+    // bobco's own copy under another name: the same bytes, still one copy in memory.
+    let r = node.send(as_(&b, "POST", "/admin/v1/models/mine/versions").body(model));
+    assert_eq!(r.status, 201, "{r}");
+    let listed = node.send(as_(&a, "GET", "/admin/v1/models")).json();
+    assert_eq!(listed["models"][0]["name"], "add", "{listed}");
+    assert_eq!(listed["models"][0]["shared"], true, "{listed}");
+    assert_eq!(
+        listed["models"].as_array().unwrap().len(),
+        1,
+        "acme does not see bobco's model"
+    );
+    assert_eq!(
+        deploy_as(&node, &a, "nn", "nn-probe", "model=add&public=true").status,
+        201
+    );
+    assert_eq!(
+        deploy_as(&node, &b, "nn", "nn-probe", "model=add&public=true").status,
+        201
+    );
+    assert_eq!(node.get("/fn/acme/nn/add").text(), "2 3 4 5 6 7");
+    assert_eq!(node.get("/fn/bobco/nn/add").text(), "2 3 4 5 6 7");
+    let loaded = metric_value(&node.metrics(), "tensorlet_models_loaded", &[]);
+    assert_eq!(loaded, Some(1.0));
+    // A tenant cannot remove or replace the shared model, only its own.
+    assert_error(
+        &node.send(as_(&b, "DELETE", "/admin/v1/models/add")),
+        404,
+        "model_not_found",
+    );
+    assert_eq!(
+        node.send(as_(&b, "DELETE", "/admin/v1/models/mine")).status,
+        200
+    );
+    assert_eq!(node.get("/fn/bobco/nn/add").text(), "2 3 4 5 6 7");
+}
+
+#[test]
+fn a_node_without_tokens_refuses_a_public_address() {
+    let dir = TestDir::new();
+    let mut cmd = cli_command(&["serve", "--listen", "0.0.0.0:0", "--data-dir"]);
+    cmd.arg(dir.data());
+    let out = run_cli(cmd);
+    assert!(!out.status.success());
+    assert!(out_text(&out).1.contains("refusing to listen"), "{out:?}");
+}
