@@ -464,6 +464,7 @@ fn invocation(f: &Deployed, tenant: Option<&TenantLive>, request_id: &str) -> In
         request_id: Arc::from(request_id),
         models: Arc::clone(&f.models),
         inferences: tenant.map(|t| Arc::clone(&t.inferences)),
+        tenant: tenant.map(|t| Arc::clone(&t.name)),
     }
 }
 

@@ -20,6 +20,8 @@ use crate::time::now_rfc3339;
 
 /// What the request path needs of a tenant.
 pub struct TenantLive {
+    /// The tenant's name.
+    pub name: Arc<str>,
     token_hash: String,
     keys: Vec<(String, String)>,
     /// The tenant's quotas.
@@ -38,9 +40,10 @@ struct Bucket {
 }
 
 impl TenantLive {
-    fn new(record: &TenantRecord) -> Self {
+    fn new(name: &str, record: &TenantRecord) -> Self {
         let q = record.quotas;
         Self {
+            name: Arc::from(name),
             token_hash: record.token_hash.clone(),
             keys: record
                 .keys
@@ -205,7 +208,7 @@ impl Registry {
                 });
                 let live = same
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(TenantLive::new(t)));
+                    .unwrap_or_else(|| Arc::new(TenantLive::new(name, t)));
                 (name.clone(), live)
             })
             .collect();

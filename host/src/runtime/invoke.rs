@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::capture::{Capture, LogBuffer, LogLine};
+use super::fair::CpuShare;
 use super::{HostState, Prepared, Runtime};
 use crate::config::FunctionLimits;
 use crate::error::ApiError;
@@ -41,6 +42,8 @@ pub struct Invocation {
     pub models: Arc<[String]>,
     /// Its tenant's inference permits (`max_inferences`), on a node with tenants.
     pub inferences: Option<Arc<tokio::sync::Semaphore>>,
+    /// Its tenant, on a node with tenants (CPU-bound guests share by tenant: [`super::fair`]).
+    pub tenant: Option<Arc<str>>,
 }
 
 impl Runtime {
@@ -66,7 +69,8 @@ impl Runtime {
             deadline,
             inv.inferences.clone(),
         );
-        let state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
+        let mut state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
+        state.cpu = inv.tenant.clone().map(CpuShare::new);
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -76,6 +80,8 @@ impl Runtime {
         store.epoch_deadline_callback(|ctx| {
             if Instant::now() >= ctx.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
+            } else if let Some(cpu) = &ctx.data().cpu {
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.next_turn())))
             } else {
                 Ok(UpdateDeadline::YieldCustom(
                     1,

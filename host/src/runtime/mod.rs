@@ -7,6 +7,7 @@
 
 mod capture;
 mod epoch;
+mod fair;
 mod invoke;
 mod state;
 

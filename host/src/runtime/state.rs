@@ -26,6 +26,8 @@ pub struct HostState {
     pub(super) deadline: Instant,
     pub(super) stdout: Capture,
     pub(super) stderr: Capture,
+    /// The tenant's CPU slot, on a node with tenants.
+    pub(super) cpu: Option<super::fair::CpuShare>,
 }
 
 impl HostState {
@@ -60,6 +62,7 @@ impl HostState {
             deadline,
             stdout,
             stderr,
+            cpu: None,
         }
     }
 }

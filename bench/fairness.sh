@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Fairness between tenants: the latency one tenant sees while another floods the node.
+# A node with tenants = true and the default quotas; tenant `quiet` has a public hello function
+# (tests/fixtures/hello-plain), tenant `noisy` has two public functions: hello, and spin (a guest
+# that loops until its 100 ms timeout, tests/fixtures/spin-loop).
+# For each case: quiet's latency with `wrk -t1 -c1 -d$DUR --latency` alone (unloaded), then again
+# while `wrk -t1 -c$FLOOD` hammers one of noisy's functions:
+#   cheap: noisy floods hello far past its requests_per_second quota (most answers are 429);
+#   cpu:   noisy floods spin (each request burns 100 ms of CPU; at most max_concurrency at once).
+# Prints quiet's p50/p99 in each phase, the loaded/unloaded p99 ratio (goal: <= 2x), and what noisy
+# got (req/s and non-2xx answers).
+#
+#   bench/fairness.sh                 # DUR=10s FLOOD=64
+#   DUR=5s CASES="cheap" bench/fairness.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BENCH_DIR="${BENCH_DIR:-/tmp/tensorlet-bench}"
+DUR="${DUR:-10s}"; FLOOD="${FLOOD:-64}"; CASES="${CASES:-cheap cpu}"
+unset RUST_BACKTRACE
+mkdir -p "$BENCH_DIR"
+command -v wrk >/dev/null || { echo "install wrk (apt-get install -y wrk)" >&2; exit 1; }
+if [ -z "${NO_BUILD:-}" ]; then
+  scripts/build-guests.sh >/dev/null
+  cargo build --release --bin tensorlet
+fi
+TL="$ROOT/target/release/tensorlet"
+WASM="$ROOT/target/wasm/wasm32-wasip2/release"
+W="$BENCH_DIR/fairness"; rm -rf "$W"; mkdir -p "$W"
+PORT=18120
+printf 'tenants = true\n' > "$W/node.toml"
+"$TL" serve --listen 127.0.0.1:$PORT --data-dir "$W/data" --config "$W/node.toml" > "$W/node.out" 2>&1 &
+NODE=$!
+trap 'kill -TERM $NODE 2>/dev/null; wait $NODE 2>/dev/null || true' EXIT
+for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.05; done
+export TENSORLET_NODE="http://127.0.0.1:$PORT"
+OP=$(cat "$W/data/operator-token")
+token() { TENSORLET_TOKEN=$OP "$TL" tenant create "$1" | sed -n 's/^token (shown only now): //p'; }
+QUIET=$(token quiet); NOISY=$(token noisy)
+TENSORLET_TOKEN=$QUIET "$TL" deploy hello "$WASM/hello_plain.wasm" --public >/dev/null
+TENSORLET_TOKEN=$NOISY "$TL" deploy hello "$WASM/hello_plain.wasm" --public >/dev/null
+TENSORLET_TOKEN=$NOISY "$TL" deploy spin "$WASM/spin_loop.wasm" --public --timeout 100ms >/dev/null
+curl -sf "http://127.0.0.1:$PORT/fn/quiet/hello/" >/dev/null
+
+ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
+quiet() { # -> "p50 p99 req/s"
+  local out; out=$(wrk -t1 -c1 -d"$DUR" --latency "http://127.0.0.1:$PORT/fn/quiet/hello/")
+  echo "$(echo "$out" | awk '$1=="50%" {print $2}' | ms) $(echo "$out" | awk '$1=="99%" {print $2}' | ms) $(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+}
+wrk -t1 -c1 -d1s "http://127.0.0.1:$PORT/fn/quiet/hello/" >/dev/null   # warm-up
+printf "%-8s %-10s %10s %10s %10s   %s\n" case phase p50_ms p99_ms req/s "noisy tenant"
+for c in $CASES; do
+  read -r u50 u99 urps < <(quiet)
+  printf "%-8s %-10s %10s %10s %10s\n" "$c" unloaded "$u50" "$u99" "$urps"
+  case $c in cheap) target=hello ;; cpu) target=spin ;; esac
+  wrk -t1 -c"$FLOOD" -d"$(( ${DUR%s} + 2 ))s" "http://127.0.0.1:$PORT/fn/noisy/$target/" > "$W/flood.out" 2>&1 &
+  FLOODER=$!
+  sleep 1   # let the flood ramp up before measuring
+  read -r l50 l99 lrps < <(quiet)
+  wait $FLOODER || true
+  noisy="$(awk '/Requests\/sec/ {r=$2} /Non-2xx/ {n=$NF} END {printf "%s req/s, %s non-2xx", r, (n == "" ? 0 : n)}' "$W/flood.out")"
+  printf "%-8s %-10s %10s %10s %10s   %s\n" "$c" flooded "$l50" "$l99" "$lrps" "$noisy"
+  awk -v a="$l99" -v b="$u99" -v c="$c" 'BEGIN {printf "%-8s p99 flooded/unloaded = %.2fx (goal <= 2x)\n", c, a/b}'
+done
