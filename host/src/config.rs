@@ -19,6 +19,10 @@ pub struct Config {
     pub max_component_size: u64,
     /// How long in-flight requests may run after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers (slow-loris defence).
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send an admin upload's body.
+    pub body_read_timeout: Duration,
     /// Versions retained per function (older ones are dropped, never the live one).
     pub max_versions: usize,
     /// Open client connections at once; further clients wait in the accept backlog.
@@ -129,6 +133,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     max_component_size: Option<String>,
     shutdown_grace: Option<String>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
     max_versions: Option<usize>,
     max_connections: Option<usize>,
     onnxruntime: Option<PathBuf>,
@@ -242,6 +248,18 @@ impl Config {
                 .context("max_component_size")?,
             shutdown_grace: opt(&f.shutdown_grace, parse_duration, Duration::from_secs(30))
                 .context("shutdown_grace")?,
+            header_read_timeout: opt(
+                &f.header_read_timeout,
+                parse_duration,
+                Duration::from_secs(30),
+            )
+            .context("header_read_timeout")?,
+            body_read_timeout: opt(
+                &f.body_read_timeout,
+                parse_duration,
+                Duration::from_secs(300),
+            )
+            .context("body_read_timeout")?,
             max_versions: f.max_versions.unwrap_or(20),
             max_connections: f.max_connections.unwrap_or(10_000),
             onnxruntime: f.onnxruntime.or_else(default_onnxruntime),

@@ -70,6 +70,11 @@ impl ApiError {
         e
     }
 
+    /// 408: the client sent its body too slowly.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
     /// 404: no such tenant.
     pub fn tenant_not_found(name: &str) -> Self {
         Self::new(

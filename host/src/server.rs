@@ -46,6 +46,7 @@ pub fn run_workers(
     stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
     max_connections: usize,
+    header_timeout: Duration,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let per_worker = (max_connections / listeners.len().max(1)).max(1);
     listeners
@@ -72,7 +73,7 @@ pub fn run_workers(
                         let shutdown = async move {
                             let _ = stop.wait_for(|stopped| *stopped).await;
                         };
-                        serve(listener, node, shutdown, grace, per_worker).await;
+                        serve(listener, node, shutdown, grace, per_worker, header_timeout).await;
                     });
                 })
         })
@@ -86,6 +87,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     max_connections: usize,
+    header_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(max_connections));
@@ -113,7 +115,7 @@ pub async fn serve(
         let conn = http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             // Slow clients must send their headers in time.
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(header_timeout)
             .serve_connection(
                 TokioIo::new(stream),
                 service_fn(move |req| {

@@ -314,13 +314,13 @@ impl Node {
             (["tenants"], _) => Err(ApiError::method_not_allowed("GET")),
             (["tenants", name], &Method::POST) => {
                 let name = check_name(name)?.to_string();
-                let patch = quota_patch(req).await?;
+                let patch = quota_patch(req, self.config.body_read_timeout).await?;
                 let created = self.registry.create_tenant(&name, &patch).await?;
                 Ok(json_response(StatusCode::CREATED, created))
             }
             (["tenants", name], &Method::PATCH) => {
                 let name = check_name(name)?.to_string();
-                let patch = quota_patch(req).await?;
+                let patch = quota_patch(req, self.config.body_read_timeout).await?;
                 ok(self.registry.update_tenant(&name, &patch).await?)
             }
             (["tenants", name], &Method::DELETE) => {
@@ -379,7 +379,7 @@ impl Node {
             (["functions", _, "versions"], _) => Err(ApiError::method_not_allowed("GET, POST")),
             (["functions", name, "rollback"], &Method::POST) => {
                 let key = self.key(caller, name, false)?;
-                let body = read_body(req, 64 * 1024).await?;
+                let body = read_body(req, 64 * 1024, self.config.body_read_timeout).await?;
                 let to = rollback_target(&body)?;
                 ok(self.registry.rollback(&key, to.as_deref()).await?)
             }
@@ -412,7 +412,12 @@ impl Node {
             (["models", name, "versions"], &Method::POST) => {
                 let key = self.key(caller, name, true)?;
                 let options = model_options(req.uri().query().unwrap_or(""))?;
-                let bytes = read_body(req, self.config.max_model_size).await?;
+                let bytes = read_body(
+                    req,
+                    self.config.max_model_size,
+                    self.config.body_read_timeout,
+                )
+                .await?;
                 match self.registry.add_model(&key, bytes, options).await? {
                     Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, v)),
                     Deploy::Existing(v) => Ok(json_response(StatusCode::OK, v)),
@@ -430,18 +435,22 @@ impl Node {
     ) -> Result<Response<ResponseBody>, ApiError> {
         let (limits, env, models, public) =
             deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
-        let bytes = read_body(req, self.config.max_component_size)
-            .await
-            .map_err(|e| {
-                if e.code == "payload_too_large" {
-                    ApiError::payload_too_large(format!(
-                        "the component is larger than this node's max_component_size of {}",
-                        crate::config::format_size(self.config.max_component_size)
-                    ))
-                } else {
-                    e
-                }
-            })?;
+        let bytes = read_body(
+            req,
+            self.config.max_component_size,
+            self.config.body_read_timeout,
+        )
+        .await
+        .map_err(|e| {
+            if e.code == "payload_too_large" {
+                ApiError::payload_too_large(format!(
+                    "the component is larger than this node's max_component_size of {}",
+                    crate::config::format_size(self.config.max_component_size)
+                ))
+            } else {
+                e
+            }
+        })?;
         match self
             .registry
             .deploy(name, bytes, limits, env, models, public)
@@ -516,14 +525,29 @@ fn too_large_body(name: &str, cap: u64) -> ApiError {
 }
 
 /// Reads a whole (admin) body, refusing more than `cap` bytes.
-async fn read_body(req: Request<Incoming>, cap: u64) -> Result<Bytes, ApiError> {
+async fn read_body(
+    req: Request<Incoming>,
+    cap: u64,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     if content_length(&req).is_some_and(|n| n > cap) {
         return Err(ApiError::payload_too_large(format!(
             "the body is larger than {}",
             crate::config::format_size(cap)
         )));
     }
-    match Limited::new(req.into_body(), cap as usize).collect().await {
+    let collected = tokio::time::timeout(
+        timeout,
+        Limited::new(req.into_body(), cap as usize).collect(),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::request_timeout(format!(
+            "the body did not arrive within {}s (body_read_timeout): send it faster",
+            timeout.as_secs()
+        ))
+    })?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::payload_too_large(format!(
@@ -638,8 +662,11 @@ fn rollback_target(body: &[u8]) -> Result<Option<String>, ApiError> {
 }
 
 /// A tenant's quotas as JSON (bytes and milliseconds); an empty body changes nothing.
-async fn quota_patch(req: Request<Incoming>) -> Result<QuotaPatch, ApiError> {
-    let body = read_body(req, 64 * 1024).await?;
+async fn quota_patch(
+    req: Request<Incoming>,
+    timeout: std::time::Duration,
+) -> Result<QuotaPatch, ApiError> {
+    let body = read_body(req, 64 * 1024, timeout).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(QuotaPatch::default());
     }

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod clients;
 mod example_classify_image;
 mod example_detect_speech;
 mod example_embed_text;

@@ -292,6 +292,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stopped,
         config.shutdown_grace,
         config.max_connections,
+        config.header_read_timeout,
     )?;
     {
         use std::io::Write;
