@@ -19,3 +19,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod time;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -562,7 +562,7 @@ async fn read_body(
 }
 
 /// Function names are DNS-label-like so they are safe in paths, files, logs and metrics.
-fn check_name(name: &str) -> Result<&str, ApiError> {
+pub(crate) fn check_name(name: &str) -> Result<&str, ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -580,10 +580,10 @@ fn check_name(name: &str) -> Result<&str, ApiError> {
 }
 
 /// Limits, environment, allowed models and visibility of a deploy.
-type DeploySettings = (FunctionLimits, BTreeMap<String, String>, Vec<String>, bool);
+pub(crate) type DeploySettings = (FunctionLimits, BTreeMap<String, String>, Vec<String>, bool);
 
 /// Parses deploy settings from the query string; unknown parameters are errors.
-fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiError> {
+pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiError> {
     let mut limits = config.defaults;
     let mut env = BTreeMap::new();
     let mut models = Vec::new();
@@ -643,7 +643,7 @@ fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiEr
 }
 
 /// `{"to": VERSION}` (or an empty body: the version before the live one).
-fn rollback_target(body: &[u8]) -> Result<Option<String>, ApiError> {
+pub(crate) fn rollback_target(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -678,7 +678,7 @@ async fn quota_patch(
 }
 
 /// Parses a model version's options (`target=cpu|gpu`, `max_batch=N`) from the query string.
-fn model_options(query: &str) -> Result<ModelOptions, ApiError> {
+pub(crate) fn model_options(query: &str) -> Result<ModelOptions, ApiError> {
     let mut options = ModelOptions::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -716,7 +716,7 @@ fn model_options(query: &str) -> Result<ModelOptions, ApiError> {
     Ok(options)
 }
 
-fn percent_decode(s: &str) -> Result<String, ApiError> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, ApiError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -205,6 +205,18 @@ pub struct Sessions {
     queue: Arc<Queue>,
 }
 
+#[cfg(test)]
+impl Sessions {
+    /// Declared inputs and no session threads: enough to check inputs against.
+    pub(crate) fn declared(inputs: Vec<Slot>) -> Self {
+        Self {
+            inputs,
+            outputs: Vec::new(),
+            queue: Arc::default(),
+        }
+    }
+}
+
 impl Drop for Sessions {
     fn drop(&mut self) {
         self.queue.close();

@@ -103,7 +103,7 @@ pub struct QuotaPatch {
 }
 
 impl QuotaPatch {
-    fn apply(&self, q: &mut Quotas) -> Result<(), ApiError> {
+    pub(crate) fn apply(&self, q: &mut Quotas) -> Result<(), ApiError> {
         let fields: [(&str, Option<u64>); 8] = [
             ("max_functions", self.max_functions.map(u64::from)),
             ("max_models", self.max_models.map(u64::from)),
