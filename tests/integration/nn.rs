@@ -307,6 +307,10 @@ fn models_are_managed_and_persist() {
     let mut node = Node::start(&dir.data(), None);
     let bad = node.add_model("broken", "not_onnx.onnx");
     assert_error(&bad, 400, "invalid_model");
+    // An ONNX bomb: 168 bytes that declare a 16 GiB output.
+    let bomb = node.add_model("bomb", "bomb.onnx");
+    assert_error(&bomb, 400, "invalid_model");
+    assert!(error_message(&bomb).contains("larger than"), "{bomb}");
     let added = node.add_model("add", "add_f32.onnx");
     assert_eq!(added.status, 201, "{added}");
     assert_eq!(

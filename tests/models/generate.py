@@ -123,6 +123,12 @@ def build():
     nodes.append(helper.make_node("Mul", ["x", "two"], ["x2"]))
     nodes.append(helper.make_node("Add", ["x2", "z0"], ["y"]))
     models["slow_rows"] = model("slow_rows", nodes, [vi("x", f32, ["N", 8])], [vi("y", f32, ["N", 8])])
+
+    # bomb: declares a 16 GiB output (a fixed [65536, 65536] f32) from a tiny graph.
+    nodes = [helper.make_node("Constant", [], ["shape"],
+                              value=numpy_helper.from_array(np.array([65536, 65536], np.int64), "shape")),
+             helper.make_node("Expand", ["x", "shape"], ["y"])]
+    models["bomb"] = model("bomb", nodes, [vi("x", f32, [1, 1])], [vi("y", f32, [65536, 65536])])
     return models
 
 

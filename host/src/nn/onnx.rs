@@ -155,6 +155,16 @@ impl Onnx {
                 .collect()
         };
         let (inputs, outputs) = (slots(first.inputs()), slots(first.outputs()));
+        // A bomb: a fixed shape no tensor could have (wasi:nn tensors are capped).
+        if let Some(s) = inputs.iter().chain(&outputs).find(|s| declared_too_large(s)) {
+            return Err(format!(
+                "`{}` is declared as {:?} {}, larger than the node's tensor limit of {} MiB",
+                s.name,
+                s.dims,
+                s.ty.map(tensor::type_name).unwrap_or("elements"),
+                MAX_TENSOR_BYTES >> 20
+            ));
+        }
         let unbatchable = inputs
             .iter()
             .chain(&outputs)
@@ -194,6 +204,19 @@ pub struct Slot {
     pub ty: Option<TensorType>,
     /// Dimensions; -1 for a dynamic one.
     pub dims: Vec<i64>,
+}
+
+/// Whether a declared shape's fixed dimensions alone exceed the tensor limit.
+fn declared_too_large(s: &Slot) -> bool {
+    let elements = s
+        .dims
+        .iter()
+        .filter(|d| **d > 0)
+        .try_fold(1u64, |acc, d| acc.checked_mul(*d as u64));
+    let size = s.ty.map_or(1, tensor::element_size) as u64;
+    elements
+        .and_then(|e| e.checked_mul(size))
+        .is_none_or(|bytes| bytes > MAX_TENSOR_BYTES as u64)
 }
 
 /// A model's bytes loaded into ONNX Runtime: its declared inputs and outputs, and the queue of
