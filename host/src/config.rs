@@ -33,6 +33,8 @@ pub struct Config {
     pub max_model_size: u64,
     /// ONNX Runtime sessions per model: how many inferences of one model run at once.
     pub model_sessions: usize,
+    /// Most CPU memory ONNX Runtime may hold for all models (weights and tensors together).
+    pub model_memory: u64,
     /// Largest model a guest may load from bytes with `graph.load`; `None` = such loads are off.
     pub guest_model_load: Option<u64>,
     /// What happens to a GPU model on a node whose ONNX Runtime has no CUDA provider.
@@ -140,6 +142,7 @@ struct FileConfig {
     onnxruntime: Option<PathBuf>,
     max_model_size: Option<String>,
     model_sessions: Option<usize>,
+    model_memory: Option<String>,
     guest_model_load: Option<bool>,
     gpu_fallback: Option<String>,
     max_guest_model_size: Option<String>,
@@ -266,6 +269,7 @@ impl Config {
             max_model_size: opt(&f.max_model_size, parse_size, 1 << 30)
                 .context("max_model_size")?,
             model_sessions: f.model_sessions.unwrap_or(2).max(1),
+            model_memory: opt(&f.model_memory, parse_size, 4 << 30).context("model_memory")?,
             gpu_fallback: match f.gpu_fallback.as_deref() {
                 None | Some("error") => crate::nn::onnx::GpuFallback::Error,
                 Some("cpu") => crate::nn::onnx::GpuFallback::Cpu,

@@ -164,6 +164,24 @@ fn inference_is_bounded_by_the_function_timeout() {
 }
 
 #[test]
+fn onnx_runtime_memory_is_capped() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some("model_memory = \"64MiB\""));
+    add_models(&node, &[("grow", "grow.onnx")]);
+    node.deploy_ok("nn", "nn-probe", "model=grow");
+    assert_eq!(node.get("/fn/nn/grow/100/100").text(), "grew 100 100");
+    // A guest asks the model for a 1 GiB tensor: ONNX Runtime's arena refuses, the guest gets
+    // a wasi:nn error, and the node carries on.
+    let r = node.get("/fn/nn/grow/16384/16384");
+    assert_eq!(r.status, 400, "{r}");
+    assert!(r.text().starts_with("runtime-error"), "{r}");
+    assert_eq!(node.get("/fn/nn/grow/100/100").text(), "grew 100 100");
+}
+
+#[test]
 fn an_abandoned_inference_keeps_its_session_until_it_ends() {
     if !nn_available() {
         return;

@@ -129,6 +129,11 @@ def build():
                               value=numpy_helper.from_array(np.array([65536, 65536], np.int64), "shape")),
              helper.make_node("Expand", ["x", "shape"], ["y"])]
     models["bomb"] = model("bomb", nodes, [vi("x", f32, [1, 1])], [vi("y", f32, [65536, 65536])])
+
+    # grow: y = x expanded to the shape the caller asks for (a bomb whose size the guest picks).
+    models["grow"] = model("grow", [helper.make_node("Expand", ["x", "shape"], ["y"])],
+                           [vi("x", f32, [1, 1]), vi("shape", TensorProto.INT64, [2])],
+                           [vi("y", f32, ["rows", "cols"])])
     return models
 
 

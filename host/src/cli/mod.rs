@@ -215,7 +215,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?);
     let metrics = Arc::new(Metrics::default());
     let onnx = match &config.onnxruntime {
-        Some(path) => match Onnx::load(path, config.gpu_fallback) {
+        Some(path) => match Onnx::load(path, config.gpu_fallback, config.model_memory) {
             Ok(onnx) => {
                 tracing::info!(library = %path.display(), "ONNX Runtime loaded; wasi:nn is available");
                 Some(Arc::new(onnx))

@@ -76,12 +76,17 @@ pub struct Onnx {
 
 impl Onnx {
     /// Loads `libonnxruntime` from `path`; an error (not a panic) when it is missing or broken.
-    pub fn load(path: &Path, gpu_fallback: GpuFallback) -> anyhow::Result<Onnx> {
+    /// Every session allocates its CPU memory from one arena of at most `max_memory` bytes, so
+    /// a model that computes a huge tensor from a guest's inputs gets an allocation error
+    /// instead of taking the node's memory.
+    pub fn load(path: &Path, gpu_fallback: GpuFallback, max_memory: u64) -> anyhow::Result<Onnx> {
         let env = ort::init_from(path)
             .map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime from {}: {e}", path.display()))?
             .with_name("tensorlet")
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start ONNX Runtime: {e}"))?;
+        register_arena(&env, max_memory)
+            .map_err(|e| anyhow::anyhow!("cannot set up ONNX Runtime's memory arena: {e}"))?;
         Ok(Onnx { env, gpu_fallback })
     }
 
@@ -126,6 +131,8 @@ impl Onnx {
                     .map_err(|e| format!("the CUDA execution provider failed: {e}"))?;
             }
             let session = builder
+                .with_env_allocators()
+                .map_err(|e| e.to_string())?
                 // One intra-op thread, no spinning: on a shared node more threads per session
                 // made latency worse, and concurrency comes from the session pool instead.
                 .with_intra_threads(1)
@@ -156,7 +163,11 @@ impl Onnx {
         };
         let (inputs, outputs) = (slots(first.inputs()), slots(first.outputs()));
         // A bomb: a fixed shape no tensor could have (wasi:nn tensors are capped).
-        if let Some(s) = inputs.iter().chain(&outputs).find(|s| declared_too_large(s)) {
+        if let Some(s) = inputs
+            .iter()
+            .chain(&outputs)
+            .find(|s| declared_too_large(s))
+        {
             return Err(format!(
                 "`{}` is declared as {:?} {}, larger than the node's tensor limit of {} MiB",
                 s.name,
@@ -193,6 +204,49 @@ impl Onnx {
             queue,
         })
     }
+}
+
+/// Registers a CPU arena capped at `max_memory` with the environment; sessions built
+/// `with_env_allocators` share it.
+fn register_arena(env: &Environment, max_memory: u64) -> Result<(), String> {
+    use ort::AsPointer;
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    let api = ort::api::ort();
+    // Turns a returned status into an error message, releasing it.
+    let check = |status: ort::sys::OrtStatusPtr| -> Result<(), String> {
+        if status.0.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null status from the API is valid until released, once, here.
+        unsafe {
+            let message = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+                .to_string_lossy()
+                .into_owned();
+            (api.ReleaseStatus)(status.0);
+            Err(message)
+        }
+    };
+    let keys = [c"max_mem".as_ptr(), c"arena_extend_strategy".as_ptr()];
+    // Strategy 1 (kSameAsRequested): grow by what is asked, not by powers of two.
+    let values = [usize::try_from(max_memory).unwrap_or(usize::MAX), 1];
+    let mut cfg: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
+    // SAFETY: two keys and two values, as `num_keys` says; `cfg` is released below.
+    check(unsafe { (api.CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut cfg) })?;
+    let info = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Arena,
+        MemoryType::Default,
+    )
+    .map_err(|e| e.to_string());
+    let registered = info.and_then(|info| {
+        // SAFETY: the environment, memory info and arena config are live; ONNX Runtime copies
+        // what it keeps.
+        check(unsafe { (api.CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), cfg) })
+    });
+    // SAFETY: created above, released once.
+    unsafe { (api.ReleaseArenaCfg)(cfg) };
+    registered
 }
 
 /// An input or output as the model declares it.
