@@ -190,3 +190,31 @@ fn memory_cap_is_enforced_at_its_size() {
     );
     assert_healthy(&node);
 }
+
+#[test]
+fn guests_cannot_hoard_resources_or_reach_outside() {
+    let dir = TestDir::new();
+    let node = node_with_hello(&dir);
+    node.deploy_ok("hoarder", "hoarder", SMALL);
+    let meta = std::fs::read(dir.data().join("meta.json")).unwrap();
+    assert_eq!(node.get("/fn/hoarder/fields/100").text(), "kept 100");
+    // Past the per-request resource cap (10,000 handles) the guest traps; nothing leaks into
+    // the next request.
+    for path in ["/fn/hoarder/fields/20000", "/fn/hoarder/pollables/20000"] {
+        assert_error(&node.get(path), 500, "guest_trap");
+        assert_healthy(&node);
+    }
+    assert_eq!(node.get("/fn/hoarder/fields/9000").text(), "kept 9000");
+    assert_error(&node.get("/fn/hoarder/dropped"), 500, "guest_trap");
+    assert_healthy(&node);
+    for (path, answer) in [
+        ("/fn/hoarder/dns", "dns denied"),
+        ("/fn/hoarder/outbound", "outbound denied"),
+        ("/fn/hoarder/files", "files denied"),
+    ] {
+        let r = node.get(path);
+        assert_eq!((r.status, r.text().as_str()), (200, answer), "{path}: {r}");
+    }
+    assert_healthy(&node);
+    assert_eq!(std::fs::read(dir.data().join("meta.json")).unwrap(), meta);
+}
