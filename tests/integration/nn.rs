@@ -24,6 +24,10 @@ fn a_guest_runs_a_shared_model() {
     node.deploy_ok("nn", "nn-probe", "model=add&model=mlp");
 
     assert_eq!(node.get("/fn/nn/add").text(), "2 3 4 5 6 7");
+    let huge = node.get("/fn/nn/huge");
+    assert_eq!(huge.status, 400, "{huge}");
+    assert!(huge.text().starts_with("invalid-argument: "), "{huge}");
+    assert!(huge.text().contains("limit"), "{huge}");
     let mlp = node.get("/fn/nn/mlp");
     assert_eq!(mlp.status, 200, "{mlp}");
     let values: Vec<f32> = mlp.text().split(' ').map(|v| v.parse().unwrap()).collect();
