@@ -97,6 +97,17 @@ pub struct ModelMetrics {
     pub batched: AtomicU64,
 }
 
+/// Series of one tenant (on a node with tenants).
+#[derive(Default)]
+pub struct TenantMetrics {
+    /// Requests refused for `requests_per_second`.
+    pub rate_limited: AtomicU64,
+    /// Requests refused for `max_concurrency`.
+    pub busy: AtomicU64,
+    /// wasi:nn computes waiting now for one of the tenant's `max_inferences` permits.
+    pub inferences_waiting: AtomicU64,
+}
+
 /// Picks one series out of a model's metrics, for rendering.
 type ModelField<T> = fn(&ModelMetrics) -> &T;
 
@@ -105,6 +116,7 @@ type ModelField<T> = fn(&ModelMetrics) -> &T;
 pub struct Metrics {
     functions: Mutex<BTreeMap<String, Arc<FunctionMetrics>>>,
     models: Mutex<BTreeMap<String, Arc<ModelMetrics>>>,
+    tenants: Mutex<BTreeMap<String, Arc<TenantMetrics>>>,
     /// Time to create an instance from a pre-instantiated component.
     pub instantiation: Histogram,
     /// Distinct models in memory (by digest and target), however many names share them.
@@ -121,6 +133,12 @@ impl Metrics {
     /// The series of model `name`, created on first use.
     pub fn model(&self, name: &str) -> Arc<ModelMetrics> {
         let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(name.to_string()).or_default())
+    }
+
+    /// The series of tenant `name`, created on first use.
+    pub fn tenant(&self, name: &str) -> Arc<TenantMetrics> {
+        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(map.entry(name.to_string()).or_default())
     }
 
@@ -176,7 +194,41 @@ impl Metrics {
             self.models_loaded.load(Ordering::Relaxed)
         );
         self.render_models(&mut out);
+        self.render_tenants(&mut out);
         out
+    }
+
+    fn render_tenants(&self, out: &mut String) {
+        let tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if tenants.is_empty() {
+            return;
+        }
+        out.push_str(
+            "# HELP tensorlet_tenant_rejected_total Requests refused by a tenant quota.\n",
+        );
+        out.push_str("# TYPE tensorlet_tenant_rejected_total counter\n");
+        for (name, t) in &tenants {
+            for (reason, n) in [("rate_limited", &t.rate_limited), ("busy", &t.busy)] {
+                let _ = writeln!(
+                    out,
+                    "tensorlet_tenant_rejected_total{{tenant=\"{name}\",reason=\"{reason}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP tensorlet_tenant_inferences_waiting wasi:nn computes waiting for the tenant's max_inferences.\n");
+        out.push_str("# TYPE tensorlet_tenant_inferences_waiting gauge\n");
+        for (name, t) in &tenants {
+            let _ = writeln!(
+                out,
+                "tensorlet_tenant_inferences_waiting{{tenant=\"{name}\"}} {}",
+                t.inferences_waiting.load(Ordering::Relaxed)
+            );
+        }
     }
 
     fn render_models(&self, out: &mut String) {

@@ -155,10 +155,12 @@ impl Node {
             }
             if let Err(wait) = live.admit() {
                 function.metrics.count(429);
+                live.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(ApiError::rate_limited(wait));
             }
             let Ok(p) = Arc::clone(&live.concurrency).try_acquire_owned() else {
                 function.metrics.count(429);
+                live.metrics.busy.fetch_add(1, Ordering::Relaxed);
                 return Err(ApiError::tenant_busy(live.quotas.max_concurrency));
             };
             tenant_permit = Some(p);
@@ -472,7 +474,7 @@ fn invocation(f: &Deployed, tenant: Option<&TenantLive>, request_id: &str) -> In
         logs: Arc::clone(&f.logs),
         request_id: Arc::from(request_id),
         models: Arc::clone(&f.models),
-        inferences: tenant.map(|t| Arc::clone(&t.inferences)),
+        inferences: tenant.map(|t| t.inferences.clone()),
         tenant: tenant.map(|t| Arc::clone(&t.name)),
     }
 }

@@ -285,6 +285,15 @@ fn tenant_quotas_give_clear_errors() {
     assert_error(&limited, 429, "rate_limited");
     let wait: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!(wait >= 1, "{limited}");
+    let m = node.metrics();
+    for reason in ["rate_limited", "busy"] {
+        let n = metric_value(
+            &m,
+            "tensorlet_tenant_rejected_total",
+            &[("tenant", "small"), ("reason", reason)],
+        );
+        assert!(n >= Some(1.0), "{reason}: {m}");
+    }
 
     // The operator raises the quota; the tenant's next deploy fits.
     let r = node.send(
@@ -347,6 +356,61 @@ fn shared_models_are_loaded_once_for_every_tenant() {
         200
     );
     assert_eq!(node.get("/fn/bobco/nn/add").text(), "2 3 4 5 6 7");
+}
+
+#[test]
+fn a_tenant_runs_at_most_max_inferences_at_once() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let t = create_tenant(&node, &op, "one", json!({"max_inferences": 1}));
+    let model = std::fs::read(repo_root().join("tests/models/slow.onnx")).unwrap();
+    assert_eq!(
+        node.send(as_(&t, "POST", "/admin/v1/models/slow/versions").body(model))
+            .status,
+        201
+    );
+    assert_eq!(
+        deploy_as(
+            &node,
+            &t,
+            "nn",
+            "nn-probe",
+            "model=slow&public=true&timeout=30s"
+        )
+        .status,
+        201
+    );
+    // Two computes at once (the model has two sessions): one runs, the other waits for the
+    // tenant's only inference permit.
+    let addr = node.addr();
+    let calls: Vec<_> = (0..2)
+        .map(|_| thread::spawn(move || Request::get("/fn/one/nn/slow").send(addr).text()))
+        .collect();
+    wait_for("a compute to wait for the tenant's max_inferences", || {
+        let m = node.metrics();
+        let waiting = metric_value(
+            &m,
+            "tensorlet_tenant_inferences_waiting",
+            &[("tenant", "one")],
+        )?;
+        (waiting == 1.0).then_some(())
+    });
+    for c in calls {
+        assert_eq!(c.join().unwrap(), "done");
+    }
+    let m = node.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "tensorlet_tenant_inferences_waiting",
+            &[("tenant", "one")]
+        ),
+        Some(0.0)
+    );
 }
 
 #[test]

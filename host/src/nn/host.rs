@@ -214,11 +214,15 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         }
         // The tenant's inference quota: wait for a permit, bounded by the deadline like the rest.
         let _permit = match &self.ctx.inferences {
-            Some(permits) => {
-                let permits = Arc::clone(permits);
-                match tokio::time::timeout_at(self.ctx.deadline.into(), permits.acquire_owned())
-                    .await
-                {
+            Some(quota) => {
+                let permits = Arc::clone(&quota.permits);
+                let waiting = &quota.metrics.inferences_waiting;
+                waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let acquired =
+                    tokio::time::timeout_at(self.ctx.deadline.into(), permits.acquire_owned())
+                        .await;
+                waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                match acquired {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
                         return self.fail(Failure::new(

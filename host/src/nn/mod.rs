@@ -93,7 +93,17 @@ pub struct NnCtx {
     allowed: Arc<[String]>,
     function: Arc<str>,
     deadline: Instant,
-    inferences: Option<Arc<tokio::sync::Semaphore>>,
+    inferences: Option<InferenceQuota>,
+}
+
+/// A tenant's share of inference: its `max_inferences` permits, and its metrics (computes
+/// waiting for a permit).
+#[derive(Clone)]
+pub struct InferenceQuota {
+    /// `max_inferences` permits.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// The tenant's series.
+    pub metrics: Arc<crate::metrics::TenantMetrics>,
 }
 
 impl NnCtx {
@@ -103,7 +113,7 @@ impl NnCtx {
         allowed: Arc<[String]>,
         function: Arc<str>,
         deadline: Instant,
-        inferences: Option<Arc<tokio::sync::Semaphore>>,
+        inferences: Option<InferenceQuota>,
     ) -> Self {
         Self {
             node,

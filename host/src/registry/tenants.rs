@@ -15,6 +15,8 @@ use super::{AdminState, Registry};
 use crate::auth;
 use crate::config::Quotas;
 use crate::error::ApiError;
+use crate::metrics::TenantMetrics;
+use crate::nn::InferenceQuota;
 use crate::store::{self, KeyRecord, Meta, TenantRecord};
 use crate::time::now_rfc3339;
 
@@ -28,8 +30,10 @@ pub struct TenantLive {
     pub quotas: Quotas,
     /// `max_concurrency` permits shared by the tenant's requests.
     pub concurrency: Arc<Semaphore>,
-    /// `max_inferences` permits shared by the tenant's wasi:nn computes.
-    pub inferences: Arc<Semaphore>,
+    /// `max_inferences` permits shared by the tenant's wasi:nn computes, and its metrics.
+    pub inferences: InferenceQuota,
+    /// The tenant's series.
+    pub metrics: Arc<TenantMetrics>,
     bucket: Mutex<Bucket>,
 }
 
@@ -40,7 +44,7 @@ struct Bucket {
 }
 
 impl TenantLive {
-    fn new(name: &str, record: &TenantRecord) -> Self {
+    fn new(name: &str, record: &TenantRecord, metrics: Arc<TenantMetrics>) -> Self {
         let q = record.quotas;
         Self {
             name: Arc::from(name),
@@ -52,7 +56,11 @@ impl TenantLive {
                 .collect(),
             quotas: q,
             concurrency: Arc::new(Semaphore::new(q.max_concurrency as usize)),
-            inferences: Arc::new(Semaphore::new(q.max_inferences as usize)),
+            inferences: InferenceQuota {
+                permits: Arc::new(Semaphore::new(q.max_inferences as usize)),
+                metrics: Arc::clone(&metrics),
+            },
+            metrics,
             bucket: Mutex::new(Bucket {
                 tokens: f64::from(q.requests_per_second),
                 at: Instant::now(),
@@ -206,9 +214,9 @@ impl Registry {
                             .iter()
                             .all(|(id, h)| t.keys.get(id).is_some_and(|k| &k.hash == h))
                 });
-                let live = same
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(TenantLive::new(name, t)));
+                let live = same.cloned().unwrap_or_else(|| {
+                    Arc::new(TenantLive::new(name, t, self.metrics.tenant(name)))
+                });
                 (name.clone(), live)
             })
             .collect();

@@ -41,7 +41,7 @@ pub struct Invocation {
     /// Models the function may load by name.
     pub models: Arc<[String]>,
     /// Its tenant's inference permits (`max_inferences`), on a node with tenants.
-    pub inferences: Option<Arc<tokio::sync::Semaphore>>,
+    pub inferences: Option<crate::nn::InferenceQuota>,
     /// Its tenant, on a node with tenants (CPU-bound guests share by tenant: [`super::fair`]).
     pub tenant: Option<Arc<str>>,
 }
