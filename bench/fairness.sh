@@ -35,7 +35,7 @@ trap 'kill -TERM $NODE 2>/dev/null; wait $NODE 2>/dev/null || true' EXIT
 for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.05; done
 export TENSORLET_NODE="http://127.0.0.1:$PORT"
 OP=$(cat "$W/data/operator-token")
-token() { TENSORLET_TOKEN=$OP "$TL" tenant create "$1" | sed -n 's/^token (shown only now): //p'; }
+token() { TENSORLET_TOKEN=$OP "$TL" tenant create "$1" 2>/dev/null; }
 QUIET=$(token quiet); NOISY=$(token noisy)
 TENSORLET_TOKEN=$QUIET "$TL" deploy hello "$WASM/hello_plain.wasm" --public >/dev/null
 TENSORLET_TOKEN=$NOISY "$TL" deploy hello "$WASM/hello_plain.wasm" --public >/dev/null

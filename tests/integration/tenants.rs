@@ -178,6 +178,23 @@ fn tenants_see_and_change_only_their_own_work() {
     assert!(cli_ok(&out, "list --token").contains("open"));
     let out = node.cli(&["tenant", "list", "--token", &op]);
     assert!(cli_ok(&out, "tenant list").contains("bobco"));
+    // `tenant create` and `key create` print the secret alone on stdout, for scripts.
+    let out = node.cli(&[
+        "tenant",
+        "create",
+        "cli-made",
+        "--max-functions",
+        "3",
+        "--token",
+        &op,
+    ]);
+    let token = cli_ok(&out, "tenant create").trim().to_string();
+    assert!(token.starts_with("tlt_cli-made_"), "{token}");
+    let out = node.cli(&["key", "create", "--token", &token]);
+    let key = cli_ok(&out, "key create").trim().to_string();
+    assert!(key.starts_with("tlk_cli-made_"), "{key}");
+    let out = node.cli(&["key", "list", "--token", &token]);
+    assert!(cli_ok(&out, "key list").contains(key.split('_').nth(2).unwrap()));
 }
 
 #[test]
@@ -262,6 +279,10 @@ fn tenant_quotas_give_clear_errors() {
     let r = deploy_as(&node, &t, "hello", "echo", "memory=64MiB");
     assert_error(&r, 400, "invalid_request");
     assert!(error_message(&r).contains("max_memory"), "{r}");
+    let tiny = create_tenant(&node, &op, "tiny", json!({"max_stored": 1000}));
+    let r = deploy_as(&node, &tiny, "hello", "hello-plain", "");
+    assert_error(&r, 403, "quota_exceeded");
+    assert!(error_message(&r).contains("max_stored"), "{r}");
 
     // One request at a time: a second one while the first sleeps is 429.
     let addr = node.addr();

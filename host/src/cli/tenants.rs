@@ -173,11 +173,11 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
                     "application/json",
                 )
                 .await?;
-            print_tenant(&v);
-            println!(
-                "token (shown only now): {}",
-                v["token"].as_str().unwrap_or("")
+            eprintln!(
+                "created tenant {}; its token is printed below, only this once",
+                a.name
             );
+            println!("{}", v["token"].as_str().unwrap_or(""));
         }
         TenantCommand::List(node) => {
             let v = node
@@ -228,10 +228,11 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
                     "application/json",
                 )
                 .await?;
-            println!(
-                "token (shown only now): {}",
-                v["token"].as_str().unwrap_or("")
+            eprintln!(
+                "new token for tenant {} (the old one no longer works), printed only this once:",
+                a.name
             );
+            println!("{}", v["token"].as_str().unwrap_or(""));
         }
     }
     Ok(())
@@ -244,11 +245,11 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
                 .client()?
                 .call(Method::POST, "keys", Bytes::new(), "application/json")
                 .await?;
-            println!(
-                "key {} (shown only now): {}",
-                v["id"].as_str().unwrap_or(""),
-                v["key"].as_str().unwrap_or("")
+            eprintln!(
+                "invoke key {} (send it as `Authorization: Bearer KEY`), printed only this once:",
+                v["id"].as_str().unwrap_or("")
             );
+            println!("{}", v["key"].as_str().unwrap_or(""));
         }
         KeyCommand::List(node) => {
             let v = node
