@@ -363,17 +363,22 @@ async fn list(node: NodeArgs) -> anyhow::Result<()> {
         .client()?
         .call(Method::GET, "functions", Bytes::new(), "application/json")
         .await?;
+    print_records(&v["functions"]);
+    Ok(())
+}
+
+/// The NAME / LIVE / VERSIONS / UPDATED table of functions or models.
+fn print_records(records: &Value) {
     println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
-    for f in v["functions"].as_array().into_iter().flatten() {
+    for r in records.as_array().into_iter().flatten() {
         println!(
             "{:<24} {:<14} {:>8}  {}",
-            s(&f["name"]),
-            s(&f["live"]),
-            f["versions"],
-            s(&f["updated_at"])
+            s(&r["name"]),
+            s(&r["live"]),
+            r["versions"],
+            s(&r["updated_at"])
         );
     }
-    Ok(())
 }
 
 async fn versions(a: NameArgs) -> anyhow::Result<()> {
@@ -467,16 +472,7 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 .client()?
                 .call(Method::GET, "models", Bytes::new(), "application/json")
                 .await?;
-            println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
-            for m in v["models"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {:<14} {:>8}  {}",
-                    s(&m["name"]),
-                    s(&m["live"]),
-                    m["versions"],
-                    s(&m["updated_at"])
-                );
-            }
+            print_records(&v["models"]);
         }
         ModelCommand::Versions(a) => {
             let path = format!("models/{}/versions", encode(&a.name));

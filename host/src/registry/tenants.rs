@@ -155,26 +155,20 @@ pub struct Usage {
 
 /// A tenant's usage in `meta`.
 pub fn usage(meta: &Meta, tenant: &str) -> Usage {
-    let mut u = Usage::default();
-    for f in meta
-        .functions
-        .iter()
-        .filter(|(k, _)| store::owner(k) == Some(tenant))
-        .map(|(_, f)| f)
-    {
-        u.functions += 1;
-        u.stored += f.versions.iter().map(|v| v.size).sum::<u64>();
+    let owned = |key: &&String| store::owner(key) == Some(tenant);
+    let functions: Vec<u64> = (meta.functions.iter())
+        .filter(|(k, _)| owned(k))
+        .map(|(_, f)| f.versions.iter().map(|v| v.size).sum())
+        .collect();
+    let models: Vec<u64> = (meta.models.iter())
+        .filter(|(k, _)| owned(k))
+        .map(|(_, m)| m.versions.iter().map(|v| v.size).sum())
+        .collect();
+    Usage {
+        functions: functions.len() as u32,
+        models: models.len() as u32,
+        stored: functions.iter().chain(&models).sum(),
     }
-    for m in meta
-        .models
-        .iter()
-        .filter(|(k, _)| store::owner(k) == Some(tenant))
-        .map(|(_, m)| m)
-    {
-        u.models += 1;
-        u.stored += m.versions.iter().map(|v| v.size).sum::<u64>();
-    }
-    u
 }
 
 fn tenant_json(name: &str, t: &TenantRecord, u: Usage) -> Value {

@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::capture::{Capture, LogBuffer, LogLine};
+use super::epoch::CpuBound;
 use super::fair::CpuShare;
 use super::{HostState, Prepared, Runtime};
 use crate::config::FunctionLimits;
@@ -77,7 +78,9 @@ impl Runtime {
         // Check in with the epoch ticker at every tick: yield so a busy guest shares its worker
         // thread, and stop it once it is past its deadline.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_bound.get_or_insert_with(CpuBound::enter);
             if Instant::now() >= ctx.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else if let Some(cpu) = &ctx.data().cpu {

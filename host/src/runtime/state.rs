@@ -28,6 +28,8 @@ pub struct HostState {
     pub(super) stderr: Capture,
     /// The tenant's CPU slot, on a node with tenants.
     pub(super) cpu: Option<super::fair::CpuShare>,
+    /// Set at the guest's first epoch tick: it is CPU-bound.
+    pub(super) cpu_bound: Option<super::epoch::CpuBound>,
 }
 
 impl HostState {
@@ -63,6 +65,7 @@ impl HostState {
             stdout,
             stderr,
             cpu: None,
+            cpu_bound: None,
         }
     }
 }
