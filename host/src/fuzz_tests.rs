@@ -1,5 +1,5 @@
-//! Property tests over everything that parses untrusted input: the config file, deploy and model
-//! query strings, admin request bodies and tokens, and the tensor checks in front of ONNX
+//! Property tests over everything that parses untrusted input: the config file, manifests, deploy
+//! and model query strings, admin request bodies and tokens, and the tensor checks in front of ONNX
 //! Runtime. Each property holds for any input: no panic, and an `Ok` only for input that is
 //! actually valid.
 //!
@@ -12,6 +12,7 @@ use proptest::prelude::*;
 
 use crate::auth;
 use crate::config::{Config, Quotas};
+use crate::manifest::Manifest;
 use crate::metrics::ModelMetrics;
 use crate::nn::bindings::wasi::nn::tensor::TensorType;
 use crate::nn::onnx::{Model, Sessions, Slot};
@@ -46,6 +47,18 @@ const CONFIG_KEYS: [&str; 16] = [
     "[defaults]\nmemory",
     "[ceilings]\ntimeout",
     "[tenant_defaults]\nmax_stored",
+];
+
+const MANIFEST_KEYS: [&str; 9] = [
+    "name",
+    "component",
+    "memory",
+    "timeout",
+    "max_concurrency",
+    "models",
+    "public",
+    "[env]\nA",
+    "[env]\n\"B=C\"",
 ];
 
 fn toml_value() -> impl Strategy<Value = String> {
@@ -114,6 +127,21 @@ proptest! {
             }
         }
         let _ = service::deploy_settings(&config, &query.replace('a', "%"));
+    }
+
+    #[test]
+    fn manifests_never_panic(
+        text in ".{0,200}",
+        entries in prop::collection::vec((0..MANIFEST_KEYS.len(), toml_value()), 0..6),
+    ) {
+        let _ = Manifest::parse(&text);
+        let text: String = entries
+            .iter()
+            .map(|(k, v)| format!("{} = {v}\n", MANIFEST_KEYS[*k]))
+            .collect();
+        if let Ok(m) = Manifest::parse(&text) {
+            prop_assert!(m.env.keys().all(|k| !k.is_empty() && !k.contains('=')));
+        }
     }
 
     #[test]

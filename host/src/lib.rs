@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod manifest;
 pub mod metrics;
 pub mod nn;
 pub mod registry;

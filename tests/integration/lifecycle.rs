@@ -454,3 +454,48 @@ fn only_the_last_max_versions_are_kept() {
     assert_eq!(vs["live"], ids[0].as_str(), "{vs:#}");
     assert_eq!(node.get("/fn/f").text(), "v1");
 }
+
+#[test]
+fn deploy_from_a_manifest() {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), None);
+    let wasm = fixture("env-probe");
+    let manifest = dir.write(
+        "tensorlet.toml",
+        format!(
+            "name = \"probe\"\ncomponent = {:?}\nmemory = \"32MiB\"\ntimeout = \"5s\"\n\n[env]\nGREETING = \"hi\"\n",
+            wasm.display().to_string()
+        )
+        .as_bytes(),
+    );
+    let m = manifest.to_str().unwrap();
+    // Flags win over the manifest and add to its environment.
+    let out = node.cli(&[
+        "deploy",
+        "--manifest",
+        m,
+        "--timeout",
+        "3s",
+        "--env",
+        "EXTRA=1",
+    ]);
+    cli_ok(&out, "deploy --manifest");
+    let v = node.versions("probe");
+    let live = &v["versions"][0];
+    assert_eq!(live["memory"], 32 << 20, "{v}");
+    assert_eq!(live["timeout_ms"], 3000, "{v}");
+    assert_eq!(live["env"]["GREETING"], "hi", "{v}");
+    assert_eq!(live["env"]["EXTRA"], "1", "{v}");
+    assert!(node.get("/fn/probe/").text().contains("env GREETING=hi"));
+
+    let bad = dir.write("bad.toml", b"memroy = \"1MiB\"\n");
+    let out = node.cli(&[
+        "deploy",
+        "x",
+        wasm.to_str().unwrap(),
+        "--manifest",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(out_text(&out).1.contains("memroy"), "{out:?}");
+}

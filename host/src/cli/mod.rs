@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::client::{AdminClient, encode};
 use crate::config::Config;
+use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::nn::{ModelSet, NnNode, Onnx};
 use crate::registry::Registry;
@@ -137,10 +138,13 @@ struct RollbackArgs {
 
 #[derive(Debug, Args)]
 struct DeployArgs {
-    /// Function name (a-z, 0-9, '-').
-    name: String,
-    /// The component (.wasm, built for wasm32-wasip2).
-    file: PathBuf,
+    /// Function name (a-z, 0-9, '-'); else the manifest's `name`.
+    name: Option<String>,
+    /// The component (.wasm, built for wasm32-wasip2); else the manifest's `component`.
+    file: Option<PathBuf>,
+    /// A manifest (TOML) with the component and settings; flags win over it.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
     /// Linear memory cap per instance, e.g. 64MiB.
     #[arg(long)]
     memory: Option<String>,
@@ -327,30 +331,54 @@ async fn shutdown_signal() {
 }
 
 async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let m = match &a.manifest {
+        Some(path) => Manifest::load(path)?,
+        None => Manifest::default(),
+    };
+    let name = a.name.clone().or(m.name.clone()).context(
+        "name the function: `tensorlet deploy NAME FILE.wasm`, or `name` in the --manifest",
+    )?;
+    let file = a.file.clone().or(m.component.clone()).context(
+        "name the component: `tensorlet deploy NAME FILE.wasm`, or `component` in the --manifest",
+    )?;
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let mut query: Vec<String> = Vec::new();
-    let mut add = |k: &str, v: &Option<String>| {
-        if let Some(v) = v {
+    let mut add = |k: &str, flag: &Option<String>, manifest: &Option<String>| {
+        if let Some(v) = flag.as_ref().or(manifest.as_ref()) {
             query.push(format!("{k}={}", encode(v)));
         }
     };
-    add("memory", &a.memory);
-    add("timeout", &a.timeout);
-    add("max_concurrency", &a.max_concurrency.map(|n| n.to_string()));
-    add("max_request_body", &a.max_request_body);
-    add("max_response_body", &a.max_response_body);
+    add("memory", &a.memory, &m.memory);
+    add("timeout", &a.timeout, &m.timeout);
+    add(
+        "max_concurrency",
+        &a.max_concurrency.map(|n| n.to_string()),
+        &m.max_concurrency.map(|n| n.to_string()),
+    );
+    add("max_request_body", &a.max_request_body, &m.max_request_body);
+    add(
+        "max_response_body",
+        &a.max_response_body,
+        &m.max_response_body,
+    );
+    let mut env = m.env.clone();
     for e in &a.env {
-        anyhow::ensure!(e.contains('='), "--env `{e}` is not KEY=VALUE");
-        query.push(format!("env={}", encode(e)));
+        let (k, v) = e
+            .split_once('=')
+            .with_context(|| format!("--env `{e}` is not KEY=VALUE"))?;
+        env.insert(k.to_string(), v.to_string());
     }
-    for m in &a.models {
-        query.push(format!("model={}", encode(m)));
+    for (k, v) in &env {
+        query.push(format!("env={}", encode(&format!("{k}={v}"))));
     }
-    if a.public {
+    for model in m.models.iter().chain(&a.models) {
+        query.push(format!("model={}", encode(model)));
+    }
+    if a.public || m.public {
         query.push("public=true".into());
     }
     let client = a.node.client()?;
-    let path = format!("functions/{}/versions?{}", encode(&a.name), query.join("&"));
+    let path = format!("functions/{}/versions?{}", encode(&name), query.join("&"));
     let v = client
         .call(Method::POST, &path, Bytes::from(bytes), "application/wasm")
         .await?;
