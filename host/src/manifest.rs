@@ -89,10 +89,8 @@ impl Manifest {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading manifest {}", path.display()))?;
         let mut m = Manifest::parse(&text).with_context(|| format!("in {}", path.display()))?;
-        if let Some(c) = &m.component {
-            if c.is_relative() {
-                m.component = Some(path.parent().unwrap_or(Path::new(".")).join(c));
-            }
+        if let Some(c) = m.component.as_ref().filter(|c| c.is_relative()) {
+            m.component = Some(path.parent().unwrap_or(Path::new(".")).join(c));
         }
         Ok(m)
     }
