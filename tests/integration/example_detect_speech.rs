@@ -49,8 +49,14 @@ fn example_detect_speech_finds_the_spoken_sentence() {
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_model_file(&node, "vad", &model);
-    let r = node.deploy("vad", &example("detect-speech"), "model=vad");
-    assert!(r.status == 201 || r.status == 200, "deploy: {r}");
+    // Deployed from the example's own manifest (name `vad`, its component, `models = ["vad"]`).
+    example("detect-speech");
+    let manifest = repo_root().join("examples/detect-speech/tensorlet.toml");
+    let out = node.cli(&["deploy", "--manifest", manifest.to_str().unwrap()]);
+    cli_ok(
+        &out,
+        "deploy --manifest examples/detect-speech/tensorlet.toml",
+    );
 
     // testdata/speech.wav: 1.0 s silence + speech + 1.0 s silence, so speech ends 1.0 s before the end.
     let speech = std::fs::read(repo_root().join("examples/detect-speech/testdata/speech.wav"))

@@ -499,3 +499,22 @@ fn deploy_from_a_manifest() {
     assert!(!out.status.success());
     assert!(out_text(&out).1.contains("memroy"), "{out:?}");
 }
+
+#[test]
+fn example_manifests_parse() {
+    for example in ["classify-image", "detect-speech", "embed-text"] {
+        let path = repo_root()
+            .join("examples")
+            .join(example)
+            .join("tensorlet.toml");
+        let m = tensorlet::manifest::Manifest::load(&path)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(m.name.is_some() && !m.models.is_empty(), "{m:?}");
+        let component = m.component.expect("a component");
+        assert!(
+            component.ends_with(format!("{}.wasm", example.replace('-', "_"))),
+            "{}",
+            component.display()
+        );
+    }
+}
