@@ -4,7 +4,8 @@
 //!
 //! Lines are appended with one `write` each (`O_APPEND`), so concurrent records never interleave;
 //! accepted changes are also fsynced before the response goes out. A line cut short by a crash
-//! is skipped when the log is read.
+//! is skipped when the log is read. Refused calls are recorded too, so the log is bounded: past
+//! `audit_log_max` bytes it moves to `audit.log.1` (replacing the one before) and starts again.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,16 +19,18 @@ use crate::time::now_rfc3339;
 /// The node's audit log.
 pub struct Audit {
     path: PathBuf,
+    max: u64,
     file: Arc<Mutex<File>>,
 }
 
 impl Audit {
-    /// Opens (or creates) `DATA/audit.log`.
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+    /// Opens (or creates) `DATA/audit.log`, to be moved aside past `max` bytes.
+    pub fn open(data_dir: &Path, max: u64) -> std::io::Result<Self> {
         let path = data_dir.join("audit.log");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self {
             path,
+            max,
             file: Arc::new(Mutex::new(file)),
         })
     }
@@ -47,9 +50,14 @@ impl Audit {
         .to_string();
         line.push('\n');
         let file = Arc::clone(&self.file);
+        let (path, max) = (self.path.clone(), self.max);
         let durable = (200..300).contains(&status);
         let written = tokio::task::spawn_blocking(move || {
             let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+            if f.metadata()?.len() >= max {
+                std::fs::rename(&path, path.with_extension("log.1"))?;
+                *f = OpenOptions::new().create(true).append(true).open(&path)?;
+            }
             f.write_all(line.as_bytes())?;
             if durable {
                 f.sync_data()?;

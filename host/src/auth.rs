@@ -19,6 +19,9 @@ pub const TENANT_PREFIX: &str = "tlt_";
 /// Prefix of invoke keys.
 pub const KEY_PREFIX: &str = "tlk_";
 
+/// A hash no secret has in practice, compared against when the named tenant does not exist.
+pub const UNKNOWN_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 /// Who an admin request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {

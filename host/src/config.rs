@@ -23,6 +23,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long a client may take to send an admin upload's body.
     pub body_read_timeout: Duration,
+    /// Size at which the audit log moves to `audit.log.1`.
+    pub audit_log_max: u64,
     /// Versions retained per function (older ones are dropped, never the live one).
     pub max_versions: usize,
     /// Open client connections at once; further clients wait in the accept backlog.
@@ -137,6 +139,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
+    audit_log_max: Option<String>,
     max_versions: Option<usize>,
     max_connections: Option<usize>,
     onnxruntime: Option<PathBuf>,
@@ -263,6 +266,7 @@ impl Config {
                 Duration::from_secs(300),
             )
             .context("body_read_timeout")?,
+            audit_log_max: opt(&f.audit_log_max, parse_size, 64 << 20).context("audit_log_max")?,
             max_versions: f.max_versions.unwrap_or(20),
             max_connections: f.max_connections.unwrap_or(10_000),
             onnxruntime: f.onnxruntime.or_else(default_onnxruntime),

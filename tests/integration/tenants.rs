@@ -435,6 +435,35 @@ fn a_tenant_runs_at_most_max_inferences_at_once() {
 }
 
 #[test]
+fn the_audit_log_is_bounded() {
+    let dir = TestDir::new();
+    let node = Node::start(
+        &dir.data(),
+        Some("tenants = true\naudit_log_max = \"4KiB\""),
+    );
+    for i in 0..100 {
+        let r = node.send(as_(&format!("tlt_x_{i}"), "POST", "/admin/v1/tenants/x"));
+        assert_error(&r, 401, "unauthorized");
+    }
+    let log = std::fs::metadata(dir.data().join("audit.log"))
+        .unwrap()
+        .len();
+    let old = std::fs::metadata(dir.data().join("audit.log.1"))
+        .unwrap()
+        .len();
+    assert!(
+        log <= 4096 + 512 && old <= 4096 + 512,
+        "audit.log {log} bytes, audit.log.1 {old}"
+    );
+    let op = operator_token(&node);
+    let records = node.send(as_(&op, "GET", "/admin/v1/audit")).json()["records"].clone();
+    assert_eq!(
+        records.as_array().unwrap().last().unwrap()["who"],
+        "unauthenticated"
+    );
+}
+
+#[test]
 fn a_node_without_tokens_refuses_a_public_address() {
     let dir = TestDir::new();
     let mut cmd = cli_command(&["serve", "--listen", "0.0.0.0:0", "--data-dir"]);

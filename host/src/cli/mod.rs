@@ -273,7 +273,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.listen
         );
     }
-    let audit = crate::audit::Audit::open(&config.data_dir)
+    let audit = crate::audit::Audit::open(&config.data_dir, config.audit_log_max)
         .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?;
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
