@@ -129,9 +129,9 @@ impl Node {
         if name.is_empty() {
             return Err(ApiError::not_found(req.uri().path()));
         }
-        let key = match tenant_name {
-            Some(t) => format!("{t}/{name}"),
-            None => name.to_string(),
+        let key: std::borrow::Cow<str> = match tenant_name {
+            Some(t) => format!("{t}/{name}").into(),
+            None => name.into(),
         };
         let not_found = || ApiError::function_not_found(name);
         let function = self.registry.route(&key).ok_or_else(not_found)?;
