@@ -288,13 +288,23 @@ impl Node {
     /// The key of `name` in the caller's namespace, for functions (`models` = false) or models.
     fn key(&self, caller: &Caller, name: &str, models: bool) -> Result<String, ApiError> {
         let name = check_name(name)?;
-        match caller {
-            Caller::Tenant(t) => Ok(format!("{t}/{name}")),
-            Caller::Operator if self.config.tenants && !models => Err(ApiError::forbidden(
-                "functions belong to tenants: use a tenant's token (the operator token manages tenants and shared models)",
-            )),
-            Caller::Operator => Ok(name.to_string()),
+        if !models {
+            self.may_manage_functions(caller)?;
         }
+        Ok(match caller {
+            Caller::Tenant(t) => format!("{t}/{name}"),
+            Caller::Operator => name.to_string(),
+        })
+    }
+
+    /// On a node with tenants, functions belong to tenants: the operator has none.
+    fn may_manage_functions(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.config.tenants && *caller == Caller::Operator {
+            return Err(ApiError::forbidden(
+                "functions belong to tenants: use a tenant's token (the operator token manages tenants and shared models)",
+            ));
+        }
+        Ok(())
     }
 
     async fn admin_as(
@@ -367,9 +377,7 @@ impl Node {
                 .await?),
             (["keys", _], _) => Err(ApiError::method_not_allowed("DELETE")),
             (["functions"] | ["functions", ""], &Method::GET) => {
-                if owner.is_none() && self.config.tenants {
-                    self.key(caller, "x", false)?; // the operator has no functions
-                }
+                self.may_manage_functions(caller)?;
                 ok(self.registry.list(owner).await)
             }
             (["functions"], _) => Err(ApiError::method_not_allowed("GET")),
