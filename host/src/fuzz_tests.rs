@@ -20,16 +20,6 @@ use crate::nn::tensor::{self, Tensor};
 use crate::registry::QuotaPatch;
 use crate::service;
 
-const TYPES: [TensorType; 7] = [
-    TensorType::Fp16,
-    TensorType::Fp32,
-    TensorType::Fp64,
-    TensorType::Bf16,
-    TensorType::U8,
-    TensorType::I32,
-    TensorType::I64,
-];
-
 const CONFIG_KEYS: [&str; 16] = [
     "listen",
     "data_dir",
@@ -72,7 +62,7 @@ fn toml_value() -> impl Strategy<Value = String> {
 }
 
 fn ty() -> impl Strategy<Value = TensorType> {
-    (0..TYPES.len()).prop_map(|i| TYPES[i])
+    (0..tensor::ALL_TYPES.len()).prop_map(|i| tensor::ALL_TYPES[i])
 }
 
 fn tensor() -> impl Strategy<Value = Tensor> {

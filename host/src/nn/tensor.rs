@@ -5,6 +5,17 @@ use ort::value::TensorElementType;
 
 use super::bindings::wasi::nn::tensor::TensorType;
 
+/// Every element type wasi:nn can carry.
+pub const ALL_TYPES: [TensorType; 7] = [
+    TensorType::Fp16,
+    TensorType::Fp32,
+    TensorType::Fp64,
+    TensorType::Bf16,
+    TensorType::U8,
+    TensorType::I32,
+    TensorType::I64,
+];
+
 /// Largest tensor (in bytes) the host accepts as an input or produces as an output.
 pub const MAX_TENSOR_BYTES: usize = 256 << 20;
 
@@ -121,15 +132,7 @@ mod tests {
         };
         assert!(huge.check_size().is_err());
         assert_eq!(byte_len(&[], TensorType::U8), Some(1));
-        for ty in [
-            TensorType::Fp16,
-            TensorType::Fp32,
-            TensorType::Fp64,
-            TensorType::Bf16,
-            TensorType::U8,
-            TensorType::I32,
-            TensorType::I64,
-        ] {
+        for ty in ALL_TYPES {
             assert_eq!(from_ort(to_ort(ty)), Some(ty));
         }
     }
