@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to send in `Retry-After` (rate limits).
     pub retry_after: Option<u64>,
+    /// The client keeps sending past a refusal: its connection reads nothing more until
+    /// `Retry-After` is over ([`crate::pace`]).
+    pub pause_reads: bool,
 }
 
 impl ApiError {
@@ -25,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            pause_reads: false,
         }
     }
 

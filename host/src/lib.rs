@@ -14,6 +14,7 @@ pub mod error;
 pub mod manifest;
 pub mod metrics;
 pub mod nn;
+pub mod pace;
 pub mod registry;
 pub mod runtime;
 pub mod server;

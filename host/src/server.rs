@@ -13,6 +13,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
+use crate::pace::{Gate, Paced, PauseReads};
 use crate::service::Node;
 
 /// Binds `count` listeners to one address with SO_REUSEPORT, one per worker thread; the kernel
@@ -112,15 +113,24 @@ pub async fn serve(
         // Responses are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let node = Arc::clone(&node);
+        let gate = Gate::default();
+        let io = Paced::new(TokioIo::new(stream), gate.clone());
         let conn = http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             // Slow clients must send their headers in time.
             .header_read_timeout(header_timeout)
             .serve_connection(
-                TokioIo::new(stream),
+                io,
                 service_fn(move |req| {
                     let node = Arc::clone(&node);
-                    async move { Ok::<_, std::convert::Infallible>(node.handle(req).await) }
+                    let gate = gate.clone();
+                    async move {
+                        let response = node.handle(req).await;
+                        if let Some(PauseReads(pause)) = response.extensions().get() {
+                            gate.pause(*pause);
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 }),
             );
         let conn = graceful.watch(conn);

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -23,6 +23,7 @@ use crate::config::{Config, FunctionLimits, parse_duration, parse_size};
 use crate::error::ApiError;
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::onnx::{MAX_BATCH, ModelOptions, Target};
+use crate::pace::PauseReads;
 use crate::registry::{Deploy, Deployed, QuotaPatch, Registry, TenantLive};
 use crate::runtime::{Invocation, Runtime, request_body_error};
 
@@ -156,12 +157,16 @@ impl Node {
             if let Err(wait) = live.admit() {
                 function.metrics.count(429);
                 live.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::rate_limited(wait));
+                let mut e = ApiError::rate_limited(wait);
+                e.pause_reads = live.flooding();
+                return Err(e);
             }
             let Ok(p) = Arc::clone(&live.concurrency).try_acquire_owned() else {
                 function.metrics.count(429);
                 live.metrics.busy.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::tenant_busy(live.quotas.max_concurrency));
+                let mut e = ApiError::tenant_busy(live.quotas.max_concurrency);
+                e.pause_reads = live.flooding();
+                return Err(e);
             };
             tenant_permit = Some(p);
         }
@@ -800,6 +805,10 @@ fn error_response(e: &ApiError, request_id: &str) -> Response<ResponseBody> {
     if let Some(seconds) = e.retry_after {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        if e.pause_reads {
+            r.extensions_mut()
+                .insert(PauseReads(Duration::from_secs(seconds)));
+        }
     } else if e.status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

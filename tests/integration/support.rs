@@ -940,6 +940,47 @@ impl Request {
     }
 }
 
+/// A keep-alive connection sending bodiless requests one after another.
+pub struct KeepAlive {
+    stream: TcpStream,
+    addr: SocketAddr,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        let _ = stream.set_nodelay(true);
+        stream.set_read_timeout(Some(REQUEST_LIMIT)).unwrap();
+        KeepAlive { stream, addr }
+    }
+
+    /// Sends `method path` and reads its response whole.
+    #[track_caller]
+    pub fn send(&mut self, method: &str, path: &str) -> Response {
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
+        self.stream.write_all(head.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let done = loop {
+            if let Some(done) = complete_length(&raw, method) {
+                break done;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("connection closed after {} bytes", raw.len()),
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        assert_eq!(done, raw.len(), "the node answered more than was asked");
+        let p = parse_response(&raw, method, true);
+        Response {
+            status: p.status.unwrap(),
+            headers: p.headers,
+            body: p.body,
+        }
+    }
+}
+
 /// If `raw` holds a complete response whose end is known from its framing (Content-Length,
 /// chunked, no body), the length of that response.
 fn complete_length(raw: &[u8], method: &str) -> Option<usize> {

@@ -2,6 +2,7 @@
 //! shared models, and a node without tokens refusing a public address.
 
 use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -328,6 +329,52 @@ fn tenant_quotas_give_clear_errors() {
     );
     let listed = node.send(as_(&op, "GET", "/admin/v1/tenants")).json();
     assert_eq!(listed["tenants"][0]["usage"]["functions"], 3, "{listed}");
+}
+
+/// A client that keeps sending past its refusals (ignoring `Retry-After`) gets its first hundred
+/// refusals at once; past that the node reads nothing more from its connection until the
+/// `Retry-After` it was told, so a flood of refusals cannot take the node's CPU.
+#[test]
+fn refused_floods_are_paused_until_retry_after() {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let t = create_tenant(&node, &op, "flood", json!({"requests_per_second": 1}));
+    assert_eq!(
+        deploy_as(&node, &t, "hello", "hello-plain", "public=true").status,
+        201
+    );
+    assert_eq!(
+        node.get("/fn/flood/hello").status,
+        200,
+        "uses the one token"
+    );
+
+    let mut conn = KeepAlive::connect(node.addr());
+    let mut immediate = 0;
+    let paused = loop {
+        assert!(immediate < 10_000, "the node never paused the connection");
+        let sent = Instant::now();
+        let r = conn.send("GET", "/fn/flood/hello");
+        let waited = sent.elapsed();
+        if r.status == 200 {
+            // Only a pause of at least Retry-After lets a token (one a second) come back.
+            assert!(waited >= Duration::from_secs(1), "{waited:?}: {r}");
+            break waited;
+        }
+        assert_error(&r, 429, "rate_limited");
+        assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+        immediate += 1;
+    };
+    assert!(
+        immediate >= 100,
+        "only {immediate} refusals before the pause"
+    );
+    // Other clients are served meanwhile; the paused connection itself works again afterwards.
+    assert_eq!(node.get("/healthz").status, 200);
+    let r = conn.send("GET", "/fn/flood/hello");
+    assert_error(&r, 429, "rate_limited");
+    eprintln!("{immediate} refusals, then paused for {paused:?}");
 }
 
 #[test]

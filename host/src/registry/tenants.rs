@@ -34,13 +34,44 @@ pub struct TenantLive {
     pub inferences: InferenceQuota,
     /// The tenant's series.
     pub metrics: Arc<TenantMetrics>,
-    bucket: Mutex<Bucket>,
+    requests: Bucket,
+    /// Refusals answered at full speed; past them a refusal also pauses its connection
+    /// ([`crate::pace`]), so a flood of refused requests cannot eat the node's CPU.
+    refusals: Bucket,
 }
+
+/// Refused requests a tenant gets answered at full speed every second (or its
+/// `requests_per_second`, if higher) before their connections are paused.
+const MIN_REFUSALS_PER_SECOND: u32 = 100;
 
 /// A token bucket: `rate` tokens a second, holding at most one second's worth.
 struct Bucket {
-    tokens: f64,
-    at: Instant,
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    fn take(&self) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let tokens = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+        *s = (tokens, now);
+        if tokens >= 1.0 {
+            s.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
 }
 
 impl TenantLive {
@@ -61,26 +92,20 @@ impl TenantLive {
                 metrics: Arc::clone(&metrics),
             },
             metrics,
-            bucket: Mutex::new(Bucket {
-                tokens: f64::from(q.requests_per_second),
-                at: Instant::now(),
-            }),
+            requests: Bucket::new(q.requests_per_second),
+            refusals: Bucket::new(q.requests_per_second.max(MIN_REFUSALS_PER_SECOND)),
         }
     }
 
     /// Takes one request from the rate budget, or says how long until one is available.
     pub fn admit(&self) -> Result<(), Duration> {
-        let rate = f64::from(self.quotas.requests_per_second.max(1));
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
-        }
+        self.requests.take()
+    }
+
+    /// Called for each refused request: whether the tenant is refused so often that the
+    /// refusal should also pause its connection.
+    pub fn flooding(&self) -> bool {
+        self.refusals.take().is_err()
     }
 
     /// Whether `secret` is this tenant's token.
