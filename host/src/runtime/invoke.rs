@@ -71,7 +71,8 @@ impl Runtime {
             inv.inferences.clone(),
         );
         let mut state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
-        state.cpu = inv.tenant.clone().map(CpuShare::new);
+        let cpu = inv.tenant.clone().map(CpuShare::new);
+        state.cpu = cpu.clone();
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -112,7 +113,7 @@ impl Runtime {
         // sent. Epochs only interrupt wasm code; the outer deadline also cuts off a guest that
         // waits inside a host call (a sleep, a body read that never completes). Whichever way
         // it ends, the task moves the guest's output into the function's log.
-        let task = tokio::spawn(async move {
+        let guest = async move {
             let run = async {
                 let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -129,6 +130,14 @@ impl Runtime {
             drop(store);
             append_logs(&logs, &version, &request_id, &stdout, &stderr);
             result
+        };
+        // On a node with tenants, all of the guest's work (instantiation, wasm, tearing the
+        // instance down) takes turns with the tenant's other guests on this thread.
+        let task = tokio::spawn(async move {
+            match cpu {
+                Some(cpu) => cpu.run(guest).await,
+                None => guest.await,
+            }
         });
 
         match tokio::time::timeout_at(deadline.into(), receiver).await {
