@@ -84,6 +84,7 @@ impl CpuShare {
             share: self.clone(),
             guest: Box::pin(guest),
             waiting: None,
+            yielding: None,
         }
     }
 }
@@ -96,6 +97,8 @@ pub struct Turns<F> {
     guest: Pin<Box<F>>,
     /// Waiting in line for the slot before the guest may run again.
     waiting: Option<Acquire>,
+    /// Holding the slot just taken from the line, until the thread has polled for I/O.
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl<F: Future> Future for Turns<F> {
@@ -120,7 +123,17 @@ impl<F: Future> Future for Turns<F> {
                 };
                 self.waiting = None;
                 share.hold(permit.ok());
+                // The slot came from a guest that just gave it back, in this same pass of the
+                // run queue. Running at once would let a line of the tenant's short steps run
+                // back to back before the thread polls for I/O again: defer the turn instead.
+                self.yielding = Some(Box::pin(tokio::task::yield_now()));
             }
+        }
+        if let Some(yielding) = self.yielding.as_mut() {
+            if yielding.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.yielding = None;
         }
         let polled = self.guest.as_mut().poll(cx);
         // Waiting for I/O (or finished): the tenant's other guests may run meanwhile.
