@@ -198,9 +198,14 @@ fn guests_cannot_hoard_resources_or_reach_outside() {
     node.deploy_ok("hoarder", "hoarder", SMALL);
     let meta = std::fs::read(dir.data().join("meta.json")).unwrap();
     assert_eq!(node.get("/fn/hoarder/fields/100").text(), "kept 100");
+    assert_eq!(node.get("/fn/hoarder/streams/100").text(), "kept 100");
     // Past the per-request resource cap (10,000 handles) the guest traps; nothing leaks into
     // the next request.
-    for path in ["/fn/hoarder/fields/20000", "/fn/hoarder/pollables/20000"] {
+    for path in [
+        "/fn/hoarder/fields/20000",
+        "/fn/hoarder/pollables/20000",
+        "/fn/hoarder/streams/20000",
+    ] {
         assert_error(&node.get(path), 500, "guest_trap");
         assert_healthy(&node);
     }
