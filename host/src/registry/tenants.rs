@@ -285,19 +285,34 @@ impl Registry {
         json!({ "tenants": tenants })
     }
 
-    /// Changes a tenant's quotas (what it already holds stays; new work is checked).
-    pub async fn update_tenant(&self, name: &str, patch: &QuotaPatch) -> Result<Value, ApiError> {
+    /// Changes one tenant's record (`change` also sees the metadata as it was): saved first,
+    /// then made live for the request path; nothing changes if `change` or the save fails.
+    async fn change_tenant<T>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut TenantRecord, &Meta) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let mut state = self.admin.lock().await;
         let mut meta = state.meta.clone();
         let t = meta
             .tenants
             .get_mut(name)
             .ok_or_else(|| ApiError::tenant_not_found(name))?;
-        patch.apply(&mut t.quotas)?;
-        let answer = tenant_json(name, t, usage(&state.meta, name));
+        let out = change(t, &state.meta)?;
         self.save(&meta).await?;
         state.meta = meta;
         self.publish_tenants(&state);
+        Ok(out)
+    }
+
+    /// Changes a tenant's quotas (what it already holds stays; new work is checked).
+    pub async fn update_tenant(&self, name: &str, patch: &QuotaPatch) -> Result<Value, ApiError> {
+        let answer = self
+            .change_tenant(name, |t, meta| {
+                patch.apply(&mut t.quotas)?;
+                Ok(tenant_json(name, t, usage(meta, name)))
+            })
+            .await?;
         tracing::info!(tenant = name, "tenant quotas updated");
         Ok(answer)
     }
@@ -341,16 +356,11 @@ impl Registry {
     /// Gives a tenant a new token; the old one stops working at once.
     pub async fn rotate_token(&self, name: &str) -> Result<Value, ApiError> {
         let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        let mut state = self.admin.lock().await;
-        let mut meta = state.meta.clone();
-        let t = meta
-            .tenants
-            .get_mut(name)
-            .ok_or_else(|| ApiError::tenant_not_found(name))?;
-        t.token_hash = auth::hash(&secret);
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish_tenants(&state);
+        self.change_tenant(name, |t, _| {
+            t.token_hash = auth::hash(&secret);
+            Ok(())
+        })
+        .await?;
         tracing::info!(tenant = name, "tenant token rotated");
         Ok(json!({ "name": name, "token": format!("{}{name}_{secret}", auth::TENANT_PREFIX) }))
     }
@@ -358,34 +368,26 @@ impl Registry {
     /// Issues an invoke key for the tenant's private functions; shown only this once.
     pub async fn create_key(&self, tenant: &str) -> Result<Value, ApiError> {
         let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        let mut state = self.admin.lock().await;
-        let mut meta = state.meta.clone();
-        let t = meta
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| ApiError::tenant_not_found(tenant))?;
-        if t.keys.len() >= 100 {
-            return Err(ApiError::quota_exceeded(
-                "a tenant has at most 100 invoke keys: remove one with `tensorlet key rm ID`",
-            ));
-        }
-        let id = loop {
-            let id = auth::key_id().map_err(|e| ApiError::internal(format!("{e:#}")))?;
-            if !t.keys.contains_key(&id) {
-                break id;
-            }
-        };
         let created_at = now_rfc3339();
-        t.keys.insert(
-            id.clone(),
-            KeyRecord {
-                hash: auth::hash(&secret),
-                created_at: created_at.clone(),
-            },
-        );
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish_tenants(&state);
+        let id = self
+            .change_tenant(tenant, |t, _| {
+                if t.keys.len() >= 100 {
+                    return Err(ApiError::quota_exceeded(
+                        "a tenant has at most 100 invoke keys: remove one with `tensorlet key rm ID`",
+                    ));
+                }
+                let id = loop {
+                    let id = auth::key_id().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                    if !t.keys.contains_key(&id) {
+                        break id;
+                    }
+                };
+                let hash = auth::hash(&secret);
+                let created_at = created_at.clone();
+                t.keys.insert(id.clone(), KeyRecord { hash, created_at });
+                Ok(id)
+            })
+            .await?;
         Ok(json!({
             "id": id,
             "created_at": created_at,
@@ -411,18 +413,14 @@ impl Registry {
 
     /// Revokes an invoke key.
     pub async fn remove_key(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
-        let mut state = self.admin.lock().await;
-        let mut meta = state.meta.clone();
-        let removed = meta.tenants.get_mut(tenant).and_then(|t| t.keys.remove(id));
-        if removed.is_none() {
-            return Err(ApiError::not_found_code(
+        self.change_tenant(tenant, |t, _| match t.keys.remove(id) {
+            Some(_) => Ok(()),
+            None => Err(ApiError::not_found_code(
                 "key_not_found",
                 format!("no invoke key `{id}`: see `tensorlet key list`"),
-            ));
-        }
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish_tenants(&state);
+            )),
+        })
+        .await?;
         Ok(json!({ "id": id, "deleted": true }))
     }
 }
