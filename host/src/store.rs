@@ -75,17 +75,76 @@ pub fn short_name(key: &str) -> &str {
     key.split_once('/').map_or(key, |(_, n)| n)
 }
 
-/// One model: its versions (oldest first) and which one is live.
+/// A function or a model: its immutable versions (oldest first) and which one is live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelRecord {
+pub struct Versioned<V> {
     /// Hex digest of the live version.
     pub live: String,
     /// When `live` last moved.
     pub updated_at: String,
     /// Retained versions, oldest first.
-    pub versions: Vec<ModelVersion>,
+    pub versions: Vec<V>,
 }
+
+impl<V> Default for Versioned<V> {
+    fn default() -> Self {
+        Self {
+            live: String::new(),
+            updated_at: String::new(),
+            versions: Vec::new(),
+        }
+    }
+}
+
+/// What [`Versioned`] needs of a version.
+pub trait Version {
+    /// Lowercase hex sha256 of its bytes.
+    fn digest(&self) -> &str;
+    /// When it was stored.
+    fn created_at(&self) -> &str;
+}
+
+impl<V: Version> Versioned<V> {
+    /// Adds `version` (unless one with its digest is kept already) and makes it live; then drops
+    /// the oldest versions but the live one while more than `max` are kept.
+    pub fn push_live(&mut self, version: V, max: usize) {
+        self.live = version.digest().to_string();
+        self.updated_at = version.created_at().to_string();
+        if self.find(&self.live).is_none() {
+            self.versions.push(version);
+        }
+        while self.versions.len() > max {
+            let Some(oldest) = self.versions.iter().position(|v| v.digest() != self.live) else {
+                break;
+            };
+            self.versions.remove(oldest);
+        }
+    }
+
+    /// Makes the kept version `digest` live; false if it already was.
+    pub fn make_live(&mut self, digest: &str, now: String) -> bool {
+        if self.live == digest {
+            return false;
+        }
+        self.live = digest.to_string();
+        self.updated_at = now;
+        true
+    }
+
+    /// The kept version with this digest.
+    pub fn find(&self, digest: &str) -> Option<&V> {
+        self.versions.iter().find(|v| v.digest() == digest)
+    }
+
+    /// The live version.
+    pub fn live_version(&self) -> Option<&V> {
+        self.find(&self.live)
+    }
+}
+
+/// One model.
+pub type ModelRecord = Versioned<ModelVersion>;
 
 /// One immutable model version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +168,15 @@ fn one() -> u32 {
     1
 }
 
+impl Version for ModelVersion {
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+    fn created_at(&self) -> &str {
+        &self.created_at
+    }
+}
+
 impl ModelVersion {
     /// How this version runs.
     pub fn options(&self) -> crate::nn::onnx::ModelOptions {
@@ -119,17 +187,8 @@ impl ModelVersion {
     }
 }
 
-/// One function: its versions (oldest first) and which one is live.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FunctionRecord {
-    /// Hex digest of the live version.
-    pub live: String,
-    /// When `live` last moved.
-    pub updated_at: String,
-    /// Retained versions, oldest first.
-    pub versions: Vec<VersionRecord>,
-}
+/// One function.
+pub type FunctionRecord = Versioned<VersionRecord>;
 
 /// One immutable version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +211,15 @@ pub struct VersionRecord {
     /// its tenant's invoke keys.
     #[serde(default)]
     pub public: bool,
+}
+
+impl Version for VersionRecord {
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+    fn created_at(&self) -> &str {
+        &self.created_at
+    }
 }
 
 impl VersionRecord {
@@ -305,6 +373,43 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model(digest: &str) -> ModelVersion {
+        ModelVersion {
+            digest: digest.into(),
+            created_at: format!("t-{digest}"),
+            size: 1,
+            target: Default::default(),
+            max_batch: 1,
+        }
+    }
+
+    #[test]
+    fn versions_keep_the_live_one_and_the_newest() {
+        let mut r = ModelRecord::default();
+        for d in ["a", "b", "c"] {
+            r.push_live(model(d), 2);
+        }
+        let kept: Vec<&str> = r.versions.iter().map(|v| v.digest.as_str()).collect();
+        assert_eq!(
+            (kept, r.live.as_str(), r.updated_at.as_str()),
+            (vec!["b", "c"], "c", "t-c")
+        );
+        // The same bytes again: live again, not kept twice.
+        assert!(r.make_live("b", "later".into()));
+        assert!(!r.make_live("b", "again".into()));
+        r.push_live(model("c"), 2);
+        assert_eq!((r.versions.len(), r.live.as_str()), (2, "c"));
+        // At the limit the live version survives even when it is the oldest.
+        assert!(r.make_live("b", "later".into()));
+        r.push_live(model("d"), 1);
+        assert_eq!(r.live_version().map(|v| v.digest.as_str()), Some("d"));
+        r.versions.insert(0, model("old"));
+        r.live = "old".into();
+        r.push_live(model("old"), 1);
+        assert_eq!(r.versions.len(), 1);
+        assert_eq!(r.live_version().map(|v| v.digest.as_str()), Some("old"));
+    }
 
     #[test]
     fn blobs_and_meta_round_trip() {

@@ -115,7 +115,7 @@ impl Registry {
             });
         }
         meta.functions.retain(|name, f| {
-            let ok = f.versions.iter().any(|v| v.digest == f.live);
+            let ok = f.live_version().is_some();
             if !ok {
                 tracing::error!(function = %name, "live version cannot be loaded; the function is not served");
             }
@@ -275,23 +275,10 @@ impl Registry {
             public: settings.public,
         };
         let mut meta = state.meta.clone();
-        let f = meta
-            .functions
+        meta.functions
             .entry(name.to_string())
-            .or_insert_with(|| FunctionRecord {
-                live: digest.clone(),
-                updated_at: String::new(),
-                versions: Vec::new(),
-            });
-        f.versions.push(record.clone());
-        f.live = digest.clone();
-        f.updated_at = record.created_at.clone();
-        while f.versions.len() > self.config.max_versions {
-            let Some(oldest) = f.versions.iter().position(|v| v.digest != f.live) else {
-                break;
-            };
-            f.versions.remove(oldest);
-        }
+            .or_default()
+            .push_live(record.clone(), self.config.max_versions);
         let store = Arc::clone(&self.store);
         let d = digest.clone();
         let to_save = meta.clone();
@@ -318,12 +305,7 @@ impl Registry {
         digest: &str,
         s: &Settings,
     ) -> Result<Option<Deploy>, ApiError> {
-        let Some(v) = state
-            .meta
-            .functions
-            .get(name)
-            .and_then(|f| f.versions.iter().find(|v| v.digest == digest))
-        else {
+        let Some(v) = state.meta.functions.get(name).and_then(|f| f.find(digest)) else {
             return Ok(None);
         };
         if v.limits != s.limits || v.env != s.env || v.models != s.models || v.public != s.public {
@@ -350,11 +332,9 @@ impl Registry {
             .functions
             .get_mut(name)
             .ok_or_else(|| ApiError::function_not_found(name))?;
-        if f.live == digest {
+        if !f.make_live(digest, now_rfc3339()) {
             return Ok(());
         }
-        f.live = digest.to_string();
-        f.updated_at = now_rfc3339();
         self.save(&meta).await?;
         state.meta = meta;
         self.publish(state);
@@ -484,10 +464,7 @@ impl Registry {
                 next.insert(name.clone(), Arc::clone(d));
                 continue;
             }
-            let (Some(v), Some(pre)) = (
-                f.versions.iter().find(|v| v.digest == f.live),
-                state.compiled.get(&f.live),
-            ) else {
+            let (Some(v), Some(pre)) = (f.live_version(), state.compiled.get(&f.live)) else {
                 continue;
             };
             let logs = Arc::clone(state.logs.entry(name.clone()).or_default());

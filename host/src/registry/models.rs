@@ -29,12 +29,7 @@ impl Registry {
         let key = sessions_key(&digest, options);
         let loaded = {
             let mut state = self.admin.lock().await;
-            if let Some(v) = state
-                .meta
-                .models
-                .get(name)
-                .and_then(|m| m.versions.iter().find(|v| v.digest == digest))
-            {
+            if let Some(v) = state.meta.models.get(name).and_then(|m| m.find(&digest)) {
                 let v = v.clone();
                 if v.options() != options {
                     return Err(ApiError::version_conflict(format!(
@@ -82,25 +77,10 @@ impl Registry {
             max_batch: options.max_batch,
         };
         let mut meta = state.meta.clone();
-        let m = meta
-            .models
+        meta.models
             .entry(name.to_string())
-            .or_insert_with(|| ModelRecord {
-                live: digest.clone(),
-                updated_at: String::new(),
-                versions: Vec::new(),
-            });
-        if !m.versions.iter().any(|v| v.digest == digest) {
-            m.versions.push(record.clone());
-        }
-        m.live = digest.clone();
-        m.updated_at = record.created_at.clone();
-        while m.versions.len() > self.config.max_versions {
-            let Some(oldest) = m.versions.iter().position(|v| v.digest != m.live) else {
-                break;
-            };
-            m.versions.remove(oldest);
-        }
+            .or_default()
+            .push_live(record.clone(), self.config.max_versions);
         let store = Arc::clone(&self.store);
         let (d, to_save) = (digest.clone(), meta.clone());
         tokio::task::spawn_blocking(move || {
@@ -132,11 +112,9 @@ impl Registry {
         let Some(m) = meta.models.get_mut(name) else {
             return Err(ApiError::model_not_found(name));
         };
-        if m.live == digest {
+        if !m.make_live(digest, now_rfc3339()) {
             return Ok(());
         }
-        m.live = digest.to_string();
-        m.updated_at = now_rfc3339();
         let key = sessions_key(digest, live_options(m));
         if let std::collections::hash_map::Entry::Vacant(slot) = state.loaded_models.entry(key) {
             let onnx = self
@@ -237,9 +215,8 @@ impl Registry {
             .functions
             .iter()
             .filter(|(_, f)| {
-                f.versions
-                    .iter()
-                    .any(|v| v.digest == f.live && v.models.iter().any(|m| m == name))
+                f.live_version()
+                    .is_some_and(|v| v.models.iter().any(|m| m == name))
             })
             .map(|(n, _)| store::short_name(n))
             .collect();
@@ -316,9 +293,7 @@ pub(super) fn live_key(m: &ModelRecord) -> String {
 
 /// How the live version of a model runs.
 pub(super) fn live_options(m: &ModelRecord) -> ModelOptions {
-    m.versions
-        .iter()
-        .find(|v| v.digest == m.live)
+    m.live_version()
         .map(ModelVersion::options)
         .unwrap_or_default()
 }
