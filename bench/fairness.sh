@@ -10,8 +10,10 @@
 # Each case runs RUNS times, unloaded and flooded back to back (a small VM's latency drifts from
 # minute to minute). Prints quiet's p50/p99 in each phase, the loaded/unloaded p99 ratio
 # (goal: <= 2x) of each run and their median, and what noisy got (req/s and non-2xx answers).
+# QUIET_PACE=1: quiet sends a request every 2 ms (bench/paced.lua) instead of as fast as it can.
 #
 #   bench/fairness.sh                 # DUR=10s FLOOD=64 RUNS=3
+#   QUIET_PACE=1 bench/fairness.sh
 #   DUR=5s RUNS=1 CASES="cheap" bench/fairness.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
