@@ -7,6 +7,8 @@
 # while `wrk -t1 -c$FLOOD` hammers one of noisy's functions:
 #   cheap: noisy floods hello far past its requests_per_second quota (most answers are 429);
 #   cpu:   noisy floods spin (each request burns 100 ms of CPU; at most max_concurrency at once).
+#   hogs:  a control, no tenant floods: one `yes > /dev/null` per core runs outside the node, to
+#          show what any full CPU does to quiet's latency on this machine.
 # Each case runs RUNS times, unloaded and flooded back to back (a small VM's latency drifts from
 # minute to minute). Prints quiet's p50/p99 in each phase, the loaded/unloaded p99 ratio
 # (goal: <= 2x) of each run and their median, and what noisy got (req/s and non-2xx answers).
@@ -15,6 +17,7 @@
 #   bench/fairness.sh                 # DUR=10s FLOOD=64 RUNS=3
 #   QUIET_PACE=1 bench/fairness.sh
 #   DUR=5s RUNS=1 CASES="cheap" bench/fairness.sh
+#   QUIET_PACE=1 CASES="cpu hogs" bench/fairness.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -60,13 +63,21 @@ for c in $CASES; do
   for _ in $(seq 1 "$RUNS"); do
     read -r u50 u99 urps ufail < <(quiet)
     printf "%-8s %-10s %10s %10s %10s %8s\n" "$c" unloaded "$u50" "$u99" "$urps" "$ufail"
-    case $c in cheap) target=hello ;; cpu) target=spin ;; esac
-    wrk -t1 -c"$FLOOD" -d"$(( ${DUR%s} + 2 ))s" "http://127.0.0.1:$PORT/fn/noisy/$target/" > "$W/flood.out" 2>&1 &
-    FLOODER=$!
-    sleep 1   # let the flood ramp up before measuring
-    read -r l50 l99 lrps lfail < <(quiet)
-    wait $FLOODER || true
-    noisy="$(awk '/Requests\/sec/ {r=$2} /Non-2xx/ {n=$NF} END {printf "%s req/s, %s non-2xx", r, (n == "" ? 0 : n)}' "$W/flood.out")"
+    if [ "$c" = hogs ]; then
+      HOGS=""
+      for _ in $(seq 1 "$(nproc)"); do yes > /dev/null & HOGS="$HOGS $!"; done
+      read -r l50 l99 lrps lfail < <(quiet)
+      kill $HOGS
+      noisy="(no flood: $(nproc) CPU hogs outside the node)"
+    else
+      case $c in cheap) target=hello ;; cpu) target=spin ;; esac
+      wrk -t1 -c"$FLOOD" -d"$(( ${DUR%s} + 2 ))s" "http://127.0.0.1:$PORT/fn/noisy/$target/" > "$W/flood.out" 2>&1 &
+      FLOODER=$!
+      sleep 1   # let the flood ramp up before measuring
+      read -r l50 l99 lrps lfail < <(quiet)
+      wait $FLOODER || true
+      noisy="$(awk '/Requests\/sec/ {r=$2} /Non-2xx/ {n=$NF} END {printf "%s req/s, %s non-2xx", r, (n == "" ? 0 : n)}' "$W/flood.out")"
+    fi
     printf "%-8s %-10s %10s %10s %10s %8s   %s\n" "$c" flooded "$l50" "$l99" "$lrps" "$lfail" "$noisy"
     ratio=$(awk -v a="$l99" -v b="$u99" 'BEGIN {printf "%.2f", a/b}')
     printf "%-8s p99 flooded/unloaded = %sx\n" "$c" "$ratio"
