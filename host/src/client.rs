@@ -37,6 +37,12 @@ impl AdminClient {
         })
     }
 
+    /// Sends a request without a body to `/admin/v1/{path}`; see [`AdminClient::call`].
+    pub async fn send(&self, method: Method, path: &str) -> anyhow::Result<Value> {
+        self.call(method, path, Bytes::new(), "application/json")
+            .await
+    }
+
     /// Sends a request to `/admin/v1/{path}` and returns the JSON answer, or the node's error
     /// message as the error.
     pub async fn call(

@@ -195,7 +195,34 @@ fn tenants_see_and_change_only_their_own_work() {
     let key = cli_ok(&out, "key create").trim().to_string();
     assert!(key.starts_with("tlk_cli-made_"), "{key}");
     let out = node.cli(&["key", "list", "--token", &token]);
-    assert!(cli_ok(&out, "key list").contains(key.split('_').nth(2).unwrap()));
+    let key_id = key.split('_').nth(2).unwrap();
+    assert!(cli_ok(&out, "key list").contains(key_id));
+    let out = node.cli(&["key", "rm", key_id, "--token", &token]);
+    cli_ok(&out, "key rm");
+    let out = node.cli(&["key", "list", "--token", &token]);
+    assert!(!cli_ok(&out, "key list").contains(key_id));
+    // The rest of the operator's commands, through the CLI.
+    let out = node.cli(&["tenant", "token", "rotate", "cli-made", "--token", &op]);
+    let rotated = cli_ok(&out, "tenant token rotate").trim().to_string();
+    assert!(rotated.starts_with("tlt_cli-made_") && rotated != token);
+    assert_eq!(node.send(as_(&token, "GET", "/admin/v1/functions")).status, 401);
+    assert_eq!(node.send(as_(&rotated, "GET", "/admin/v1/functions")).status, 200);
+    let out = node.cli(&[
+        "tenant",
+        "update",
+        "cli-made",
+        "--max-functions",
+        "5",
+        "--token",
+        &op,
+    ]);
+    cli_ok(&out, "tenant update");
+    let out = node.cli(&["tenant", "rm", "cli-made", "--token", &op]);
+    cli_ok(&out, "tenant rm");
+    assert_eq!(node.send(as_(&rotated, "GET", "/admin/v1/functions")).status, 401);
+    let out = node.cli(&["audit", "--token", &op]);
+    let audit = cli_ok(&out, "audit");
+    assert!(audit.contains("DELETE /admin/v1/tenants/cli-made"), "{audit}");
 }
 
 #[test]

@@ -191,12 +191,7 @@ impl Cli {
                 Command::Delete(a) => {
                     let client = a.node.client()?;
                     client
-                        .call(
-                            Method::DELETE,
-                            &format!("functions/{}", encode(&a.name)),
-                            Bytes::new(),
-                            "application/json",
-                        )
+                        .send(Method::DELETE, &format!("functions/{}", encode(&a.name)))
                         .await?;
                     println!("deleted {}", a.name);
                     Ok(())
@@ -387,10 +382,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
 }
 
 async fn list(node: NodeArgs) -> anyhow::Result<()> {
-    let v = node
-        .client()?
-        .call(Method::GET, "functions", Bytes::new(), "application/json")
-        .await?;
+    let v = node.client()?.send(Method::GET, "functions").await?;
     print_records(&v["functions"]);
     Ok(())
 }
@@ -411,11 +403,7 @@ fn print_records(records: &Value) {
 
 async fn versions(a: NameArgs) -> anyhow::Result<()> {
     let path = format!("functions/{}/versions", encode(&a.name));
-    let v = a
-        .node
-        .client()?
-        .call(Method::GET, &path, Bytes::new(), "application/json")
-        .await?;
+    let v = a.node.client()?.send(Method::GET, &path).await?;
     print_versions(&v);
     Ok(())
 }
@@ -455,11 +443,7 @@ async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
 
 async fn logs(a: NameArgs) -> anyhow::Result<()> {
     let path = format!("functions/{}/logs", encode(&a.name));
-    let v = a
-        .node
-        .client()?
-        .call(Method::GET, &path, Bytes::new(), "application/json")
-        .await?;
+    let v = a.node.client()?.send(Method::GET, &path).await?;
     for l in v["lines"].as_array().into_iter().flatten() {
         println!(
             "{} {} {} {}",
@@ -496,19 +480,12 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
             println!("{}", s(&v["version"]));
         }
         ModelCommand::List(node) => {
-            let v = node
-                .client()?
-                .call(Method::GET, "models", Bytes::new(), "application/json")
-                .await?;
+            let v = node.client()?.send(Method::GET, "models").await?;
             print_records(&v["models"]);
         }
         ModelCommand::Versions(a) => {
             let path = format!("models/{}/versions", encode(&a.name));
-            let v = a
-                .node
-                .client()?
-                .call(Method::GET, &path, Bytes::new(), "application/json")
-                .await?;
+            let v = a.node.client()?.send(Method::GET, &path).await?;
             print_versions(&v);
             for (kind, key) in [("input", "inputs"), ("output", "outputs")] {
                 for io in v[key].as_array().into_iter().flatten() {
@@ -523,10 +500,7 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::Rm(a) => {
             let path = format!("models/{}", encode(&a.name));
-            a.node
-                .client()?
-                .call(Method::DELETE, &path, Bytes::new(), "application/json")
-                .await?;
+            a.node.client()?.send(Method::DELETE, &path).await?;
             println!("removed model {}", a.name);
         }
     }

@@ -180,10 +180,7 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
             println!("{}", v["token"].as_str().unwrap_or(""));
         }
         TenantCommand::List(node) => {
-            let v = node
-                .client()?
-                .call(Method::GET, "tenants", Bytes::new(), "application/json")
-                .await?;
+            let v = node.client()?.send(Method::GET, "tenants").await?;
             for t in v["tenants"].as_array().into_iter().flatten() {
                 print_tenant(t);
             }
@@ -205,12 +202,7 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
             let v = a
                 .node
                 .client()?
-                .call(
-                    Method::DELETE,
-                    &format!("tenants/{}", encode(&a.name)),
-                    Bytes::new(),
-                    "application/json",
-                )
+                .send(Method::DELETE, &format!("tenants/{}", encode(&a.name)))
                 .await?;
             println!(
                 "removed tenant {} (functions {}, models {})",
@@ -221,12 +213,7 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
             let v = a
                 .node
                 .client()?
-                .call(
-                    Method::POST,
-                    &format!("tenants/{}/token", encode(&a.name)),
-                    Bytes::new(),
-                    "application/json",
-                )
+                .send(Method::POST, &format!("tenants/{}/token", encode(&a.name)))
                 .await?;
             eprintln!(
                 "new token for tenant {} (the old one no longer works), printed only this once:",
@@ -241,10 +228,7 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
 pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create(node) => {
-            let v = node
-                .client()?
-                .call(Method::POST, "keys", Bytes::new(), "application/json")
-                .await?;
+            let v = node.client()?.send(Method::POST, "keys").await?;
             eprintln!(
                 "invoke key {} (send it as `Authorization: Bearer KEY`), printed only this once:",
                 v["id"].as_str().unwrap_or("")
@@ -252,10 +236,7 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
             println!("{}", v["key"].as_str().unwrap_or(""));
         }
         KeyCommand::List(node) => {
-            let v = node
-                .client()?
-                .call(Method::GET, "keys", Bytes::new(), "application/json")
-                .await?;
+            let v = node.client()?.send(Method::GET, "keys").await?;
             for k in v["keys"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {}",
@@ -267,12 +248,7 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
         KeyCommand::Rm(a) => {
             a.node
                 .client()?
-                .call(
-                    Method::DELETE,
-                    &format!("keys/{}", encode(&a.id)),
-                    Bytes::new(),
-                    "application/json",
-                )
+                .send(Method::DELETE, &format!("keys/{}", encode(&a.id)))
                 .await?;
             println!("revoked key {}", a.id);
         }
@@ -284,12 +260,7 @@ pub async fn audit(a: AuditArgs) -> anyhow::Result<()> {
     let v = a
         .node
         .client()?
-        .call(
-            Method::GET,
-            &format!("audit?limit={}", a.limit),
-            Bytes::new(),
-            "application/json",
-        )
+        .send(Method::GET, &format!("audit?limit={}", a.limit))
         .await?;
     for r in v["records"].as_array().into_iter().flatten() {
         println!(
