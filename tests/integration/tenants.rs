@@ -205,8 +205,15 @@ fn tenants_see_and_change_only_their_own_work() {
     let out = node.cli(&["tenant", "token", "rotate", "cli-made", "--token", &op]);
     let rotated = cli_ok(&out, "tenant token rotate").trim().to_string();
     assert!(rotated.starts_with("tlt_cli-made_") && rotated != token);
-    assert_eq!(node.send(as_(&token, "GET", "/admin/v1/functions")).status, 401);
-    assert_eq!(node.send(as_(&rotated, "GET", "/admin/v1/functions")).status, 200);
+    assert_eq!(
+        node.send(as_(&token, "GET", "/admin/v1/functions")).status,
+        401
+    );
+    assert_eq!(
+        node.send(as_(&rotated, "GET", "/admin/v1/functions"))
+            .status,
+        200
+    );
     let out = node.cli(&[
         "tenant",
         "update",
@@ -219,10 +226,17 @@ fn tenants_see_and_change_only_their_own_work() {
     cli_ok(&out, "tenant update");
     let out = node.cli(&["tenant", "rm", "cli-made", "--token", &op]);
     cli_ok(&out, "tenant rm");
-    assert_eq!(node.send(as_(&rotated, "GET", "/admin/v1/functions")).status, 401);
+    assert_eq!(
+        node.send(as_(&rotated, "GET", "/admin/v1/functions"))
+            .status,
+        401
+    );
     let out = node.cli(&["audit", "--token", &op]);
     let audit = cli_ok(&out, "audit");
-    assert!(audit.contains("DELETE /admin/v1/tenants/cli-made"), "{audit}");
+    assert!(
+        audit.contains("DELETE /admin/v1/tenants/cli-made"),
+        "{audit}"
+    );
 }
 
 #[test]
