@@ -41,6 +41,9 @@ pub struct Config {
     pub guest_model_load: Option<u64>,
     /// What happens to a GPU model on a node whose ONNX Runtime has no CUDA provider.
     pub gpu_fallback: crate::nn::onnx::GpuFallback,
+    /// Host memory the wasi:nn tensors of one request may hold; `None` = the function's memory
+    /// limit.
+    pub max_tensor_bytes_per_request: Option<u64>,
     /// Limits a deploy gets when it does not name them.
     pub defaults: FunctionLimits,
     /// Upper bounds for any deploy's limits.
@@ -149,6 +152,7 @@ struct FileConfig {
     guest_model_load: Option<bool>,
     gpu_fallback: Option<String>,
     max_guest_model_size: Option<String>,
+    max_tensor_bytes_per_request: Option<String>,
     #[serde(default)]
     defaults: FileDefaults,
     #[serde(default)]
@@ -286,6 +290,12 @@ impl Config {
                 ),
                 _ => None,
             },
+            max_tensor_bytes_per_request: f
+                .max_tensor_bytes_per_request
+                .as_deref()
+                .map(parse_size)
+                .transpose()
+                .context("max_tensor_bytes_per_request")?,
             defaults,
             ceilings,
             tenants: f.tenants.unwrap_or(false),

@@ -150,6 +150,23 @@ impl ApiError {
         )
     }
 
+    /// Why a model could not be loaded, with the status that fits: the model's fault (400), a
+    /// GPU this node does not have (503), or the node's own failure (500).
+    pub fn model_load(name: &str, e: crate::nn::onnx::LoadError) -> Self {
+        use crate::nn::onnx::LoadError;
+        match e {
+            LoadError::Invalid(reason) => Self::invalid_model(name, reason),
+            LoadError::GpuUnavailable(reason) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gpu_unavailable",
+                format!("model `{name}` cannot run here: {reason}"),
+            ),
+            LoadError::Internal(reason) => {
+                Self::internal(format!("model `{name}` could not be loaded: {reason}"))
+            }
+        }
+    }
+
     /// 503: this node has no ONNX Runtime.
     pub fn onnx_unavailable() -> Self {
         Self::new(

@@ -199,7 +199,7 @@ proptest! {
             Arc::new(ModelMetrics::default()),
         );
         let inputs: Vec<(String, Tensor)> = inputs;
-        if model.check_inputs(&inputs).is_ok() {
+        if model.check_inputs(inputs.clone()).is_ok() {
             // Every declared input given once, of its type, rank and fixed dimensions, whole.
             for s in &slots {
                 let given: Vec<&Tensor> = inputs.iter().filter(|(n, _)| *n == s.name).map(|(_, t)| t).collect();

@@ -11,10 +11,11 @@
 //! so a crash at any moment leaves either the old file or the new one, never a torn one. A deploy
 //! is acknowledged only after its blob and the new `meta.json` are durable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
@@ -243,6 +244,27 @@ pub fn digest(bytes: &[u8]) -> String {
 pub struct Store {
     root: PathBuf,
     tmp_counter: AtomicU64,
+    /// Digests of blobs being written ahead of the commit that will refer to them (outside the
+    /// admin lock): garbage collection keeps them. Counted, as two uploads may share bytes.
+    pending: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// Keeps a blob out of garbage collection until dropped; see [`Store::hold`].
+pub struct BlobHold {
+    store: Arc<Store>,
+    digest: String,
+}
+
+impl Drop for BlobHold {
+    fn drop(&mut self) {
+        let mut pending = self.store.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pending.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.digest);
+            }
+        }
+    }
 }
 
 impl Store {
@@ -258,6 +280,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
+            pending: Default::default(),
         })
     }
 
@@ -324,7 +347,25 @@ impl Store {
     }
 
     /// Deletes blobs and compiled code no retained version refers to.
+    /// Keeps the blob `digest` (written, or about to be) from garbage collection until the
+    /// hold is dropped: a blob is stored before the commit that refers to it, outside the admin
+    /// lock, and a collection in between must not take it.
+    pub fn hold(self: &Arc<Self>, digest: &str) -> BlobHold {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending.entry(digest.to_string()).or_default() += 1;
+        BlobHold {
+            store: Arc::clone(self),
+            digest: digest.to_string(),
+        }
+    }
+
     pub fn collect_garbage(&self, referenced: &HashSet<&str>) {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let referenced: HashSet<&str> = referenced
+            .iter()
+            .copied()
+            .chain(pending.keys().map(String::as_str))
+            .collect();
         let remove_unreferenced = |dir: PathBuf, strip: &str| {
             let Ok(entries) = fs::read_dir(&dir) else {
                 return;

@@ -223,3 +223,62 @@ fn guests_cannot_hoard_resources_or_reach_outside() {
     assert_healthy(&node);
     assert_eq!(std::fs::read(dir.data().join("meta.json")).unwrap(), meta);
 }
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib << 10
+}
+
+/// wasi:nn tensors are copied into host memory, outside the guest's memory limit: a request may
+/// hold at most its tensor budget (by default the function's memory limit) of them. A 64 MiB
+/// guest asking the host to keep 2 GiB of tensors alive traps at the budget; the node's memory
+/// stays bounded and it keeps serving.
+#[test]
+fn tensors_cannot_hold_host_memory_past_the_request_budget() {
+    let dir = TestDir::new();
+    let node = node_with_hello(&dir);
+    node.deploy_ok("nn", "nn-probe", "memory=64MiB&timeout=20s");
+    let before = peak_rss(node.pid());
+    // 128 tensors of 16 MiB: 2 GiB on the host without a budget.
+    let r = node.get("/fn/nn/hoard/128/16");
+    let e = assert_error(&r, 500, "guest_trap");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_tensor_bytes_per_request"),
+        "{message}"
+    );
+    assert!(message.contains(&(64u64 << 20).to_string()), "{message}");
+    assert_healthy(&node);
+    // Under the budget the same guest is fine.
+    assert_eq!(node.get("/fn/nn/hoard/3/16").text(), "made 3");
+    let grown = peak_rss(node.pid()).saturating_sub(before);
+    assert!(
+        grown < 512 << 20,
+        "the node's peak memory grew by {} MiB",
+        grown >> 20
+    );
+
+    // The node setting changes the budget for every function.
+    let dir = TestDir::new();
+    let node = Node::start(
+        &dir.data(),
+        Some("max_tensor_bytes_per_request = \"8MiB\"\n"),
+    );
+    node.deploy_ok("nn", "nn-probe", "memory=64MiB");
+    assert_eq!(node.get("/fn/nn/hoard/1/8").text(), "made 1");
+    let r = node.get("/fn/nn/hoard/2/8");
+    let e = assert_error(&r, 500, "guest_trap");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&(8u64 << 20).to_string()),
+        "{e}"
+    );
+}

@@ -3,6 +3,7 @@
 //! every tensor type, deadlines, and a node without ONNX Runtime.
 
 use std::thread;
+use std::time::Instant;
 
 use crate::support::*;
 
@@ -183,6 +184,26 @@ fn onnx_runtime_memory_is_capped() {
     assert_eq!(r.status, 400, "{r}");
     assert!(r.text().starts_with("runtime-error"), "{r}");
     assert_eq!(node.get("/fn/nn/grow/100/100").text(), "grew 100 100");
+}
+
+/// Outputs count against the request's tensor budget too: past it, `compute` fails with
+/// `too-large` (an error value the guest can handle), and the node carries on.
+#[test]
+fn compute_outputs_past_the_tensor_budget_are_too_large() {
+    if !nn_available() {
+        return;
+    }
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some("max_tensor_bytes_per_request = \"1MiB\""));
+    add_models(&node, &[("grow", "grow.onnx")]);
+    node.deploy_ok("nn", "nn-probe", "model=grow");
+    assert_eq!(node.get("/fn/nn/grow/256/256").text(), "grew 256 256");
+    // 1024 x 1024 f32 = 4 MiB of output.
+    let r = node.get("/fn/nn/grow/1024/1024");
+    assert_eq!(r.status, 400, "{r}");
+    assert!(r.text().starts_with("too-large"), "{r}");
+    assert!(r.text().contains("max_tensor_bytes_per_request"), "{r}");
+    assert_eq!(node.get("/fn/nn/grow/256/256").text(), "grew 256 256");
 }
 
 #[test]
@@ -429,10 +450,11 @@ fn gpu_models_follow_the_node_fallback_policy() {
             .body(bytes.clone())
             .send(node.addr())
     };
-    // The CPU build of ONNX Runtime has no CUDA provider. By default that is an error that says so.
+    // The CPU build of ONNX Runtime has no CUDA provider. By default that is an error that says so:
+    // the model is fine, this node cannot run it (503, as for a node without ONNX Runtime).
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
-    let refused = assert_error(&add_gpu(&node), 400, "invalid_model");
+    let refused = assert_error(&add_gpu(&node), 503, "gpu_unavailable");
     assert!(
         refused["error"]["message"]
             .as_str()
@@ -464,4 +486,59 @@ fn gpu_models_follow_the_node_fallback_policy() {
             .contains("running the model on the CPU")
             .then_some(())
     });
+}
+
+/// Making a model version live again builds its sessions anew (they were dropped when another
+/// version went live). That work runs off the serving threads and outside the admin lock: a
+/// function keeps answering all the while.
+#[test]
+fn functions_keep_answering_while_a_model_is_made_live() {
+    if !nn_available() {
+        return;
+    }
+    let Some(big) = real_model("minilm-int8.onnx") else {
+        return;
+    };
+    let dir = TestDir::new();
+    // Many sessions per model: building them takes a while.
+    let node = Node::start(&dir.data(), Some("model_sessions = 12"));
+    node.deploy_ok("hello", "hello-plain", "");
+    add_model_file(&node, "big", &big);
+    add_models(&node, &[("big", "add_f32.onnx")]);
+    let addr = node.addr();
+    let started = Instant::now();
+    let op = thread::spawn(move || {
+        let bytes = std::fs::read(big).unwrap();
+        let r = Request::new("POST", "/admin/v1/models/big/versions")
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send(addr);
+        (r, Instant::now())
+    });
+    let mut answers = vec![started];
+    while !op.is_finished() {
+        let r = node.get("/fn/hello");
+        assert_eq!(r.status, 200, "{r}");
+        answers.push(Instant::now());
+    }
+    let (r, finished) = op.join().unwrap();
+    assert_eq!(r.status, 200, "the version existed: {r}");
+    assert_eq!(r.json()["live"], true, "{r}");
+    let took = finished - started;
+    // On a serving thread the build held back every request that reached that thread until it
+    // was done; now no gap between answers comes near the operation's length.
+    let longest = answers
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "{} answers during a {took:?} model operation, longest gap {longest:?}",
+        answers.len() - 1
+    );
+    assert!(
+        answers.len() > 10 && longest < took / 2,
+        "{} answers during a {took:?} model operation, longest gap {longest:?}",
+        answers.len() - 1
+    );
 }

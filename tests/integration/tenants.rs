@@ -372,6 +372,36 @@ fn tenant_quotas_give_clear_errors() {
     assert_eq!(listed["tenants"][0]["usage"]["functions"], 3, "{listed}");
 }
 
+/// A tenant's limiters survive changes to its record: creating keys between calls does not
+/// refill its rate bucket (it used to rebuild the limiters with every record change).
+#[test]
+fn record_changes_do_not_reset_a_tenants_limits() {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let t = create_tenant(&node, &op, "eager", json!({"requests_per_second": 1}));
+    assert_eq!(deploy_as(&node, &t, "hello", "hello-plain", "").status, 201);
+    let started = Instant::now();
+    let mut served = 0;
+    for _ in 0..8 {
+        let key = new_key(&node, &t);
+        let r = node.send(as_(&key, "GET", "/fn/eager/hello"));
+        match r.status {
+            200 => served += 1,
+            _ => {
+                assert_error(&r, 429, "rate_limited");
+            }
+        }
+    }
+    // One token at the start plus one a second since.
+    let allowed = 1 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        served <= allowed,
+        "{served} calls got through in {:?} at 1 request/s",
+        started.elapsed()
+    );
+}
+
 /// A client that keeps sending past its refusals (ignoring `Retry-After`) gets its first hundred
 /// refusals at once; past that the node reads nothing more from its connection until the
 /// `Retry-After` it was told, so a flood of refusals cannot take the node's CPU.

@@ -9,7 +9,8 @@ use super::bindings::wasi::nn::errors::{self, ErrorCode};
 use super::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use super::bindings::wasi::nn::inference;
 use super::bindings::wasi::nn::tensor::{self, TensorType};
-use super::onnx::{Model, ModelOptions};
+use super::checked::Named;
+use super::onnx::{LoadError, Model, ModelOptions};
 use super::tensor::Tensor;
 use super::{ExecutionContext, Failure, GraphHandle, NnView};
 
@@ -40,7 +41,8 @@ impl tensor::HostTensor for NnView<'_> {
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
         // Sizes are checked when the tensor is used, where a mismatch can be reported as an
-        // error value; a constructor can only trap.
+        // error value; a constructor can only trap, as it does past the tensor budget.
+        self.ctx.budget.charge(data.len() as u64)?;
         Ok(self.table.push(Tensor {
             dims: dimensions,
             ty,
@@ -61,7 +63,8 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn drop(&mut self, t: Resource<Tensor>) -> wasmtime::Result<()> {
-        self.table.delete(t)?;
+        let t = self.table.delete(t)?;
+        self.ctx.budget.release(t.data.len() as u64);
         Ok(())
     }
 }
@@ -137,12 +140,15 @@ impl graph::Host for NnView<'_> {
         let built = tokio::task::spawn_blocking(move || {
             let name = "(guest bytes)";
             let sessions = onnx.sessions(name, &bytes, 1, ModelOptions::default(), &metrics)?;
-            Ok::<_, String>(Model::new(name, Arc::new(sessions), metrics))
+            Ok::<_, LoadError>(Model::new(name, Arc::new(sessions), metrics))
         })
         .await;
         match built {
             Ok(Ok(model)) => Ok(Ok(self.table.push(Arc::new(model))?)),
-            Ok(Err(reason)) => self.fail(Failure::new(ErrorCode::InvalidEncoding, reason)),
+            Ok(Err(LoadError::Invalid(reason))) => {
+                self.fail(Failure::new(ErrorCode::InvalidEncoding, reason))
+            }
+            Ok(Err(other)) => self.fail(Failure::new(ErrorCode::RuntimeError, other.to_string())),
             Err(e) => self.fail(Failure::new(
                 ErrorCode::RuntimeError,
                 format!("model load task failed: {e}"),
@@ -201,17 +207,9 @@ impl graph::HostGraph for NnView<'_> {
 
 impl inference::Host for NnView<'_> {}
 
-impl inference::HostGraphExecutionContext for NnView<'_> {
-    async fn compute(
-        &mut self,
-        ctx: Resource<ExecutionContext>,
-        inputs: Vec<(String, Resource<Tensor>)>,
-    ) -> GuestResult<Vec<(String, Resource<Tensor>)>> {
-        let model = Arc::clone(&self.table.get(&ctx)?.model);
-        let mut tensors = Vec::with_capacity(inputs.len());
-        for (name, t) in inputs {
-            tensors.push((name, self.table.get(&t)?.clone()));
-        }
+impl NnView<'_> {
+    /// Runs `model` once its tenant's inference quota lets it, bounded by the deadline.
+    async fn infer(&mut self, model: &Arc<Model>, inputs: Named) -> Result<Named, Failure> {
         // The tenant's inference quota: wait for a permit, bounded by the deadline like the rest.
         let _permit = match &self.ctx.inferences {
             Some(quota) => {
@@ -225,7 +223,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 match acquired {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
-                        return self.fail(Failure::new(
+                        return Err(Failure::new(
                             ErrorCode::Timeout,
                             "the tenant's max_inferences quota kept this compute waiting until the deadline",
                         ));
@@ -234,16 +232,45 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             }
             None => None,
         };
-        match model.run(tensors, self.ctx.deadline).await {
-            Ok(outputs) => {
-                let mut result = Vec::with_capacity(outputs.len());
-                for (name, t) in outputs {
-                    result.push((name, self.table.push(t)?));
-                }
-                Ok(Ok(result))
-            }
-            Err(f) => self.fail(f),
+        model.run(inputs, self.ctx.deadline).await
+    }
+}
+
+impl inference::HostGraphExecutionContext for NnView<'_> {
+    async fn compute(
+        &mut self,
+        ctx: Resource<ExecutionContext>,
+        inputs: Vec<(String, Resource<Tensor>)>,
+    ) -> GuestResult<Vec<(String, Resource<Tensor>)>> {
+        let model = Arc::clone(&self.table.get(&ctx)?.model);
+        // The guest hands its input tensors over (owned handles): they move out of the table
+        // into the inference, without a copy, and keep their charge on the budget until the
+        // inference is over.
+        let mut tensors = Vec::with_capacity(inputs.len());
+        let mut input_bytes = 0u64;
+        for (name, t) in inputs {
+            let t = self.table.delete(t)?;
+            input_bytes += t.data.len() as u64;
+            tensors.push((name, t));
         }
+        let outputs = self.infer(&model, tensors).await;
+        self.ctx.budget.release(input_bytes);
+        let outputs = match outputs {
+            Ok(outputs) => outputs,
+            Err(f) => return self.fail(f),
+        };
+        let output_bytes: u64 = outputs.iter().map(|(_, t)| t.data.len() as u64).sum();
+        if let Err(e) = self.ctx.budget.charge(output_bytes) {
+            return self.fail(Failure::new(
+                ErrorCode::TooLarge,
+                format!("the outputs of model `{}`: {e}", model.name()),
+            ));
+        }
+        let mut result = Vec::with_capacity(outputs.len());
+        for (name, t) in outputs {
+            result.push((name, self.table.push(t)?));
+        }
+        Ok(Ok(result))
     }
 
     fn drop(&mut self, ctx: Resource<ExecutionContext>) -> wasmtime::Result<()> {

@@ -7,6 +7,7 @@
 //! and inference runs on the blocking pool, bounded by the request's deadline.
 
 pub mod bindings;
+pub mod checked;
 mod host;
 pub mod onnx;
 mod queue;
@@ -87,13 +88,63 @@ pub struct NnNode {
 }
 
 /// Per-request wasi:nn state: which models this function may load (by key: `{tenant}/{name}`
-/// or a shared name; guests use the name), its deadline, and its tenant's inference permits.
+/// or a shared name; guests use the name), its deadline, its tenant's inference permits and its
+/// tensor budget.
 pub struct NnCtx {
     node: Arc<NnNode>,
     allowed: Arc<[String]>,
     function: Arc<str>,
     deadline: Instant,
     inferences: Option<InferenceQuota>,
+    budget: TensorBudget,
+}
+
+/// Host memory the wasi:nn tensors of one request may hold. A tensor's bytes are copied out of
+/// the guest into host memory, where the guest's memory limit does not reach: without a budget a
+/// guest capped at 64 MiB could keep thousands of large tensors alive on the host. Charged when
+/// a tensor is created (by the guest or as a `compute` output), released when it is dropped.
+#[derive(Debug)]
+pub struct TensorBudget {
+    limit: u64,
+    held: u64,
+}
+
+/// The trap of a tensor constructor past the budget (the WIT gives it no error value).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "wasi:nn tensors would hold {wanted} bytes on the host, over this request's tensor budget of {limit} bytes \
+     (max_tensor_bytes_per_request; by default the function's memory limit): drop tensors you no longer need"
+)]
+pub struct TensorBudgetExceeded {
+    /// What the request's tensors would hold with the new one.
+    pub wanted: u64,
+    /// The budget.
+    pub limit: u64,
+}
+
+impl TensorBudget {
+    /// A budget of `limit` bytes, nothing held.
+    pub fn new(limit: u64) -> Self {
+        Self { limit, held: 0 }
+    }
+
+    /// Takes `bytes` from the budget, or says by how much it would be exceeded.
+    pub fn charge(&mut self, bytes: u64) -> Result<(), TensorBudgetExceeded> {
+        let wanted = self.held.saturating_add(bytes);
+        if wanted > self.limit {
+            return Err(TensorBudgetExceeded {
+                wanted,
+                limit: self.limit,
+            });
+        }
+        self.held = wanted;
+        Ok(())
+    }
+
+    /// Gives `bytes` back.
+    pub fn release(&mut self, bytes: u64) {
+        self.held = self.held.saturating_sub(bytes);
+    }
 }
 
 /// A tenant's share of inference: its `max_inferences` permits, and its metrics (computes
@@ -114,6 +165,7 @@ impl NnCtx {
         function: Arc<str>,
         deadline: Instant,
         inferences: Option<InferenceQuota>,
+        tensor_budget: u64,
     ) -> Self {
         Self {
             node,
@@ -121,6 +173,7 @@ impl NnCtx {
             function,
             deadline,
             inferences,
+            budget: TensorBudget::new(tensor_budget),
         }
     }
 }
@@ -151,4 +204,22 @@ pub fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> NnView<'_>,
 ) -> wasmtime::Result<()> {
     bindings::Ml::add_to_linker::<T, WasiNn>(linker, get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tensor_budget_is_charged_and_released() {
+        let mut b = TensorBudget::new(100);
+        b.charge(60).unwrap();
+        let e = b.charge(41).unwrap_err();
+        assert_eq!((e.wanted, e.limit), (101, 100));
+        assert!(e.to_string().contains("max_tensor_bytes_per_request"));
+        b.charge(40).unwrap();
+        b.release(60);
+        b.charge(60).unwrap();
+        assert!(b.charge(u64::MAX).is_err());
+    }
 }

@@ -15,13 +15,14 @@ use std::time::Instant;
 
 use ort::environment::Environment;
 use ort::ep::{CUDA, ExecutionProvider};
-use ort::memory::Allocator;
-use ort::session::Session;
-use ort::value::{DynTensor, DynTensorValueType, DynValue, ValueType};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{Session, SessionOutputs};
+use ort::value::{DynTensorValueType, ValueType};
 
 use super::bindings::wasi::nn::errors::ErrorCode;
 use super::bindings::wasi::nn::tensor::TensorType;
-use super::queue::{self, Job, Named, Queue};
+use super::checked::{self, CheckedInputs, Named};
+use super::queue::{self, Job, Queue};
 use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
 use super::{Failure, NnResult};
 use crate::metrics::ModelMetrics;
@@ -68,6 +69,25 @@ pub enum GpuFallback {
     Cpu,
 }
 
+/// Why a model could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a model this node can serve: not ONNX, a bomb, not batchable as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// The model asks for the GPU and this node cannot give it one.
+    #[error("{0}")]
+    GpuUnavailable(String),
+    /// The node itself failed (ONNX Runtime could not set up a session, a thread did not start).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// ONNX Runtime failed to set up a session: the node's fault, not the model's.
+fn internal(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Internal(format!("ONNX Runtime: {e}"))
+}
+
 /// ONNX Runtime, loaded from a shared library at start-up.
 pub struct Onnx {
     env: Environment,
@@ -100,15 +120,15 @@ impl Onnx {
         sessions: usize,
         options: ModelOptions,
         metrics: &ModelMetrics,
-    ) -> Result<Sessions, String> {
+    ) -> Result<Sessions, LoadError> {
         let cuda = match options.target {
             Target::Cpu => false,
             Target::Gpu if CUDA::is_available().unwrap_or(false) => true,
             Target::Gpu => match self.gpu_fallback {
                 GpuFallback::Error => {
-                    return Err("it asks for the GPU, but this node's ONNX Runtime has no CUDA execution provider \
+                    return Err(LoadError::GpuUnavailable("it asks for the GPU, but this node's ONNX Runtime has no CUDA execution provider \
                          (use the onnxruntime-gpu library, add it with --target cpu, or set gpu_fallback = \"cpu\")"
-                        .into());
+                        .into()));
                 }
                 GpuFallback::Cpu => {
                     tracing::warn!(
@@ -124,23 +144,27 @@ impl Onnx {
         };
         let mut pool = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
-            let mut builder = Session::builder(&self.env).map_err(|e| e.to_string())?;
+            let mut builder = Session::builder(&self.env).map_err(internal)?;
             if cuda {
                 builder = builder
                     .with_execution_providers([CUDA::default().build().error_on_failure()])
-                    .map_err(|e| format!("the CUDA execution provider failed: {e}"))?;
+                    .map_err(|e| {
+                        LoadError::GpuUnavailable(format!(
+                            "the CUDA execution provider failed: {e}"
+                        ))
+                    })?;
             }
             let session = builder
                 .with_env_allocators()
-                .map_err(|e| e.to_string())?
+                .map_err(internal)?
                 // One intra-op thread, no spinning: on a shared node more threads per session
                 // made latency worse, and concurrency comes from the session pool instead.
                 .with_intra_threads(1)
-                .map_err(|e| e.to_string())?
+                .map_err(internal)?
                 .with_intra_op_spinning(false)
-                .map_err(|e| e.to_string())?
+                .map_err(internal)?
                 .commit_from_memory(bytes)
-                .map_err(|e| format!("not a usable ONNX model: {e}"))?;
+                .map_err(|e| LoadError::Invalid(format!("not a usable ONNX model: {e}")))?;
             pool.push(session);
         }
         let first = &pool[0];
@@ -168,41 +192,49 @@ impl Onnx {
             .chain(&outputs)
             .find(|s| declared_too_large(s))
         {
-            return Err(format!(
+            return Err(LoadError::Invalid(format!(
                 "`{}` is declared as {:?} {}, larger than the node's tensor limit of {} MiB",
                 s.name,
                 s.dims,
                 s.ty.map(tensor::type_name).unwrap_or("elements"),
                 MAX_TENSOR_BYTES >> 20
-            ));
+            )));
         }
         let unbatchable = inputs
             .iter()
             .chain(&outputs)
             .find(|s| s.dims.first() != Some(&-1));
         if let (true, Some(s)) = (options.max_batch > 1, unbatchable) {
-            return Err(format!(
+            return Err(LoadError::Invalid(format!(
                 "it cannot be batched: `{}` has dimensions {:?}, and batching needs a dynamic first \
                  dimension on every input and output (add it without --max-batch)",
                 s.name, s.dims
-            ));
+            )));
         }
-        let queue = Arc::new(Queue::default());
-        for (i, session) in pool.into_iter().enumerate() {
-            let queue = Arc::clone(&queue);
-            let max_batch = options.max_batch.clamp(1, MAX_BATCH);
-            let started = std::thread::Builder::new()
-                .name(format!("tensorlet-nn-{i}"))
-                .spawn(move || queue::serve(session, &queue, max_batch, run_session));
-            if let Err(e) = started {
-                return Err(format!("cannot start an inference thread: {e}"));
-            }
-        }
-        Ok(Sessions {
+        // The threads start after `Sessions` exists: if one fails to start, dropping `Sessions`
+        // closes the queue and the threads already started end instead of waiting forever.
+        let loaded = Sessions {
             inputs,
             outputs,
-            queue,
-        })
+            queue: Arc::new(Queue::default()),
+        };
+        let max_batch = options.max_batch.clamp(1, MAX_BATCH);
+        for (i, mut session) in pool.into_iter().enumerate() {
+            let queue = Arc::clone(&loaded.queue);
+            let started = std::thread::Builder::new()
+                .name(format!("tensorlet-nn-{i}"))
+                .spawn(move || {
+                    queue::serve(&queue, max_batch, |inputs| {
+                        run_session(&mut session, cuda, inputs)
+                    })
+                });
+            if let Err(e) = started {
+                return Err(LoadError::Internal(format!(
+                    "cannot start an inference thread: {e}"
+                )));
+            }
+        }
+        Ok(loaded)
     }
 }
 
@@ -339,66 +371,9 @@ impl Model {
         &self.sessions.inputs
     }
 
-    /// Checks named inputs against the model's declared inputs: every input given exactly once,
-    /// element types equal, ranks equal, fixed dimensions equal, sizes consistent.
-    pub fn check_inputs(&self, inputs: &[(String, Tensor)]) -> NnResult<()> {
-        let invalid = |m: String| Failure::new(ErrorCode::InvalidArgument, m);
-        let expected: Vec<&str> = self.inputs().iter().map(|s| s.name.as_str()).collect();
-        for (i, (name, t)) in inputs.iter().enumerate() {
-            let slot = self
-                .inputs()
-                .iter()
-                .find(|s| &s.name == name)
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "model `{}` has no input `{name}`; its inputs are {expected:?}",
-                        self.name
-                    ))
-                })?;
-            if inputs[..i].iter().any(|(n, _)| n == name) {
-                return Err(invalid(format!("input `{name}` is given twice")));
-            }
-            let Some(ty) = slot.ty else {
-                return Err(Failure::new(
-                    ErrorCode::UnsupportedOperation,
-                    format!(
-                        "input `{name}` of model `{}` is not a numeric tensor; wasi:nn cannot feed it",
-                        self.name
-                    ),
-                ));
-            };
-            if t.ty != ty {
-                return Err(invalid(format!(
-                    "input `{name}` must be {} but is {}",
-                    tensor::type_name(ty),
-                    tensor::type_name(t.ty)
-                )));
-            }
-            let fits = t.dims.len() == slot.dims.len()
-                && t.dims
-                    .iter()
-                    .zip(&slot.dims)
-                    .all(|(d, s)| *s < 0 || i64::from(*d) == *s);
-            if !fits {
-                return Err(invalid(format!(
-                    "input `{name}` has dimensions {:?} but the model expects {:?} (-1 = any)",
-                    t.dims, slot.dims
-                )));
-            }
-            t.check_size()
-                .map_err(|m| invalid(format!("input `{name}`: {m}")))?;
-        }
-        if let Some(missing) = self
-            .inputs()
-            .iter()
-            .find(|s| !inputs.iter().any(|(n, _)| *n == s.name))
-        {
-            return Err(invalid(format!(
-                "input `{}` of model `{}` is missing",
-                missing.name, self.name
-            )));
-        }
-        Ok(())
+    /// Checks named inputs against the model's declared inputs (see [`checked::check`]).
+    pub fn check_inputs(&self, inputs: Named) -> NnResult<CheckedInputs> {
+        checked::check(&self.name, self.inputs(), inputs)
     }
 
     /// Runs the model on checked inputs, waiting for a free session at most until `deadline`.
@@ -422,11 +397,7 @@ impl Model {
         inputs: Vec<(String, Tensor)>,
         deadline: Instant,
     ) -> NnResult<Vec<(String, Tensor)>> {
-        self.check_inputs(&inputs)?;
-        // The model's declared order: queued jobs stack input by input.
-        let mut inputs = inputs;
-        let order = |n: &str| self.inputs().iter().position(|s| s.name == n);
-        inputs.sort_by_key(|(n, _)| order(n));
+        let inputs = self.check_inputs(inputs)?;
         let (reply, result) = tokio::sync::oneshot::channel();
         self.sessions.queue.push(Job {
             inputs,
@@ -448,29 +419,51 @@ impl Model {
     }
 }
 
-fn run_session(session: &mut Session, inputs: Named) -> NnResult<Named> {
+/// Runs one inference on a session's thread. A GPU session's outputs are bound to CPU memory
+/// (by default ONNX Runtime leaves them on the device), so they can be copied out below.
+fn run_session(session: &mut Session, gpu: bool, inputs: CheckedInputs) -> NnResult<Named> {
     let runtime = |m: String| Failure::new(ErrorCode::RuntimeError, m);
-    let allocator = Allocator::default();
-    let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
-    for (name, t) in inputs {
-        let shape: Vec<i64> = t.dims.iter().map(|d| i64::from(*d)).collect();
-        let mut value = DynTensor::new(&allocator, tensor::to_ort(t.ty), shape)
-            .map_err(|e| runtime(format!("cannot allocate input `{name}`: {e}")))?;
-        // SAFETY: `check_inputs` verified `t.data.len() == prod(dims) * size_of(ty)`, which is
-        // exactly the buffer ONNX Runtime allocated for this shape and element type; the two
-        // buffers cannot overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                t.data.as_ptr(),
-                value.data_ptr_mut().cast::<u8>(),
-                t.data.len(),
-            );
-        }
-        values.push((name, value.into_dyn()));
+    let values = inputs.into_values()?;
+    if !gpu {
+        let outputs = session
+            .run(values)
+            .map_err(|e| runtime(format!("inference failed: {e}")))?;
+        return read_outputs(outputs);
+    }
+    let cpu = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Device,
+        MemoryType::CPUOutput,
+    )
+    .map_err(|e| runtime(format!("cannot describe CPU memory: {e}")))?;
+    let names: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let mut binding = session
+        .create_binding()
+        .map_err(|e| runtime(format!("cannot bind the model's inputs and outputs: {e}")))?;
+    for (name, value) in &values {
+        binding
+            .bind_input(name.as_str(), value)
+            .map_err(|e| runtime(format!("cannot bind input `{name}`: {e}")))?;
+    }
+    for name in &names {
+        binding
+            .bind_output_to_device(name.as_str(), &cpu)
+            .map_err(|e| runtime(format!("cannot bind output `{name}` to CPU memory: {e}")))?;
     }
     let outputs = session
-        .run(values)
+        .run_binding(&binding)
         .map_err(|e| runtime(format!("inference failed: {e}")))?;
+    read_outputs(outputs)
+}
+
+/// Copies a run's outputs into wasi:nn tensors.
+fn read_outputs(outputs: SessionOutputs<'_>) -> NnResult<Named> {
+    let runtime = |m: String| Failure::new(ErrorCode::RuntimeError, m);
     let mut result = Vec::new();
     for (name, value) in outputs {
         let (ty, dims) = match value.dtype() {
@@ -515,8 +508,14 @@ fn run_session(session: &mut Session, inputs: Named) -> NnResult<Named> {
             result.push((name.to_string(), Tensor { dims, ty, data }));
             continue;
         }
+        if !tensor.memory_info().is_cpu_accessible() {
+            return Err(runtime(format!(
+                "output `{name}` was left in device memory: the node cannot read it"
+            )));
+        }
         // SAFETY: ONNX Runtime reports this tensor's element type and shape; its buffer holds
-        // exactly `prod(shape) * size_of(type)` = `len` bytes on the CPU.
+        // exactly `prod(shape) * size_of(type)` = `len` bytes, in memory the CPU can read (checked
+        // just above; GPU sessions bind their outputs to CPU memory).
         unsafe {
             std::ptr::copy_nonoverlapping(tensor.data_ptr().cast::<u8>(), data.as_mut_ptr(), len);
         }

@@ -12,20 +12,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use ort::session::Session;
-
 use super::bindings::wasi::nn::errors::ErrorCode;
+use super::checked::{CheckedInputs, Named};
 use super::tensor::Tensor;
 use super::{Failure, NnResult};
 use crate::metrics::ModelMetrics;
 
-/// Named tensors, inputs or outputs of one inference.
-pub type Named = Vec<(String, Tensor)>;
-
 /// One inference to run, with where to send its result.
 pub struct Job {
     /// Checked inputs, in the model's declared order.
-    pub inputs: Named,
+    pub inputs: CheckedInputs,
     /// When it was queued (for the session-wait metric).
     pub queued: Instant,
     /// The series of the model name it came through.
@@ -35,26 +31,14 @@ pub struct Job {
 }
 
 impl Job {
-    /// The rows this job adds to a batch: the common first dimension of its inputs, `None` when
-    /// it cannot join a batch (a scalar input, or inputs that disagree on it).
+    /// The rows this job adds to a batch, `None` when it cannot join one.
     fn rows(&self) -> Option<u32> {
-        let first = *self.inputs.first()?.1.dims.first()?;
-        self.inputs
-            .iter()
-            .all(|(_, t)| t.dims.first() == Some(&first))
-            .then_some(first)
+        self.inputs.rows()
     }
 
-    /// Whether `other` can be stacked under this job: same names, types and trailing dimensions.
+    /// Whether `other` can be stacked under this job.
     fn stacks_with(&self, other: &Job) -> bool {
-        self.inputs.len() == other.inputs.len()
-            && self
-                .inputs
-                .iter()
-                .zip(&other.inputs)
-                .all(|((n, a), (m, b))| {
-                    n == m && a.ty == b.ty && a.dims.get(1..) == b.dims.get(1..)
-                })
+        self.inputs.stacks_with(&other.inputs)
     }
 }
 
@@ -127,26 +111,22 @@ impl Queue {
 }
 
 /// A session's thread: runs jobs from `queue` until it closes.
-pub fn serve(
-    mut session: Session,
-    queue: &Queue,
-    max_batch: u32,
-    run: fn(&mut Session, Named) -> NnResult<Named>,
-) {
+pub fn serve(queue: &Queue, max_batch: u32, mut run: impl FnMut(CheckedInputs) -> NnResult<Named>) {
     while let Some(jobs) = queue.take(max_batch) {
         let started = Instant::now();
         for job in &jobs {
             job.metrics.session_wait.observe(started - job.queued);
         }
         // A panic inside ONNX Runtime's bindings must not take the session's thread with it.
-        let mut guarded = |inputs: Named| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut session, inputs)))
-                .unwrap_or_else(|_| {
+        let mut guarded = |inputs: CheckedInputs| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(inputs))).unwrap_or_else(
+                |_| {
                     Err(Failure::new(
                         ErrorCode::RuntimeError,
                         "inference failed (the runtime panicked)",
                     ))
-                })
+                },
+            )
         };
         if jobs.len() == 1 {
             let job = jobs.into_iter().next().expect("one job");
@@ -157,7 +137,7 @@ pub fn serve(
         }
         let rows: Vec<u32> = jobs.iter().map(|j| j.rows().unwrap_or(0)).collect();
         let (batch, replies) = stack(jobs);
-        let result = guarded(batch);
+        let result = batch.and_then(&mut guarded);
         let elapsed = started.elapsed();
         match result.and_then(|outputs| unstack(outputs, &rows)) {
             Ok(parts) => {
@@ -182,21 +162,20 @@ type Reply = (
     tokio::sync::oneshot::Sender<NnResult<Named>>,
 );
 
-/// Concatenates the jobs' inputs along the first dimension.
-fn stack(jobs: Vec<Job>) -> (Named, Vec<Reply>) {
-    let mut batch: Named = Vec::new();
+/// Concatenates the jobs' inputs along the first dimension (`take` only batches jobs that stack).
+fn stack(jobs: Vec<Job>) -> (NnResult<CheckedInputs>, Vec<Reply>) {
+    let mut batch: Option<NnResult<CheckedInputs>> = None;
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
-        if batch.is_empty() {
-            batch = job.inputs;
-        } else {
-            for ((_, into), (_, t)) in batch.iter_mut().zip(job.inputs) {
-                into.dims[0] += t.dims[0];
-                into.data.extend_from_slice(&t.data);
-            }
-        }
+        batch = Some(match batch {
+            None => Ok(job.inputs),
+            Some(Ok(mut b)) => b.stack(job.inputs).map(|()| b),
+            Some(Err(e)) => Err(e),
+        });
         replies.push((job.metrics, job.reply));
     }
+    let batch =
+        batch.unwrap_or_else(|| Err(Failure::new(ErrorCode::RuntimeError, "an empty batch")));
     (batch, replies)
 }
 
@@ -252,8 +231,14 @@ mod tests {
 
     fn job(dims: &[u32], values: &[f32]) -> (Job, tokio::sync::oneshot::Receiver<NnResult<Named>>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        let slot = crate::nn::onnx::Slot {
+            name: "x".into(),
+            ty: Some(TensorType::Fp32),
+            dims: vec![-1, -1],
+        };
+        let inputs = vec![("x".to_string(), f32s(dims, values))];
         let job = Job {
-            inputs: vec![("x".into(), f32s(dims, values))],
+            inputs: crate::nn::checked::check("test", &[slot], inputs).unwrap(),
             queued: Instant::now(),
             metrics: Arc::default(),
             reply,
@@ -280,6 +265,7 @@ mod tests {
         let batch = queue.take(3).unwrap();
         assert_eq!(batch.len(), 2);
         let (stacked, _) = stack(batch);
+        let stacked = stacked.unwrap().tensors().to_vec();
         assert_eq!(stacked[0].1.dims, vec![3, 2]);
         assert_eq!(stacked[0].1, f32s(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
         let parts = unstack(stacked, &[1, 2]).unwrap();
@@ -289,7 +275,7 @@ mod tests {
         drop(receivers.remove(1));
         let next = queue.take(1).unwrap();
         assert_eq!(next.len(), 1);
-        assert_eq!(next[0].inputs[0].1.dims, vec![1, 2]);
+        assert_eq!(next[0].inputs.tensors()[0].1.dims, vec![1, 2]);
         queue.close();
         assert!(queue.take(4).is_none());
     }

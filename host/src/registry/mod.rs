@@ -140,7 +140,7 @@ impl Registry {
                     live_options(m),
                     &metrics.model(name),
                 )
-                .map_err(anyhow::Error::msg)
+                .map_err(anyhow::Error::new)
             });
             match loaded {
                 Ok(sessions) => {
@@ -204,7 +204,11 @@ impl Registry {
         models: Vec<String>,
         public: bool,
     ) -> Result<Deploy, ApiError> {
-        let digest = store::digest(&bytes);
+        let digest = blocking({
+            let bytes = bytes.clone();
+            move || Ok(store::digest(&bytes))
+        })
+        .await?;
         let settings = {
             let state = self.admin.lock().await;
             let models = resolve_models(&state.meta, store::owner(name), models)?;
@@ -256,6 +260,20 @@ impl Registry {
             }
         };
 
+        // The blob is written (and fsynced) before the commit, outside the admin lock; the hold
+        // keeps a collection in between from taking it.
+        let _hold = self.store.hold(&digest);
+        let size = bytes.len() as u64;
+        blocking({
+            let (store, d) = (Arc::clone(&self.store), digest.clone());
+            move || {
+                store
+                    .put_blob(&d, &bytes)
+                    .map_err(|e| ApiError::internal(format!("cannot store the version: {e}")))
+            }
+        })
+        .await?;
+
         let mut state = self.admin.lock().await;
         // Another deploy may have raced us while we compiled.
         if let Some(existing) = self
@@ -264,11 +282,11 @@ impl Registry {
         {
             return Ok(existing);
         }
-        check_tenant_deploy(&state.meta, name, &settings.limits, bytes.len() as u64)?;
+        check_tenant_deploy(&state.meta, name, &settings.limits, size)?;
         let record = VersionRecord {
             digest: digest.clone(),
             created_at: now_rfc3339(),
-            size: bytes.len() as u64,
+            size,
             limits: settings.limits,
             env: settings.env,
             models: settings.models,
@@ -279,20 +297,11 @@ impl Registry {
             .entry(name.to_string())
             .or_default()
             .push_live(record.clone(), self.config.max_versions);
-        let store = Arc::clone(&self.store);
-        let d = digest.clone();
-        let to_save = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            store.put_blob(&d, &bytes)?;
-            store.save_meta(&to_save)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("cannot store the version: {e}")))?;
+        self.save(&meta).await?;
         state.meta = meta;
         state.compiled.insert(digest, pre);
         self.publish(&mut state);
-        self.collect_garbage(&mut state);
+        self.collect_garbage(&mut state).await;
         tracing::info!(function = name, version = record.id(), "deployed");
         Ok(Deploy::Created(version_json(&record, true)))
     }
@@ -389,7 +398,7 @@ impl Registry {
         state.meta = meta;
         state.logs.remove(name);
         self.publish(&mut state);
-        self.collect_garbage(&mut state);
+        self.collect_garbage(&mut state).await;
         tracing::info!(function = name, "deleted");
         Ok(json!({ "name": store::short_name(name), "deleted": true }))
     }
@@ -449,10 +458,12 @@ impl Registry {
     async fn save(&self, meta: &Meta) -> Result<(), ApiError> {
         let store = Arc::clone(&self.store);
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || store.save_meta(&meta))
-            .await
-            .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
-            .map_err(|e| ApiError::internal(format!("cannot save metadata: {e}")))
+        blocking(move || {
+            store
+                .save_meta(&meta)
+                .map_err(|e| ApiError::internal(format!("cannot save metadata: {e}")))
+        })
+        .await
     }
 
     /// Rebuilds the live snapshot from the metadata and swaps it in.
@@ -488,16 +499,34 @@ impl Registry {
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
-    /// Drops compiled code and blobs no retained version refers to.
-    fn collect_garbage(&self, state: &mut AdminState) {
-        let referenced = referenced(&state.meta);
-        state
-            .compiled
-            .retain(|d, _| referenced.contains(d.as_str()));
+    /// Drops compiled code and blobs no retained version refers to. The files go on the
+    /// blocking pool (still under the admin lock, so no commit races the collection).
+    async fn collect_garbage(&self, state: &mut AdminState) {
+        let referenced: HashSet<String> = referenced(&state.meta)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        state.compiled.retain(|d, _| referenced.contains(d));
         let live: HashSet<String> = state.meta.models.values().map(live_key).collect();
         state.loaded_models.retain(|key, _| live.contains(key));
-        self.store.collect_garbage(&referenced);
+        let store = Arc::clone(&self.store);
+        let collected = blocking(move || {
+            store.collect_garbage(&referenced.iter().map(String::as_str).collect());
+            Ok(())
+        });
+        if let Err(e) = collected.await {
+            tracing::warn!("garbage collection failed: {}", e.message);
+        }
     }
+}
+
+/// Runs file I/O or CPU-bound work on the blocking pool, off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
 }
 
 /// Settings of a version, fixed at deploy.

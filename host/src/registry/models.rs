@@ -15,7 +15,11 @@ use crate::store::{self, ModelRecord, ModelVersion};
 use crate::time::now_rfc3339;
 
 impl Registry {
-    /// Checks, stores and makes live a new version of a model.
+    /// Checks, stores and makes live a version of a model (a new one, or one it already has).
+    ///
+    /// Everything slow happens off the async workers and outside the admin lock: hashing the
+    /// upload, building its ONNX Runtime sessions (parsing and optimising the model) and writing
+    /// the blob. Only the commit itself (metadata saved, then published) holds the lock.
     pub async fn add_model(
         &self,
         name: &str,
@@ -25,123 +29,119 @@ impl Registry {
         let Some(onnx) = self.nn.onnx.clone() else {
             return Err(ApiError::onnx_unavailable());
         };
-        let digest = store::digest(&bytes);
+        let digest = super::blocking({
+            let bytes = bytes.clone();
+            move || Ok(store::digest(&bytes))
+        })
+        .await?;
         let key = sessions_key(&digest, options);
-        let loaded = {
-            let mut state = self.admin.lock().await;
-            if let Some(v) = state.meta.models.get(name).and_then(|m| m.find(&digest)) {
-                let v = v.clone();
-                if v.options() != options {
-                    return Err(ApiError::version_conflict(format!(
-                        "model `{name}` already has version {} with other options, and versions never change: \
-                         add it with --target {} --max-batch {}",
-                        store::short_id(&v.digest),
-                        serde_json::to_value(v.target)
-                            .unwrap_or_default()
-                            .as_str()
-                            .unwrap_or("cpu"),
-                        v.max_batch
-                    )));
-                }
-                self.set_model_live(&mut state, name, &digest).await?;
-                return Ok(Deploy::Existing(model_version_json(&v, true)));
-            }
-            check_tenant_model(&state.meta, name, bytes.len() as u64)?;
-            // The same bytes live under another name: share its sessions.
-            state.loaded_models.get(&key).cloned()
+        let size = bytes.len() as u64;
+        let (existing, loaded) = {
+            let state = self.admin.lock().await;
+            let existing = self.check_model_add(&state, name, &digest, options, size)?;
+            // The same bytes may live under another name, or be this model's version already
+            // loaded: share those sessions.
+            (existing, state.loaded_models.get(&key).cloned())
         };
         let sessions = match loaded {
             Some(sessions) => sessions,
             None => {
-                // Building sessions parses and optimises the model: CPU-bound, off the async
-                // workers (and outside the admin lock).
                 let count = self.config.model_sessions;
                 let (n, b) = (name.to_string(), bytes.clone());
                 let metrics = self.metrics.model(name);
-                let built = tokio::task::spawn_blocking(move || {
+                let built = super::blocking(move || {
                     onnx.sessions(&n, &b, count, options, &metrics)
+                        .map_err(|e| ApiError::model_load(&n, e))
                 })
-                .await
-                .map_err(|e| ApiError::internal(format!("model task failed: {e}")))?
-                .map_err(|e| ApiError::invalid_model(name, e))?;
+                .await?;
                 Arc::new(built)
             }
         };
+        let _hold = self.store.hold(&digest);
+        if existing.is_none() {
+            let (store, d) = (Arc::clone(&self.store), digest.clone());
+            super::blocking(move || {
+                store
+                    .put_blob(&d, &bytes)
+                    .map_err(|e| ApiError::internal(format!("cannot store the model: {e}")))
+            })
+            .await?;
+        }
+
         let mut state = self.admin.lock().await;
-        check_tenant_model(&state.meta, name, bytes.len() as u64)?;
-        let record = ModelVersion {
-            digest: digest.clone(),
-            created_at: now_rfc3339(),
-            size: bytes.len() as u64,
-            target: options.target,
-            max_batch: options.max_batch,
-        };
+        // Another change may have come in while the sessions were built: check again.
+        let existing = self.check_model_add(&state, name, &digest, options, size)?;
+        let created = existing.is_none();
         let mut meta = state.meta.clone();
-        meta.models
-            .entry(name.to_string())
-            .or_default()
-            .push_live(record.clone(), self.config.max_versions);
-        let store = Arc::clone(&self.store);
-        let (d, to_save) = (digest.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || {
-            store.put_blob(&d, &bytes)?;
-            store.save_meta(&to_save)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("cannot store the model: {e}")))?;
+        let record = match existing {
+            Some(v) => {
+                let m = meta
+                    .models
+                    .get_mut(name)
+                    .ok_or_else(|| ApiError::model_not_found(name))?;
+                m.make_live(&digest, now_rfc3339());
+                v
+            }
+            None => {
+                let record = ModelVersion {
+                    digest: digest.clone(),
+                    created_at: now_rfc3339(),
+                    size,
+                    target: options.target,
+                    max_batch: options.max_batch,
+                };
+                meta.models
+                    .entry(name.to_string())
+                    .or_default()
+                    .push_live(record.clone(), self.config.max_versions);
+                record
+            }
+        };
+        self.save(&meta).await?;
         state.meta = meta;
         state.loaded_models.entry(key).or_insert(sessions);
-        self.collect_garbage(&mut state);
+        self.collect_garbage(&mut state).await;
         self.publish_models(&state);
         tracing::info!(
             model = name,
             version = store::short_id(&digest),
-            "model added"
+            "model version live"
         );
-        Ok(Deploy::Created(model_version_json(&record, true)))
+        let view = model_version_json(&record, true);
+        Ok(if created {
+            Deploy::Created(view)
+        } else {
+            Deploy::Existing(view)
+        })
     }
 
-    async fn set_model_live(
+    /// Whether `name` may get the version `digest` with `options`: the version it already has
+    /// (same options, or a conflict), else a new one within the tenant's quotas.
+    fn check_model_add(
         &self,
-        state: &mut AdminState,
+        state: &AdminState,
         name: &str,
         digest: &str,
-    ) -> Result<(), ApiError> {
-        let mut meta = state.meta.clone();
-        let Some(m) = meta.models.get_mut(name) else {
-            return Err(ApiError::model_not_found(name));
-        };
-        if !m.make_live(digest, now_rfc3339()) {
-            return Ok(());
+        options: ModelOptions,
+        size: u64,
+    ) -> Result<Option<ModelVersion>, ApiError> {
+        match state.meta.models.get(name).and_then(|m| m.find(digest)) {
+            Some(v) if v.options() != options => Err(ApiError::version_conflict(format!(
+                "model `{name}` already has version {} with other options, and versions never change: \
+                 add it with --target {} --max-batch {}",
+                store::short_id(&v.digest),
+                serde_json::to_value(v.target)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("cpu"),
+                v.max_batch
+            ))),
+            Some(v) => Ok(Some(v.clone())),
+            None => {
+                check_tenant_model(&state.meta, name, size)?;
+                Ok(None)
+            }
         }
-        let key = sessions_key(digest, live_options(m));
-        if let std::collections::hash_map::Entry::Vacant(slot) = state.loaded_models.entry(key) {
-            let onnx = self
-                .nn
-                .onnx
-                .clone()
-                .ok_or_else(ApiError::onnx_unavailable)?;
-            let bytes = self
-                .store
-                .read_blob(digest)
-                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-            let sessions = onnx
-                .sessions(
-                    name,
-                    &bytes,
-                    self.config.model_sessions,
-                    live_options(m),
-                    &self.metrics.model(name),
-                )
-                .map_err(|e| ApiError::invalid_model(name, e))?;
-            slot.insert(Arc::new(sessions));
-        }
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.collect_garbage(state);
-        self.publish_models(state);
-        Ok(())
     }
 
     /// Every model `owner` may use: its own and, for a tenant, the operator's shared ones.
@@ -229,7 +229,7 @@ impl Registry {
         meta.models.remove(name);
         self.save(&meta).await?;
         state.meta = meta;
-        self.collect_garbage(&mut state);
+        self.collect_garbage(&mut state).await;
         self.publish_models(&state);
         tracing::info!(model = name, "model removed");
         Ok(json!({ "name": store::short_name(name), "deleted": true }))

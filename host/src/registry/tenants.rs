@@ -20,7 +20,10 @@ use crate::nn::InferenceQuota;
 use crate::store::{self, KeyRecord, Meta, TenantRecord};
 use crate::time::now_rfc3339;
 
-/// What the request path needs of a tenant.
+/// What the request path needs of a tenant. Rebuilt whenever the tenant's record changes (a
+/// key, its token, its quotas), but its limiters are carried over from the previous one and
+/// resized, never replaced: a tenant cannot reset its own concurrency or rate by changing its
+/// record.
 pub struct TenantLive {
     /// The tenant's name.
     pub name: Arc<str>,
@@ -34,6 +37,11 @@ pub struct TenantLive {
     pub inferences: InferenceQuota,
     /// The tenant's series.
     pub metrics: Arc<TenantMetrics>,
+    rates: Arc<Rates>,
+}
+
+/// A tenant's token buckets.
+struct Rates {
     requests: Bucket,
     /// Refusals answered at full speed; past them a refusal also pauses its connection
     /// ([`crate::pace`]), so a flood of refused requests cannot eat the node's CPU.
@@ -46,37 +54,106 @@ const MIN_REFUSALS_PER_SECOND: u32 = 100;
 
 /// A token bucket: `rate` tokens a second, holding at most one second's worth.
 struct Bucket {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
+    /// (rate, tokens, last refill).
+    state: Mutex<(f64, f64, Instant)>,
 }
 
 impl Bucket {
     fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
         Self {
-            rate,
-            state: Mutex::new((rate, Instant::now())),
+            state: Mutex::new((rate, rate, Instant::now())),
         }
     }
 
     /// Takes a token, or says how long until one is available.
     fn take(&self) -> Result<(), Duration> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (rate, tokens, last) = *s;
         let now = Instant::now();
-        let tokens = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
-        *s = (tokens, now);
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
         if tokens >= 1.0 {
-            s.0 -= 1.0;
+            *s = (rate, tokens - 1.0, now);
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+            *s = (rate, tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / rate))
         }
+    }
+
+    /// Changes the rate; the tokens already earned stay (capped at the new rate), so a change
+    /// never refills the bucket.
+    fn set_rate(&self, rate: u32) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = f64::from(rate.max(1));
+        s.0 = rate;
+        s.1 = s.1.min(rate);
     }
 }
 
+/// Moves a semaphore's capacity from `from` to `to` permits. Growing adds permits at once;
+/// shrinking takes back what is free now and the rest as holders give it back (a task waits for
+/// those permits and forgets them), so the limit is never exceeded for longer than the requests
+/// already admitted run.
+fn resize(semaphore: &Arc<Semaphore>, from: u32, to: u32) {
+    if to >= from {
+        semaphore.add_permits((to - from) as usize);
+        return;
+    }
+    let wanted = (from - to) as usize;
+    let owed = wanted - semaphore.forget_permits(wanted);
+    if owed == 0 {
+        return;
+    }
+    let semaphore = Arc::clone(semaphore);
+    let Ok(owed) = u32::try_from(owed) else {
+        return;
+    };
+    tokio::spawn(async move {
+        if let Ok(permits) = semaphore.acquire_many_owned(owed).await {
+            permits.forget();
+        }
+    });
+}
+
 impl TenantLive {
-    fn new(name: &str, record: &TenantRecord, metrics: Arc<TenantMetrics>) -> Self {
+    /// The request path's view of `record`, keeping `previous`'s limiters (resized to the new
+    /// quotas) when there is one.
+    fn new(
+        name: &str,
+        record: &TenantRecord,
+        metrics: Arc<TenantMetrics>,
+        previous: Option<&TenantLive>,
+    ) -> Self {
         let q = record.quotas;
+        let (concurrency, inferences, rates) = match previous {
+            Some(p) => {
+                resize(&p.concurrency, p.quotas.max_concurrency, q.max_concurrency);
+                resize(
+                    &p.inferences.permits,
+                    p.quotas.max_inferences,
+                    q.max_inferences,
+                );
+                if p.quotas.requests_per_second != q.requests_per_second {
+                    p.rates.requests.set_rate(q.requests_per_second);
+                    let refusals = q.requests_per_second.max(MIN_REFUSALS_PER_SECOND);
+                    p.rates.refusals.set_rate(refusals);
+                }
+                (
+                    Arc::clone(&p.concurrency),
+                    Arc::clone(&p.inferences.permits),
+                    Arc::clone(&p.rates),
+                )
+            }
+            None => (
+                Arc::new(Semaphore::new(q.max_concurrency as usize)),
+                Arc::new(Semaphore::new(q.max_inferences as usize)),
+                Arc::new(Rates {
+                    requests: Bucket::new(q.requests_per_second),
+                    refusals: Bucket::new(q.requests_per_second.max(MIN_REFUSALS_PER_SECOND)),
+                }),
+            ),
+        };
         Self {
             name: Arc::from(name),
             token_hash: record.token_hash.clone(),
@@ -86,26 +163,25 @@ impl TenantLive {
                 .map(|(id, k)| (id.clone(), k.hash.clone()))
                 .collect(),
             quotas: q,
-            concurrency: Arc::new(Semaphore::new(q.max_concurrency as usize)),
+            concurrency,
             inferences: InferenceQuota {
-                permits: Arc::new(Semaphore::new(q.max_inferences as usize)),
+                permits: inferences,
                 metrics: Arc::clone(&metrics),
             },
             metrics,
-            requests: Bucket::new(q.requests_per_second),
-            refusals: Bucket::new(q.requests_per_second.max(MIN_REFUSALS_PER_SECOND)),
+            rates,
         }
     }
 
     /// Takes one request from the rate budget, or says how long until one is available.
     pub fn admit(&self) -> Result<(), Duration> {
-        self.requests.take()
+        self.rates.requests.take()
     }
 
     /// Called for each refused request: whether the tenant is refused so often that the
     /// refusal should also pause its connection.
     pub fn flooding(&self) -> bool {
-        self.refusals.take().is_err()
+        self.rates.refusals.take().is_err()
     }
 
     /// Whether `secret` is this tenant's token.
@@ -216,7 +292,8 @@ impl Registry {
             .cloned()
     }
 
-    /// Rebuilds the tenant snapshot, keeping the limiters of tenants whose record is unchanged.
+    /// Rebuilds the tenant snapshot. A tenant that was there before keeps its limiters (see
+    /// [`TenantLive`]); a removed tenant's go with it.
     pub(super) fn publish_tenants(&self, state: &AdminState) {
         let current = Arc::clone(&self.tenants.read().unwrap_or_else(|e| e.into_inner()));
         let next: HashMap<String, Arc<TenantLive>> = state
@@ -224,19 +301,9 @@ impl Registry {
             .tenants
             .iter()
             .map(|(name, t)| {
-                let same = current.get(name).filter(|live| {
-                    live.token_hash == t.token_hash
-                        && live.quotas == t.quotas
-                        && live.keys.len() == t.keys.len()
-                        && live
-                            .keys
-                            .iter()
-                            .all(|(id, h)| t.keys.get(id).is_some_and(|k| &k.hash == h))
-                });
-                let live = same.cloned().unwrap_or_else(|| {
-                    Arc::new(TenantLive::new(name, t, self.metrics.tenant(name)))
-                });
-                (name.clone(), live)
+                let previous = current.get(name).map(Arc::as_ref);
+                let live = TenantLive::new(name, t, self.metrics.tenant(name), previous);
+                (name.clone(), Arc::new(live))
             })
             .collect();
         *self.tenants.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
@@ -341,7 +408,7 @@ impl Registry {
             state.logs.remove(f);
         }
         self.publish(&mut state);
-        self.collect_garbage(&mut state);
+        self.collect_garbage(&mut state).await;
         self.publish_models(&state);
         self.publish_tenants(&state);
         tracing::info!(tenant = name, "tenant removed");
@@ -422,5 +489,78 @@ impl Registry {
         })
         .await?;
         Ok(json!({ "id": id, "deleted": true }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(quotas: Quotas) -> TenantRecord {
+        TenantRecord {
+            created_at: String::new(),
+            token_hash: String::new(),
+            keys: Default::default(),
+            quotas,
+        }
+    }
+
+    fn quotas() -> Quotas {
+        crate::config::Config::from_toml("")
+            .unwrap()
+            .tenant_defaults
+    }
+
+    #[tokio::test]
+    async fn limiters_survive_record_changes_and_follow_quota_changes() {
+        let mut q = quotas();
+        q.max_concurrency = 2;
+        q.requests_per_second = 1;
+        let metrics = Arc::new(TenantMetrics::default());
+        let first = TenantLive::new("t", &record(q), Arc::clone(&metrics), None);
+        assert!(first.admit().is_ok());
+        let held = Arc::clone(&first.concurrency)
+            .try_acquire_many_owned(2)
+            .unwrap();
+
+        // A new key (any record change without a quota change): same limiters, nothing refilled.
+        let mut keyed = record(q);
+        keyed.keys.insert(
+            "k1".into(),
+            KeyRecord {
+                hash: String::new(),
+                created_at: String::new(),
+            },
+        );
+        let second = TenantLive::new("t", &keyed, Arc::clone(&metrics), Some(&first));
+        assert!(second.admit().is_err(), "the rate bucket was refilled");
+        assert!(
+            Arc::clone(&second.concurrency).try_acquire_owned().is_err(),
+            "the concurrency limit was reset"
+        );
+
+        // A quota change resizes: up at once, down as permits come back.
+        let mut more = q;
+        more.max_concurrency = 3;
+        let grown = TenantLive::new("t", &record(more), Arc::clone(&metrics), Some(&second));
+        let extra = Arc::clone(&grown.concurrency).try_acquire_owned().unwrap();
+        assert!(Arc::clone(&grown.concurrency).try_acquire_owned().is_err());
+        let mut less = more;
+        less.max_concurrency = 1;
+        let shrunk = TenantLive::new("t", &record(less), Arc::clone(&metrics), Some(&grown));
+        drop(extra);
+        drop(held);
+        // The shrink owes two permits (all three were held); they are taken back as they return,
+        // leaving exactly one.
+        let one = tokio::time::timeout(
+            Duration::from_secs(5),
+            Arc::clone(&shrunk.concurrency).acquire_owned(),
+        )
+        .await
+        .expect("one permit comes back")
+        .unwrap();
+        tokio::task::yield_now().await;
+        assert!(Arc::clone(&shrunk.concurrency).try_acquire_owned().is_err());
+        drop(one);
     }
 }

@@ -69,6 +69,9 @@ impl Runtime {
             Arc::clone(&inv.name),
             deadline,
             inv.inferences.clone(),
+            // Tensors live in host memory, outside the guest's: by default they may hold as much
+            // as the guest itself.
+            self.tensor_budget.unwrap_or(limits.memory),
         );
         let mut state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
         let cpu = inv.tenant.clone().map(CpuShare::new);
@@ -169,6 +172,12 @@ fn classify(name: &str, timeout_ms: u64, e: wasmtime::Error) -> ApiError {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => ApiError::timeout(name, timeout_ms),
         Some(trap) => ApiError::guest_trap(name, trap),
+        // The host trapped the guest on purpose: its own message says why (the error may be
+        // wrapped in a wasm backtrace).
+        None if e.is::<crate::nn::TensorBudgetExceeded>() => {
+            let budget = e.downcast_ref::<crate::nn::TensorBudgetExceeded>();
+            ApiError::guest_trap(name, budget.map(ToString::to_string).unwrap_or_default())
+        }
         None => {
             let first = format!("{e}");
             tracing::debug!(function = name, "guest failed: {e:?}");

@@ -39,6 +39,8 @@ pub struct Runtime {
     engine_hash: String,
     pooling: bool,
     nn: Arc<NnNode>,
+    /// `max_tensor_bytes_per_request`, when the node sets it.
+    tensor_budget: Option<u64>,
     _ticker: epoch::EpochTicker,
 }
 
@@ -71,6 +73,7 @@ impl Runtime {
             engine_hash,
             pooling,
             nn,
+            tensor_budget: config.max_tensor_bytes_per_request,
             _ticker: ticker,
         })
     }
