@@ -274,3 +274,32 @@ impl ApiError {
         .to_string()
     }
 }
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        use crate::registry::RegistryError as E;
+        match e {
+            E::FunctionNotFound(name) => Self::function_not_found(&name),
+            E::VersionNotFound { name, version } => Self::version_not_found(&name, &version),
+            E::ModelNotFound(name) => Self::model_not_found(&name),
+            E::TenantNotFound(name) => Self::tenant_not_found(&name),
+            E::TenantExists(name) => Self::conflict(
+                "tenant_exists",
+                format!(
+                    "tenant `{name}` already exists: pick another name, or `tensorlet tenant token rotate {name}` for a new token"
+                ),
+            ),
+            E::KeyNotFound(id) => Self::not_found_code(
+                "key_not_found",
+                format!("no invoke key `{id}`: see `tensorlet key list`"),
+            ),
+            E::Conflict(message) => Self::version_conflict(message),
+            E::Invalid(message) => Self::invalid_request(message),
+            E::QuotaExceeded(message) => Self::quota_exceeded(message),
+            E::InvalidComponent(message) => Self::invalid_component(message),
+            E::ModelLoad { name, error } => Self::model_load(&name, error),
+            E::OnnxUnavailable => Self::onnx_unavailable(),
+            E::Internal(message) => Self::internal(message),
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod desired;
 pub mod error;
 pub mod manifest;
 pub mod metrics;

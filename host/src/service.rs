@@ -420,7 +420,7 @@ impl Node {
                 let key = self.key(caller, name, true)?;
                 match self.registry.get_model(&key).await {
                     // A tenant may read the operator's shared models too.
-                    Err(e) if owner.is_some() && e.code == "model_not_found" => {
+                    Err(crate::registry::RegistryError::ModelNotFound(_)) if owner.is_some() => {
                         ok(self.registry.get_model(check_name(name)?).await?)
                     }
                     other => ok(other?),

@@ -10,6 +10,9 @@
 //! Every write goes to a temp file, is fsynced, renamed into place, and the directory is fsynced,
 //! so a crash at any moment leaves either the old file or the new one, never a torn one. A deploy
 //! is acknowledged only after its blob and the new `meta.json` are durable.
+//!
+//! `meta.json` is the node's [`DesiredState`] (its `revision` counts commits) and `blobs/` its
+//! [`BlobStore`]; the compiled-code cache is this node's alone.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -23,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::FunctionLimits;
+use crate::desired::{BlobHold, BlobStore, CommitError, DesiredState, Revision};
 
 /// All persisted metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -30,6 +34,9 @@ use crate::config::FunctionLimits;
 pub struct Meta {
     /// Format version of this file.
     pub format: u32,
+    /// Committed changes so far ([`DesiredState`]).
+    #[serde(default)]
+    pub revision: Revision,
     /// Functions by name.
     pub functions: BTreeMap<String, FunctionRecord>,
     /// ONNX models by name.
@@ -246,18 +253,20 @@ pub struct Store {
     tmp_counter: AtomicU64,
     /// Digests of blobs being written ahead of the commit that will refer to them (outside the
     /// admin lock): garbage collection keeps them. Counted, as two uploads may share bytes.
-    pending: std::sync::Mutex<HashMap<String, usize>>,
+    pending: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// The revision of `meta.json` as last written by this process.
+    revision: std::sync::Mutex<Revision>,
 }
 
-/// Keeps a blob out of garbage collection until dropped; see [`Store::hold`].
-pub struct BlobHold {
-    store: Arc<Store>,
+/// Keeps a blob out of garbage collection until dropped.
+struct Pending {
+    pending: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     digest: String,
 }
 
-impl Drop for BlobHold {
+impl Drop for Pending {
     fn drop(&mut self) {
-        let mut pending = self.store.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = pending.get_mut(&self.digest) {
             *n -= 1;
             if *n == 0 {
@@ -281,6 +290,7 @@ impl Store {
             root: root.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
             pending: Default::default(),
+            revision: Default::default(),
         })
     }
 
@@ -347,18 +357,7 @@ impl Store {
     }
 
     /// Deletes blobs and compiled code no retained version refers to.
-    /// Keeps the blob `digest` (written, or about to be) from garbage collection until the
-    /// hold is dropped: a blob is stored before the commit that refers to it, outside the admin
-    /// lock, and a collection in between must not take it.
-    pub fn hold(self: &Arc<Self>, digest: &str) -> BlobHold {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        *pending.entry(digest.to_string()).or_default() += 1;
-        BlobHold {
-            store: Arc::clone(self),
-            digest: digest.to_string(),
-        }
-    }
-
+    /// Removes blobs and compiled code that no version in `referenced` needs (held blobs stay).
     pub fn collect_garbage(&self, referenced: &HashSet<&str>) {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let referenced: HashSet<&str> = referenced
@@ -408,6 +407,53 @@ impl Store {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+impl DesiredState for Store {
+    fn load(&self) -> anyhow::Result<(Meta, Revision)> {
+        let meta = self.load_meta()?;
+        *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = meta.revision;
+        let revision = meta.revision;
+        Ok((meta, revision))
+    }
+
+    fn commit(&self, expected: Revision, next: &Meta) -> Result<Revision, CommitError> {
+        let mut current = self.revision.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != expected {
+            return Err(CommitError::Conflict {
+                expected,
+                current: *current,
+            });
+        }
+        let mut next = next.clone();
+        next.revision = expected + 1;
+        self.save_meta(&next)?;
+        *current = next.revision;
+        Ok(next.revision)
+    }
+}
+
+impl BlobStore for Store {
+    fn put(&self, digest: &str, bytes: &[u8]) -> io::Result<()> {
+        self.put_blob(digest, bytes)
+    }
+
+    fn get(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        self.read_blob(digest)
+    }
+
+    fn hold(&self, digest: &str) -> BlobHold {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending.entry(digest.to_string()).or_default() += 1;
+        BlobHold::new(Pending {
+            pending: Arc::clone(&self.pending),
+            digest: digest.to_string(),
+        })
+    }
+
+    fn retain(&self, referenced: &HashSet<&str>) {
+        self.collect_garbage(referenced);
     }
 }
 
@@ -478,5 +524,58 @@ mod tests {
         Store::open(&dir).unwrap();
         assert!(!dir.join("tmp/leftover").exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod seam_tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tensorlet-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn commits_move_the_revision_and_refuse_stale_writers() {
+        let dir = scratch("desired");
+        let store = Store::open(&dir).unwrap();
+        let (mut meta, rev) = store.load().unwrap();
+        assert_eq!(rev, 0);
+        meta.tenants.clear();
+        assert_eq!(store.commit(0, &meta).unwrap(), 1);
+        assert_eq!(store.commit(1, &meta).unwrap(), 2);
+        // A writer that read revision 1 is too late: nothing is written.
+        let stale = store.commit(1, &meta).unwrap_err();
+        assert!(matches!(
+            stale,
+            CommitError::Conflict {
+                expected: 1,
+                current: 2
+            }
+        ));
+        // Durable: a fresh open sees revision 2.
+        drop(store);
+        let (_, rev) = Store::open(&dir).unwrap().load().unwrap();
+        assert_eq!(rev, 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn held_blobs_survive_collection() {
+        let dir = scratch("blobs");
+        let store = Store::open(&dir).unwrap();
+        let (a, b) = (digest(b"a"), digest(b"b"));
+        let hold = store.hold(&a);
+        store.put(&a, b"a").unwrap();
+        store.put(&b, b"b").unwrap();
+        store.retain(&HashSet::new());
+        assert_eq!(store.get(&a).unwrap(), b"a", "held");
+        assert!(store.get(&b).is_err(), "collected");
+        drop(hold);
+        store.retain(&HashSet::new());
+        assert!(store.get(&a).is_err(), "collected once released");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -5,6 +5,7 @@
 //! keep the version they started on. Models (`models.rs`) live in the same metadata and follow
 //! the same rules.
 
+mod error;
 mod models;
 mod tenants;
 
@@ -18,13 +19,14 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, FunctionLimits};
-use crate::error::ApiError;
+use crate::desired::{BlobStore, DesiredState, Revision};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
 use crate::nn::onnx::Sessions;
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
 use crate::store::{self, FunctionRecord, Meta, Store, VersionRecord};
 use crate::time::now_rfc3339;
+pub use error::RegistryError;
 use models::{live_key, live_options};
 
 /// One version of one function, ready to serve requests.
@@ -58,6 +60,8 @@ type LiveMap = HashMap<String, Arc<Deployed>>;
 /// State only admin operations touch.
 struct AdminState {
     meta: Meta,
+    /// The desired state's revision `meta` is at.
+    revision: Revision,
     /// Compiled components by digest (shared between functions deploying the same bytes).
     compiled: HashMap<String, Prepared>,
     logs: HashMap<String, Arc<LogBuffer>>,
@@ -69,7 +73,12 @@ struct AdminState {
 pub struct Registry {
     config: Arc<Config>,
     runtime: Arc<Runtime>,
-    store: Arc<Store>,
+    /// Where admin changes are committed.
+    desired: Arc<dyn DesiredState>,
+    /// Where components and models are stored, by digest.
+    blobs: Arc<dyn BlobStore>,
+    /// This node's data directory (the compiled-code cache).
+    local: Arc<Store>,
     metrics: Arc<Metrics>,
     live: RwLock<Arc<LiveMap>>,
     admin: tokio::sync::Mutex<AdminState>,
@@ -95,7 +104,7 @@ impl Registry {
         nn: Arc<NnNode>,
     ) -> anyhow::Result<Registry> {
         let store = Arc::new(Store::open(&config.data_dir)?);
-        let mut meta = store.load_meta()?;
+        let (mut meta, revision) = store.load()?;
         let mut compiled = HashMap::new();
         for (name, f) in meta.functions.iter_mut() {
             f.versions.retain(|v| {
@@ -152,11 +161,14 @@ impl Registry {
         let registry = Registry {
             config,
             runtime,
-            store,
+            desired: Arc::clone(&store) as Arc<dyn DesiredState>,
+            blobs: Arc::clone(&store) as Arc<dyn BlobStore>,
+            local: store,
             metrics,
             live: RwLock::new(Arc::default()),
             admin: tokio::sync::Mutex::new(AdminState {
                 meta,
+                revision,
                 compiled,
                 logs: HashMap::new(),
                 loaded_models,
@@ -203,7 +215,7 @@ impl Registry {
         env: BTreeMap<String, String>,
         models: Vec<String>,
         public: bool,
-    ) -> Result<Deploy, ApiError> {
+    ) -> Result<Deploy, RegistryError> {
         let digest = blocking({
             let bytes = bytes.clone();
             move || Ok(store::digest(&bytes))
@@ -234,16 +246,16 @@ impl Registry {
                 // Compilation is CPU-bound and can take a while: keep it off the async workers
                 // and outside the admin lock.
                 let runtime = Arc::clone(&self.runtime);
-                let store = Arc::clone(&self.store);
+                let store = Arc::clone(&self.local);
                 let d = digest.clone();
                 let bytes = bytes.clone();
-                tokio::task::spawn_blocking(move || -> Result<Prepared, ApiError> {
+                tokio::task::spawn_blocking(move || -> Result<Prepared, RegistryError> {
                     let component = runtime
                         .compile(&bytes)
-                        .map_err(ApiError::invalid_component)?;
+                        .map_err(RegistryError::invalid_component)?;
                     let pre = runtime
                         .prepare(&component)
-                        .map_err(ApiError::invalid_component)?;
+                        .map_err(RegistryError::invalid_component)?;
                     // The cache only saves start-up time: a failure to write it is not fatal.
                     match runtime.serialize(&component) {
                         Ok(code) => {
@@ -256,20 +268,20 @@ impl Registry {
                     Ok(pre)
                 })
                 .await
-                .map_err(|e| ApiError::internal(format!("compilation task failed: {e}")))??
+                .map_err(|e| RegistryError::internal(format!("compilation task failed: {e}")))??
             }
         };
 
         // The blob is written (and fsynced) before the commit, outside the admin lock; the hold
         // keeps a collection in between from taking it.
-        let _hold = self.store.hold(&digest);
+        let _hold = self.blobs.hold(&digest);
         let size = bytes.len() as u64;
         blocking({
-            let (store, d) = (Arc::clone(&self.store), digest.clone());
+            let (blobs, d) = (Arc::clone(&self.blobs), digest.clone());
             move || {
-                store
-                    .put_blob(&d, &bytes)
-                    .map_err(|e| ApiError::internal(format!("cannot store the version: {e}")))
+                blobs
+                    .put(&d, &bytes)
+                    .map_err(|e| RegistryError::internal(format!("cannot store the version: {e}")))
             }
         })
         .await?;
@@ -292,16 +304,16 @@ impl Registry {
             models: settings.models,
             public: settings.public,
         };
-        let mut meta = state.meta.clone();
-        meta.functions
-            .entry(name.to_string())
-            .or_default()
-            .push_live(record.clone(), self.config.max_versions);
-        self.save(&meta).await?;
-        state.meta = meta;
         state.compiled.insert(digest, pre);
-        self.publish(&mut state);
-        self.collect_garbage(&mut state).await;
+        let max_versions = self.config.max_versions;
+        self.commit(&mut state, |meta| {
+            meta.functions
+                .entry(name.to_string())
+                .or_default()
+                .push_live(record.clone(), max_versions);
+            Ok(())
+        })
+        .await?;
         tracing::info!(function = name, version = record.id(), "deployed");
         Ok(Deploy::Created(version_json(&record, true)))
     }
@@ -313,12 +325,12 @@ impl Registry {
         name: &str,
         digest: &str,
         s: &Settings,
-    ) -> Result<Option<Deploy>, ApiError> {
+    ) -> Result<Option<Deploy>, RegistryError> {
         let Some(v) = state.meta.functions.get(name).and_then(|f| f.find(digest)) else {
             return Ok(None);
         };
         if v.limits != s.limits || v.env != s.env || v.models != s.models || v.public != s.public {
-            return Err(ApiError::version_conflict(format!(
+            return Err(RegistryError::version_conflict(format!(
                 "function `{}` already has version {} with different settings, and versions never change: \
                  deploy it with the same settings, or change the component",
                 store::short_name(name),
@@ -335,30 +347,32 @@ impl Registry {
         state: &mut AdminState,
         name: &str,
         digest: &str,
-    ) -> Result<(), ApiError> {
-        let mut meta = state.meta.clone();
-        let f = meta
-            .functions
-            .get_mut(name)
-            .ok_or_else(|| ApiError::function_not_found(name))?;
-        if !f.make_live(digest, now_rfc3339()) {
+    ) -> Result<(), RegistryError> {
+        let f = (state.meta.functions.get(name))
+            .ok_or_else(|| RegistryError::function_not_found(name))?;
+        if f.live == digest {
             return Ok(());
         }
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish(state);
-        Ok(())
+        self.commit(state, |meta| {
+            let f = meta
+                .functions
+                .get_mut(name)
+                .ok_or_else(|| RegistryError::function_not_found(name))?;
+            f.make_live(digest, now_rfc3339());
+            Ok(())
+        })
+        .await
     }
 
     /// Moves `live` to `to` (a version id or digest prefix) or, without it, to the version
     /// deployed before the live one.
-    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Value, ApiError> {
+    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Value, RegistryError> {
         let mut state = self.admin.lock().await;
         let f = state
             .meta
             .functions
             .get(name)
-            .ok_or_else(|| ApiError::function_not_found(name))?;
+            .ok_or_else(|| RegistryError::function_not_found(name))?;
         let target = match to {
             Some(to) => resolve(name, f, to)?.digest.clone(),
             None => {
@@ -370,7 +384,7 @@ impl Registry {
                 match live.checked_sub(1) {
                     Some(i) => f.versions[i].digest.clone(),
                     None => {
-                        return Err(ApiError::invalid_request(format!(
+                        return Err(RegistryError::invalid_request(format!(
                             "the live version of `{name}` is its oldest retained version: name one with --to (see `tensorlet versions {name}`)"
                         )));
                     }
@@ -387,18 +401,17 @@ impl Registry {
     }
 
     /// Removes a function and all its versions.
-    pub async fn delete(&self, name: &str) -> Result<Value, ApiError> {
+    pub async fn delete(&self, name: &str) -> Result<Value, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.functions.contains_key(name) {
-            return Err(ApiError::function_not_found(name));
+            return Err(RegistryError::function_not_found(name));
         }
-        let mut meta = state.meta.clone();
-        meta.functions.remove(name);
-        self.save(&meta).await?;
-        state.meta = meta;
+        self.commit(&mut state, |meta| {
+            meta.functions.remove(name);
+            Ok(())
+        })
+        .await?;
         state.logs.remove(name);
-        self.publish(&mut state);
-        self.collect_garbage(&mut state).await;
         tracing::info!(function = name, "deleted");
         Ok(json!({ "name": store::short_name(name), "deleted": true }))
     }
@@ -424,13 +437,13 @@ impl Registry {
     }
 
     /// One function with its versions, newest first.
-    pub async fn get(&self, name: &str) -> Result<Value, ApiError> {
+    pub async fn get(&self, name: &str) -> Result<Value, RegistryError> {
         let state = self.admin.lock().await;
         let f = state
             .meta
             .functions
             .get(name)
-            .ok_or_else(|| ApiError::function_not_found(name))?;
+            .ok_or_else(|| RegistryError::function_not_found(name))?;
         let versions: Vec<Value> = f
             .versions
             .iter()
@@ -443,10 +456,10 @@ impl Registry {
     }
 
     /// The function's recent guest output.
-    pub async fn logs(&self, name: &str) -> Result<Vec<LogLine>, ApiError> {
+    pub async fn logs(&self, name: &str) -> Result<Vec<LogLine>, RegistryError> {
         let state = self.admin.lock().await;
         if !state.meta.functions.contains_key(name) {
-            return Err(ApiError::function_not_found(name));
+            return Err(RegistryError::function_not_found(name));
         }
         Ok(state
             .logs
@@ -455,15 +468,35 @@ impl Registry {
             .unwrap_or_default())
     }
 
-    async fn save(&self, meta: &Meta) -> Result<(), ApiError> {
-        let store = Arc::clone(&self.store);
-        let meta = meta.clone();
-        blocking(move || {
-            store
-                .save_meta(&meta)
-                .map_err(|e| ApiError::internal(format!("cannot save metadata: {e}")))
+    /// The one commit path of every admin change: `change` turns a copy of the current metadata
+    /// into the next (or refuses with a domain error, and nothing happens); the next state is
+    /// committed to the desired-state store (durable before this returns), becomes the admin
+    /// state, is published to the request path (functions, models, tenants), and whatever no
+    /// retained version needs any more is collected. Runs under the admin lock (`state`).
+    async fn commit<T>(
+        &self,
+        state: &mut AdminState,
+        change: impl FnOnce(&mut Meta) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut next = state.meta.clone();
+        let out = change(&mut next)?;
+        let (desired, expected, to_commit) =
+            (Arc::clone(&self.desired), state.revision, next.clone());
+        let revision = blocking(move || {
+            desired
+                .commit(expected, &to_commit)
+                .map_err(|e| RegistryError::internal(e.to_string()))
         })
-        .await
+        .await?;
+        next.revision = revision;
+        state.revision = revision;
+        state.meta = next;
+        // Collect first: the published model set counts what stays loaded.
+        self.collect_garbage(state).await;
+        self.publish(state);
+        self.publish_models(state);
+        self.publish_tenants(state);
+        Ok(out)
     }
 
     /// Rebuilds the live snapshot from the metadata and swaps it in.
@@ -509,24 +542,24 @@ impl Registry {
         state.compiled.retain(|d, _| referenced.contains(d));
         let live: HashSet<String> = state.meta.models.values().map(live_key).collect();
         state.loaded_models.retain(|key, _| live.contains(key));
-        let store = Arc::clone(&self.store);
+        let blobs = Arc::clone(&self.blobs);
         let collected = blocking(move || {
-            store.collect_garbage(&referenced.iter().map(String::as_str).collect());
+            blobs.retain(&referenced.iter().map(String::as_str).collect());
             Ok(())
         });
         if let Err(e) = collected.await {
-            tracing::warn!("garbage collection failed: {}", e.message);
+            tracing::warn!("garbage collection failed: {e}");
         }
     }
 }
 
 /// Runs file I/O or CPU-bound work on the blocking pool, off the async workers.
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    work: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
+        .map_err(|e| RegistryError::internal(format!("a blocking task failed: {e}")))?
 }
 
 /// Settings of a version, fixed at deploy.
@@ -544,7 +577,7 @@ fn resolve_models(
     meta: &Meta,
     owner: Option<&str>,
     names: Vec<String>,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<String>, RegistryError> {
     let mut keys = Vec::with_capacity(names.len());
     for name in names {
         let own = owner.map(|t| format!("{t}/{name}"));
@@ -552,7 +585,7 @@ fn resolve_models(
             Some(own) if meta.models.contains_key(&own) => own,
             _ if meta.models.contains_key(&name) => name,
             _ => {
-                return Err(ApiError::invalid_request(format!(
+                return Err(RegistryError::invalid_request(format!(
                     "no model named `{name}`: add it first with `tensorlet model add {name} FILE.onnx`"
                 )));
             }
@@ -570,36 +603,36 @@ fn check_tenant_deploy(
     name: &str,
     limits: &FunctionLimits,
     size: u64,
-) -> Result<(), ApiError> {
+) -> Result<(), RegistryError> {
     let Some(tenant) = store::owner(name) else {
         return Ok(());
     };
     let Some(t) = meta.tenants.get(tenant) else {
-        return Err(ApiError::tenant_not_found(tenant));
+        return Err(RegistryError::tenant_not_found(tenant));
     };
     let q = t.quotas;
     if limits.memory > q.max_memory {
-        return Err(ApiError::invalid_request(format!(
+        return Err(RegistryError::invalid_request(format!(
             "memory {} is above this tenant's max_memory quota of {}: ask for less",
             crate::config::format_size(limits.memory),
             crate::config::format_size(q.max_memory)
         )));
     }
     if limits.timeout_ms > q.max_timeout_ms {
-        return Err(ApiError::invalid_request(format!(
+        return Err(RegistryError::invalid_request(format!(
             "timeout {}ms is above this tenant's max_timeout quota of {}ms: ask for less",
             limits.timeout_ms, q.max_timeout_ms
         )));
     }
     let used = tenants::usage(meta, tenant);
     if !meta.functions.contains_key(name) && used.functions >= q.max_functions {
-        return Err(ApiError::quota_exceeded(format!(
+        return Err(RegistryError::quota_exceeded(format!(
             "this tenant has {} functions, its max_functions quota: delete one first",
             used.functions
         )));
     }
     if used.stored + size > q.max_stored {
-        return Err(ApiError::quota_exceeded(format!(
+        return Err(RegistryError::quota_exceeded(format!(
             "this tenant stores {} and this upload is {}, over its max_stored quota of {}: delete functions, models or old versions first",
             crate::config::format_size(used.stored),
             crate::config::format_size(size),
@@ -623,21 +656,25 @@ fn referenced(meta: &Meta) -> HashSet<&str> {
 }
 
 /// Finds a version by id, full digest, `sha256:` digest or unique prefix.
-fn resolve<'a>(name: &str, f: &'a FunctionRecord, to: &str) -> Result<&'a VersionRecord, ApiError> {
+fn resolve<'a>(
+    name: &str,
+    f: &'a FunctionRecord,
+    to: &str,
+) -> Result<&'a VersionRecord, RegistryError> {
     let key = to
         .strip_prefix("sha256:")
         .unwrap_or(to)
         .to_ascii_lowercase();
     if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::version_not_found(name, to));
+        return Err(RegistryError::version_not_found(name, to));
     }
     let mut matches = f.versions.iter().filter(|v| v.digest.starts_with(&key));
     match (matches.next(), matches.next()) {
         (Some(v), None) => Ok(v),
-        (Some(_), Some(_)) => Err(ApiError::invalid_request(format!(
+        (Some(_), Some(_)) => Err(RegistryError::invalid_request(format!(
             "`{to}` matches several versions of `{name}`: give more digits"
         ))),
-        (None, _) => Err(ApiError::version_not_found(name, to)),
+        (None, _) => Err(RegistryError::version_not_found(name, to)),
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::RegistryError;
 use super::{AdminState, Deploy, Registry};
-use crate::error::ApiError;
 use crate::nn::onnx::{Model, ModelOptions};
 use crate::store::{self, ModelRecord, ModelVersion};
 use crate::time::now_rfc3339;
@@ -25,9 +25,9 @@ impl Registry {
         name: &str,
         bytes: Bytes,
         options: ModelOptions,
-    ) -> Result<Deploy, ApiError> {
+    ) -> Result<Deploy, RegistryError> {
         let Some(onnx) = self.nn.onnx.clone() else {
-            return Err(ApiError::onnx_unavailable());
+            return Err(RegistryError::onnx_unavailable());
         };
         let digest = super::blocking({
             let bytes = bytes.clone();
@@ -51,19 +51,19 @@ impl Registry {
                 let metrics = self.metrics.model(name);
                 let built = super::blocking(move || {
                     onnx.sessions(&n, &b, count, options, &metrics)
-                        .map_err(|e| ApiError::model_load(&n, e))
+                        .map_err(|e| RegistryError::model_load(&n, e))
                 })
                 .await?;
                 Arc::new(built)
             }
         };
-        let _hold = self.store.hold(&digest);
+        let _hold = self.blobs.hold(&digest);
         if existing.is_none() {
-            let (store, d) = (Arc::clone(&self.store), digest.clone());
+            let (blobs, d) = (Arc::clone(&self.blobs), digest.clone());
             super::blocking(move || {
-                store
-                    .put_blob(&d, &bytes)
-                    .map_err(|e| ApiError::internal(format!("cannot store the model: {e}")))
+                blobs
+                    .put(&d, &bytes)
+                    .map_err(|e| RegistryError::internal(format!("cannot store the model: {e}")))
             })
             .await?;
         }
@@ -72,36 +72,38 @@ impl Registry {
         // Another change may have come in while the sessions were built: check again.
         let existing = self.check_model_add(&state, name, &digest, options, size)?;
         let created = existing.is_none();
-        let mut meta = state.meta.clone();
-        let record = match existing {
-            Some(v) => {
-                let m = meta
-                    .models
-                    .get_mut(name)
-                    .ok_or_else(|| ApiError::model_not_found(name))?;
-                m.make_live(&digest, now_rfc3339());
-                v
-            }
-            None => {
-                let record = ModelVersion {
-                    digest: digest.clone(),
-                    created_at: now_rfc3339(),
-                    size,
-                    target: options.target,
-                    max_batch: options.max_batch,
-                };
-                meta.models
-                    .entry(name.to_string())
-                    .or_default()
-                    .push_live(record.clone(), self.config.max_versions);
-                record
-            }
-        };
-        self.save(&meta).await?;
-        state.meta = meta;
+        // The sessions are there before the version is published (a failed commit leaves them
+        // to the next collection).
         state.loaded_models.entry(key).or_insert(sessions);
-        self.collect_garbage(&mut state).await;
-        self.publish_models(&state);
+        let max_versions = self.config.max_versions;
+        let record = self
+            .commit(&mut state, |meta| {
+                Ok(match existing {
+                    Some(v) => {
+                        let m = meta
+                            .models
+                            .get_mut(name)
+                            .ok_or_else(|| RegistryError::model_not_found(name))?;
+                        m.make_live(&digest, now_rfc3339());
+                        v
+                    }
+                    None => {
+                        let record = ModelVersion {
+                            digest: digest.clone(),
+                            created_at: now_rfc3339(),
+                            size,
+                            target: options.target,
+                            max_batch: options.max_batch,
+                        };
+                        meta.models
+                            .entry(name.to_string())
+                            .or_default()
+                            .push_live(record.clone(), max_versions);
+                        record
+                    }
+                })
+            })
+            .await?;
         tracing::info!(
             model = name,
             version = store::short_id(&digest),
@@ -124,9 +126,9 @@ impl Registry {
         digest: &str,
         options: ModelOptions,
         size: u64,
-    ) -> Result<Option<ModelVersion>, ApiError> {
+    ) -> Result<Option<ModelVersion>, RegistryError> {
         match state.meta.models.get(name).and_then(|m| m.find(digest)) {
-            Some(v) if v.options() != options => Err(ApiError::version_conflict(format!(
+            Some(v) if v.options() != options => Err(RegistryError::version_conflict(format!(
                 "model `{name}` already has version {} with other options, and versions never change: \
                  add it with --target {} --max-batch {}",
                 store::short_id(&v.digest),
@@ -171,13 +173,13 @@ impl Registry {
     }
 
     /// One model with its versions, newest first, and its declared inputs and outputs.
-    pub async fn get_model(&self, name: &str) -> Result<Value, ApiError> {
+    pub async fn get_model(&self, name: &str) -> Result<Value, RegistryError> {
         let state = self.admin.lock().await;
         let m = state
             .meta
             .models
             .get(name)
-            .ok_or_else(|| ApiError::model_not_found(name))?;
+            .ok_or_else(|| RegistryError::model_not_found(name))?;
         let versions: Vec<Value> = m
             .versions
             .iter()
@@ -205,10 +207,10 @@ impl Registry {
     }
 
     /// Removes a model, unless a live function version may use it.
-    pub async fn remove_model(&self, name: &str) -> Result<Value, ApiError> {
+    pub async fn remove_model(&self, name: &str) -> Result<Value, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.models.contains_key(name) {
-            return Err(ApiError::model_not_found(name));
+            return Err(RegistryError::model_not_found(name));
         }
         let users: Vec<&str> = state
             .meta
@@ -221,16 +223,15 @@ impl Registry {
             .map(|(n, _)| store::short_name(n))
             .collect();
         if !users.is_empty() {
-            return Err(ApiError::version_conflict(format!(
+            return Err(RegistryError::version_conflict(format!(
                 "model `{name}` is used by the live version of {users:?}: redeploy or delete those functions first"
             )));
         }
-        let mut meta = state.meta.clone();
-        meta.models.remove(name);
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.collect_garbage(&mut state).await;
-        self.publish_models(&state);
+        self.commit(&mut state, |meta| {
+            meta.models.remove(name);
+            Ok(())
+        })
+        .await?;
         tracing::info!(model = name, "model removed");
         Ok(json!({ "name": store::short_name(name), "deleted": true }))
     }
@@ -255,22 +256,26 @@ impl Registry {
 }
 
 /// A tenant's model must fit its quotas: model count and stored bytes.
-fn check_tenant_model(meta: &crate::store::Meta, name: &str, size: u64) -> Result<(), ApiError> {
+fn check_tenant_model(
+    meta: &crate::store::Meta,
+    name: &str,
+    size: u64,
+) -> Result<(), RegistryError> {
     let Some(tenant) = store::owner(name) else {
         return Ok(());
     };
     let Some(t) = meta.tenants.get(tenant) else {
-        return Err(ApiError::tenant_not_found(tenant));
+        return Err(RegistryError::tenant_not_found(tenant));
     };
     let used = super::tenants::usage(meta, tenant);
     if !meta.models.contains_key(name) && used.models >= t.quotas.max_models {
-        return Err(ApiError::quota_exceeded(format!(
+        return Err(RegistryError::quota_exceeded(format!(
             "this tenant has {} models, its max_models quota: remove one first",
             used.models
         )));
     }
     if used.stored + size > t.quotas.max_stored {
-        return Err(ApiError::quota_exceeded(format!(
+        return Err(RegistryError::quota_exceeded(format!(
             "this tenant stores {} and this model is {}, over its max_stored quota of {}: remove something first",
             crate::config::format_size(used.stored),
             crate::config::format_size(size),

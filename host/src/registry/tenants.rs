@@ -11,10 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use super::RegistryError;
 use super::{AdminState, Registry};
 use crate::auth;
 use crate::config::Quotas;
-use crate::error::ApiError;
 use crate::metrics::TenantMetrics;
 use crate::nn::InferenceQuota;
 use crate::store::{self, KeyRecord, Meta, TenantRecord};
@@ -212,7 +212,7 @@ pub struct QuotaPatch {
 }
 
 impl QuotaPatch {
-    pub(crate) fn apply(&self, q: &mut Quotas) -> Result<(), ApiError> {
+    pub(crate) fn apply(&self, q: &mut Quotas) -> Result<(), RegistryError> {
         let fields: [(&str, Option<u64>); 8] = [
             ("max_functions", self.max_functions.map(u64::from)),
             ("max_models", self.max_models.map(u64::from)),
@@ -227,7 +227,7 @@ impl QuotaPatch {
             ("max_inferences", self.max_inferences.map(u64::from)),
         ];
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == Some(0)) {
-            return Err(ApiError::invalid_request(format!(
+            return Err(RegistryError::invalid_request(format!(
                 "`{name}` must be at least 1"
             )));
         }
@@ -310,18 +310,17 @@ impl Registry {
     }
 
     /// Creates a tenant; the answer holds its token, shown only this once.
-    pub async fn create_tenant(&self, name: &str, patch: &QuotaPatch) -> Result<Value, ApiError> {
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        patch: &QuotaPatch,
+    ) -> Result<Value, RegistryError> {
         let mut quotas = self.config.tenant_defaults;
         patch.apply(&mut quotas)?;
-        let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let secret = auth::secret().map_err(|e| RegistryError::internal(format!("{e:#}")))?;
         let mut state = self.admin.lock().await;
         if state.meta.tenants.contains_key(name) {
-            return Err(ApiError::conflict(
-                "tenant_exists",
-                format!(
-                    "tenant `{name}` already exists: pick another name, or `tensorlet tenant token rotate {name}` for a new token"
-                ),
-            ));
+            return Err(RegistryError::TenantExists(name.to_string()));
         }
         let record = TenantRecord {
             created_at: now_rfc3339(),
@@ -329,11 +328,11 @@ impl Registry {
             keys: Default::default(),
             quotas,
         };
-        let mut meta = state.meta.clone();
-        meta.tenants.insert(name.to_string(), record.clone());
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish_tenants(&state);
+        self.commit(&mut state, |meta| {
+            meta.tenants.insert(name.to_string(), record.clone());
+            Ok(())
+        })
+        .await?;
         tracing::info!(tenant = name, "tenant created");
         let mut answer = tenant_json(name, &record, Usage::default());
         answer["token"] = json!(format!("{}{name}_{secret}", auth::TENANT_PREFIX));
@@ -357,23 +356,26 @@ impl Registry {
     async fn change_tenant<T>(
         &self,
         name: &str,
-        change: impl FnOnce(&mut TenantRecord, &Meta) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        change: impl FnOnce(&mut TenantRecord, &Meta) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
         let mut state = self.admin.lock().await;
-        let mut meta = state.meta.clone();
-        let t = meta
-            .tenants
-            .get_mut(name)
-            .ok_or_else(|| ApiError::tenant_not_found(name))?;
-        let out = change(t, &state.meta)?;
-        self.save(&meta).await?;
-        state.meta = meta;
-        self.publish_tenants(&state);
-        Ok(out)
+        let before = state.meta.clone();
+        self.commit(&mut state, |meta| {
+            let t = meta
+                .tenants
+                .get_mut(name)
+                .ok_or_else(|| RegistryError::tenant_not_found(name))?;
+            change(t, &before)
+        })
+        .await
     }
 
     /// Changes a tenant's quotas (what it already holds stays; new work is checked).
-    pub async fn update_tenant(&self, name: &str, patch: &QuotaPatch) -> Result<Value, ApiError> {
+    pub async fn update_tenant(
+        &self,
+        name: &str,
+        patch: &QuotaPatch,
+    ) -> Result<Value, RegistryError> {
         let answer = self
             .change_tenant(name, |t, meta| {
                 patch.apply(&mut t.quotas)?;
@@ -385,32 +387,31 @@ impl Registry {
     }
 
     /// Removes a tenant with all its functions, models and keys.
-    pub async fn remove_tenant(&self, name: &str) -> Result<Value, ApiError> {
+    pub async fn remove_tenant(&self, name: &str) -> Result<Value, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.tenants.contains_key(name) {
-            return Err(ApiError::tenant_not_found(name));
+            return Err(RegistryError::tenant_not_found(name));
         }
-        let mut meta = state.meta.clone();
-        meta.tenants.remove(name);
         let owned = |k: &String| store::owner(k) == Some(name);
-        let functions: Vec<String> = meta
-            .functions
-            .keys()
-            .filter(|k| owned(k))
-            .cloned()
-            .collect();
-        let models: Vec<String> = meta.models.keys().filter(|k| owned(k)).cloned().collect();
-        meta.functions.retain(|k, _| !owned(k));
-        meta.models.retain(|k, _| !owned(k));
-        self.save(&meta).await?;
-        state.meta = meta;
+        let (functions, models) = self
+            .commit(&mut state, |meta| {
+                meta.tenants.remove(name);
+                let functions: Vec<String> = meta
+                    .functions
+                    .keys()
+                    .filter(|k| owned(k))
+                    .cloned()
+                    .collect();
+                let models: Vec<String> =
+                    meta.models.keys().filter(|k| owned(k)).cloned().collect();
+                meta.functions.retain(|k, _| !owned(k));
+                meta.models.retain(|k, _| !owned(k));
+                Ok((functions, models))
+            })
+            .await?;
         for f in &functions {
             state.logs.remove(f);
         }
-        self.publish(&mut state);
-        self.collect_garbage(&mut state).await;
-        self.publish_models(&state);
-        self.publish_tenants(&state);
         tracing::info!(tenant = name, "tenant removed");
         Ok(json!({
             "name": name,
@@ -421,8 +422,8 @@ impl Registry {
     }
 
     /// Gives a tenant a new token; the old one stops working at once.
-    pub async fn rotate_token(&self, name: &str) -> Result<Value, ApiError> {
-        let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    pub async fn rotate_token(&self, name: &str) -> Result<Value, RegistryError> {
+        let secret = auth::secret().map_err(|e| RegistryError::internal(format!("{e:#}")))?;
         self.change_tenant(name, |t, _| {
             t.token_hash = auth::hash(&secret);
             Ok(())
@@ -433,18 +434,18 @@ impl Registry {
     }
 
     /// Issues an invoke key for the tenant's private functions; shown only this once.
-    pub async fn create_key(&self, tenant: &str) -> Result<Value, ApiError> {
-        let secret = auth::secret().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    pub async fn create_key(&self, tenant: &str) -> Result<Value, RegistryError> {
+        let secret = auth::secret().map_err(|e| RegistryError::internal(format!("{e:#}")))?;
         let created_at = now_rfc3339();
         let id = self
             .change_tenant(tenant, |t, _| {
                 if t.keys.len() >= 100 {
-                    return Err(ApiError::quota_exceeded(
+                    return Err(RegistryError::quota_exceeded(
                         "a tenant has at most 100 invoke keys: remove one with `tensorlet key rm ID`",
                     ));
                 }
                 let id = loop {
-                    let id = auth::key_id().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                    let id = auth::key_id().map_err(|e| RegistryError::internal(format!("{e:#}")))?;
                     if !t.keys.contains_key(&id) {
                         break id;
                     }
@@ -463,13 +464,13 @@ impl Registry {
     }
 
     /// The tenant's invoke keys (ids and dates, never the keys).
-    pub async fn list_keys(&self, tenant: &str) -> Result<Value, ApiError> {
+    pub async fn list_keys(&self, tenant: &str) -> Result<Value, RegistryError> {
         let state = self.admin.lock().await;
         let t = state
             .meta
             .tenants
             .get(tenant)
-            .ok_or_else(|| ApiError::tenant_not_found(tenant))?;
+            .ok_or_else(|| RegistryError::tenant_not_found(tenant))?;
         let keys: Vec<Value> = t
             .keys
             .iter()
@@ -479,13 +480,10 @@ impl Registry {
     }
 
     /// Revokes an invoke key.
-    pub async fn remove_key(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
+    pub async fn remove_key(&self, tenant: &str, id: &str) -> Result<Value, RegistryError> {
         self.change_tenant(tenant, |t, _| match t.keys.remove(id) {
             Some(_) => Ok(()),
-            None => Err(ApiError::not_found_code(
-                "key_not_found",
-                format!("no invoke key `{id}`: see `tensorlet key list`"),
-            )),
+            None => Err(RegistryError::KeyNotFound(id.to_string())),
         })
         .await?;
         Ok(json!({ "id": id, "deleted": true }))
