@@ -7,6 +7,7 @@
 
 mod error;
 mod models;
+mod rules;
 mod tenants;
 
 pub use tenants::{QuotaPatch, TenantLive};
@@ -24,10 +25,11 @@ use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
 use crate::nn::onnx::Sessions;
 use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
-use crate::store::{self, FunctionRecord, Meta, Store, VersionRecord};
+use crate::store::{self, Meta, Store, VersionRecord};
 use crate::time::now_rfc3339;
 pub use error::RegistryError;
 use models::{live_key, live_options};
+use rules::{check_tenant_deploy, referenced, resolve, resolve_models};
 
 /// One version of one function, ready to serve requests.
 pub struct Deployed {
@@ -569,113 +571,6 @@ struct Settings {
     /// Model keys, sorted.
     models: Vec<String>,
     public: bool,
-}
-
-/// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
-/// first, else a shared (operator's) model `{name}`.
-fn resolve_models(
-    meta: &Meta,
-    owner: Option<&str>,
-    names: Vec<String>,
-) -> Result<Vec<String>, RegistryError> {
-    let mut keys = Vec::with_capacity(names.len());
-    for name in names {
-        let own = owner.map(|t| format!("{t}/{name}"));
-        let key = match own {
-            Some(own) if meta.models.contains_key(&own) => own,
-            _ if meta.models.contains_key(&name) => name,
-            _ => {
-                return Err(RegistryError::invalid_request(format!(
-                    "no model named `{name}`: add it first with `tensorlet model add {name} FILE.onnx`"
-                )));
-            }
-        };
-        keys.push(key);
-    }
-    keys.sort();
-    keys.dedup();
-    Ok(keys)
-}
-
-/// A tenant's deploy must fit its quotas: function count, stored bytes, memory and timeout.
-fn check_tenant_deploy(
-    meta: &Meta,
-    name: &str,
-    limits: &FunctionLimits,
-    size: u64,
-) -> Result<(), RegistryError> {
-    let Some(tenant) = store::owner(name) else {
-        return Ok(());
-    };
-    let Some(t) = meta.tenants.get(tenant) else {
-        return Err(RegistryError::tenant_not_found(tenant));
-    };
-    let q = t.quotas;
-    if limits.memory > q.max_memory {
-        return Err(RegistryError::invalid_request(format!(
-            "memory {} is above this tenant's max_memory quota of {}: ask for less",
-            crate::config::format_size(limits.memory),
-            crate::config::format_size(q.max_memory)
-        )));
-    }
-    if limits.timeout_ms > q.max_timeout_ms {
-        return Err(RegistryError::invalid_request(format!(
-            "timeout {}ms is above this tenant's max_timeout quota of {}ms: ask for less",
-            limits.timeout_ms, q.max_timeout_ms
-        )));
-    }
-    let used = tenants::usage(meta, tenant);
-    if !meta.functions.contains_key(name) && used.functions >= q.max_functions {
-        return Err(RegistryError::quota_exceeded(format!(
-            "this tenant has {} functions, its max_functions quota: delete one first",
-            used.functions
-        )));
-    }
-    if used.stored + size > q.max_stored {
-        return Err(RegistryError::quota_exceeded(format!(
-            "this tenant stores {} and this upload is {}, over its max_stored quota of {}: delete functions, models or old versions first",
-            crate::config::format_size(used.stored),
-            crate::config::format_size(size),
-            crate::config::format_size(q.max_stored)
-        )));
-    }
-    Ok(())
-}
-
-/// Every digest the metadata refers to: function versions and model versions.
-fn referenced(meta: &Meta) -> HashSet<&str> {
-    let functions = meta
-        .functions
-        .values()
-        .flat_map(|f| f.versions.iter().map(|v| v.digest.as_str()));
-    let models = meta
-        .models
-        .values()
-        .flat_map(|m| m.versions.iter().map(|v| v.digest.as_str()));
-    functions.chain(models).collect()
-}
-
-/// Finds a version by id, full digest, `sha256:` digest or unique prefix.
-fn resolve<'a>(
-    name: &str,
-    f: &'a FunctionRecord,
-    to: &str,
-) -> Result<&'a VersionRecord, RegistryError> {
-    let key = to
-        .strip_prefix("sha256:")
-        .unwrap_or(to)
-        .to_ascii_lowercase();
-    if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(RegistryError::version_not_found(name, to));
-    }
-    let mut matches = f.versions.iter().filter(|v| v.digest.starts_with(&key));
-    match (matches.next(), matches.next()) {
-        (Some(v), None) => Ok(v),
-        (Some(_), Some(_)) => Err(RegistryError::invalid_request(format!(
-            "`{to}` matches several versions of `{name}`: give more digits"
-        ))),
-        (None, _) => Err(RegistryError::version_not_found(name, to)),
-    }
 }
 
 fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Result<Prepared> {

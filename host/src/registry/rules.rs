@@ -1,0 +1,247 @@
+//! The rules an admin change must follow, as pure functions of the metadata: which model a
+//! deploy's `--model NAME` means, whether a tenant's deploy fits its quotas, which version a
+//! rollback names, and which blobs are still referenced. No I/O, so each is unit-tested here.
+
+use std::collections::HashSet;
+
+use super::RegistryError;
+use super::tenants;
+use crate::config::FunctionLimits;
+use crate::store::{self, FunctionRecord, Meta, VersionRecord};
+
+/// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
+/// first, else a shared (operator's) model `{name}`.
+pub(super) fn resolve_models(
+    meta: &Meta,
+    owner: Option<&str>,
+    names: Vec<String>,
+) -> Result<Vec<String>, RegistryError> {
+    let mut keys = Vec::with_capacity(names.len());
+    for name in names {
+        let own = owner.map(|t| format!("{t}/{name}"));
+        let key = match own {
+            Some(own) if meta.models.contains_key(&own) => own,
+            _ if meta.models.contains_key(&name) => name,
+            _ => {
+                return Err(RegistryError::invalid_request(format!(
+                    "no model named `{name}`: add it first with `tensorlet model add {name} FILE.onnx`"
+                )));
+            }
+        };
+        keys.push(key);
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// A tenant's deploy must fit its quotas: function count, stored bytes, memory and timeout.
+pub(super) fn check_tenant_deploy(
+    meta: &Meta,
+    name: &str,
+    limits: &FunctionLimits,
+    size: u64,
+) -> Result<(), RegistryError> {
+    let Some(tenant) = store::owner(name) else {
+        return Ok(());
+    };
+    let Some(t) = meta.tenants.get(tenant) else {
+        return Err(RegistryError::tenant_not_found(tenant));
+    };
+    let q = t.quotas;
+    if limits.memory > q.max_memory {
+        return Err(RegistryError::invalid_request(format!(
+            "memory {} is above this tenant's max_memory quota of {}: ask for less",
+            crate::config::format_size(limits.memory),
+            crate::config::format_size(q.max_memory)
+        )));
+    }
+    if limits.timeout_ms > q.max_timeout_ms {
+        return Err(RegistryError::invalid_request(format!(
+            "timeout {}ms is above this tenant's max_timeout quota of {}ms: ask for less",
+            limits.timeout_ms, q.max_timeout_ms
+        )));
+    }
+    let used = tenants::usage(meta, tenant);
+    if !meta.functions.contains_key(name) && used.functions >= q.max_functions {
+        return Err(RegistryError::quota_exceeded(format!(
+            "this tenant has {} functions, its max_functions quota: delete one first",
+            used.functions
+        )));
+    }
+    if used.stored + size > q.max_stored {
+        return Err(RegistryError::quota_exceeded(format!(
+            "this tenant stores {} and this upload is {}, over its max_stored quota of {}: delete functions, models or old versions first",
+            crate::config::format_size(used.stored),
+            crate::config::format_size(size),
+            crate::config::format_size(q.max_stored)
+        )));
+    }
+    Ok(())
+}
+
+/// Every digest the metadata refers to: function versions and model versions.
+pub(super) fn referenced(meta: &Meta) -> HashSet<&str> {
+    let functions = meta
+        .functions
+        .values()
+        .flat_map(|f| f.versions.iter().map(|v| v.digest.as_str()));
+    let models = meta
+        .models
+        .values()
+        .flat_map(|m| m.versions.iter().map(|v| v.digest.as_str()));
+    functions.chain(models).collect()
+}
+
+/// Finds a version by id, full digest, `sha256:` digest or unique prefix.
+pub(super) fn resolve<'a>(
+    name: &str,
+    f: &'a FunctionRecord,
+    to: &str,
+) -> Result<&'a VersionRecord, RegistryError> {
+    let key = to
+        .strip_prefix("sha256:")
+        .unwrap_or(to)
+        .to_ascii_lowercase();
+    if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(RegistryError::version_not_found(name, to));
+    }
+    let mut matches = f.versions.iter().filter(|v| v.digest.starts_with(&key));
+    match (matches.next(), matches.next()) {
+        (Some(v), None) => Ok(v),
+        (Some(_), Some(_)) => Err(RegistryError::invalid_request(format!(
+            "`{to}` matches several versions of `{name}`: give more digits"
+        ))),
+        (None, _) => Err(RegistryError::version_not_found(name, to)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ModelRecord, ModelVersion, TenantRecord};
+
+    fn version(digest: &str, size: u64) -> VersionRecord {
+        VersionRecord {
+            digest: digest.into(),
+            created_at: String::new(),
+            size,
+            limits: crate::config::Config::from_toml("").unwrap().defaults,
+            env: Default::default(),
+            models: Vec::new(),
+            public: false,
+        }
+    }
+
+    fn meta_with_tenant(max_functions: u32, max_stored: u64) -> Meta {
+        let mut quotas = crate::config::Config::from_toml("")
+            .unwrap()
+            .tenant_defaults;
+        quotas.max_functions = max_functions;
+        quotas.max_stored = max_stored;
+        let mut meta = Meta::default();
+        meta.tenants.insert(
+            "t".into(),
+            TenantRecord {
+                created_at: String::new(),
+                token_hash: String::new(),
+                keys: Default::default(),
+                quotas,
+            },
+        );
+        meta
+    }
+
+    #[test]
+    fn a_tenants_own_model_comes_before_a_shared_one() {
+        let mut meta = Meta::default();
+        let model = |d: &str| {
+            let mut m = ModelRecord::default();
+            m.push_live(
+                ModelVersion {
+                    digest: d.into(),
+                    created_at: String::new(),
+                    size: 1,
+                    target: Default::default(),
+                    max_batch: 1,
+                },
+                5,
+            );
+            m
+        };
+        meta.models.insert("m".into(), model("aa"));
+        meta.models.insert("t/m".into(), model("bb"));
+        meta.models.insert("shared".into(), model("cc"));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            resolve_models(&meta, Some("t"), names(&["m", "shared", "m"])).unwrap(),
+            ["shared", "t/m"]
+        );
+        assert_eq!(resolve_models(&meta, None, names(&["m"])).unwrap(), ["m"]);
+        let missing = resolve_models(&meta, Some("t"), names(&["nope"])).unwrap_err();
+        assert!(matches!(missing, RegistryError::Invalid(m) if m.contains("model add nope")));
+    }
+
+    #[test]
+    fn a_tenants_deploy_must_fit_its_quotas() {
+        let limits = crate::config::Config::from_toml("").unwrap().defaults;
+        let mut meta = meta_with_tenant(1, 100);
+        assert!(check_tenant_deploy(&meta, "t/a", &limits, 60).is_ok());
+        assert!(check_tenant_deploy(&meta, "op-fn", &limits, 1 << 40).is_ok());
+        assert!(matches!(
+            check_tenant_deploy(&meta, "u/a", &limits, 1),
+            Err(RegistryError::TenantNotFound(t)) if t == "u"
+        ));
+        let mut f = FunctionRecord::default();
+        f.push_live(version("aa", 60), 5);
+        meta.functions.insert("t/a".into(), f);
+        // A second function is over max_functions; a new version of the first is not, until
+        // the stored bytes are.
+        assert!(matches!(
+            check_tenant_deploy(&meta, "t/b", &limits, 1),
+            Err(RegistryError::QuotaExceeded(_))
+        ));
+        assert!(check_tenant_deploy(&meta, "t/a", &limits, 40).is_ok());
+        assert!(matches!(
+            check_tenant_deploy(&meta, "t/a", &limits, 41),
+            Err(RegistryError::QuotaExceeded(m)) if m.contains("max_stored")
+        ));
+        let mut big = limits;
+        big.memory = u64::MAX;
+        assert!(matches!(
+            check_tenant_deploy(&meta, "t/a", &big, 1),
+            Err(RegistryError::Invalid(m)) if m.contains("max_memory")
+        ));
+    }
+
+    #[test]
+    fn versions_are_named_by_unique_prefixes() {
+        let mut f = FunctionRecord::default();
+        for d in ["abcd11", "abcd22", "ef0123"] {
+            f.push_live(version(d, 1), 5);
+        }
+        assert_eq!(resolve("f", &f, "ef01").unwrap().digest, "ef0123");
+        assert_eq!(resolve("f", &f, "sha256:ABCD11").unwrap().digest, "abcd11");
+        assert!(matches!(
+            resolve("f", &f, "abcd"),
+            Err(RegistryError::Invalid(_))
+        ));
+        for bad in ["abc", "zzzz", "9999"] {
+            assert!(matches!(
+                resolve("f", &f, bad),
+                Err(RegistryError::VersionNotFound { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn referenced_covers_every_retained_version() {
+        let mut meta = Meta::default();
+        let mut f = FunctionRecord::default();
+        f.push_live(version("aa", 1), 5);
+        f.push_live(version("bb", 1), 5);
+        meta.functions.insert("f".into(), f);
+        let got = referenced(&meta);
+        assert_eq!(got, HashSet::from(["aa", "bb"]));
+    }
+}
