@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::RegistryError;
+use super::rules::check_tenant_model;
 use super::{AdminState, Deploy, Registry};
 use crate::nn::onnx::{Model, ModelOptions};
 use crate::store::{self, ModelRecord, ModelVersion};
@@ -253,36 +254,6 @@ impl Registry {
             .models_loaded
             .store(state.loaded_models.len() as u64, Ordering::Relaxed);
     }
-}
-
-/// A tenant's model must fit its quotas: model count and stored bytes.
-fn check_tenant_model(
-    meta: &crate::store::Meta,
-    name: &str,
-    size: u64,
-) -> Result<(), RegistryError> {
-    let Some(tenant) = store::owner(name) else {
-        return Ok(());
-    };
-    let Some(t) = meta.tenants.get(tenant) else {
-        return Err(RegistryError::tenant_not_found(tenant));
-    };
-    let used = super::tenants::usage(meta, tenant);
-    if !meta.models.contains_key(name) && used.models >= t.quotas.max_models {
-        return Err(RegistryError::quota_exceeded(format!(
-            "this tenant has {} models, its max_models quota: remove one first",
-            used.models
-        )));
-    }
-    if used.stored + size > t.quotas.max_stored {
-        return Err(RegistryError::quota_exceeded(format!(
-            "this tenant stores {} and this model is {}, over its max_stored quota of {}: remove something first",
-            crate::config::format_size(used.stored),
-            crate::config::format_size(size),
-            crate::config::format_size(t.quotas.max_stored)
-        )));
-    }
-    Ok(())
 }
 
 /// Loaded sessions are keyed by digest and target: the same bytes load once per node, however

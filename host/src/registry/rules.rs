@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use super::RegistryError;
 use super::tenants;
 use crate::config::FunctionLimits;
-use crate::store::{self, FunctionRecord, Meta, VersionRecord};
+use crate::store::{self, FunctionRecord, Meta, TenantRecord, VersionRecord};
 
 /// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
 /// first, else a shared (operator's) model `{name}`.
@@ -35,6 +35,43 @@ pub(super) fn resolve_models(
     Ok(keys)
 }
 
+/// The tenant owning the key `name` and its record; `None` for the operator's (no quotas).
+fn tenant_of<'a>(
+    meta: &'a Meta,
+    name: &'a str,
+) -> Result<Option<(&'a str, &'a TenantRecord)>, RegistryError> {
+    let Some(tenant) = store::owner(name) else {
+        return Ok(None);
+    };
+    match meta.tenants.get(tenant) {
+        Some(t) => Ok(Some((tenant, t))),
+        None => Err(RegistryError::tenant_not_found(tenant)),
+    }
+}
+
+/// A tenant's model must fit its quotas: model count and stored bytes.
+pub(super) fn check_tenant_model(meta: &Meta, name: &str, size: u64) -> Result<(), RegistryError> {
+    let Some((tenant, t)) = tenant_of(meta, name)? else {
+        return Ok(());
+    };
+    let used = tenants::usage(meta, tenant);
+    if !meta.models.contains_key(name) && used.models >= t.quotas.max_models {
+        return Err(RegistryError::quota_exceeded(format!(
+            "this tenant has {} models, its max_models quota: remove one first",
+            used.models
+        )));
+    }
+    if used.stored + size > t.quotas.max_stored {
+        return Err(RegistryError::quota_exceeded(format!(
+            "this tenant stores {} and this model is {}, over its max_stored quota of {}: remove something first",
+            crate::config::format_size(used.stored),
+            crate::config::format_size(size),
+            crate::config::format_size(t.quotas.max_stored)
+        )));
+    }
+    Ok(())
+}
+
 /// A tenant's deploy must fit its quotas: function count, stored bytes, memory and timeout.
 pub(super) fn check_tenant_deploy(
     meta: &Meta,
@@ -42,11 +79,8 @@ pub(super) fn check_tenant_deploy(
     limits: &FunctionLimits,
     size: u64,
 ) -> Result<(), RegistryError> {
-    let Some(tenant) = store::owner(name) else {
+    let Some((tenant, t)) = tenant_of(meta, name)? else {
         return Ok(());
-    };
-    let Some(t) = meta.tenants.get(tenant) else {
-        return Err(RegistryError::tenant_not_found(tenant));
     };
     let q = t.quotas;
     if limits.memory > q.max_memory {
@@ -119,7 +153,7 @@ pub(super) fn resolve<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ModelRecord, ModelVersion, TenantRecord};
+    use crate::store::{ModelRecord, ModelVersion};
 
     fn version(digest: &str, size: u64) -> VersionRecord {
         VersionRecord {
