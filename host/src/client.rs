@@ -213,8 +213,12 @@ impl Body for FileBody {
         }
         this.remaining -= chunk.len() as u64;
         this.bar.inc(chunk.len() as u64);
-        if this.remaining == 0 {
+        if this.remaining == 0 && !this.bar.is_hidden() {
+            // The node now checks the upload (compiles it, loads the model), which can take a
+            // while; ticking redraws the bar with this message even though nothing moves.
             this.bar.set_message("sent; the node is checking it");
+            this.bar
+                .enable_steady_tick(std::time::Duration::from_millis(250));
         }
         Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(chunk)))))
     }

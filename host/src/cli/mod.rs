@@ -125,7 +125,16 @@ impl NodeArgs {
     /// Prints a node's answer: as JSON with `--json` (for scripts), else as `human` words it.
     fn show<T: Serialize>(&self, answer: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(answer)?);
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let written = serde_json::to_writer_pretty(&mut out, answer)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out));
+            match written {
+                // A reader that stopped early (`| head`) is not an error of this command.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
         } else {
             human(answer);
         }
