@@ -1,5 +1,6 @@
 //! Command-line interface: `tensorlet serve` runs a node; every other command is a client of a
-//! node's admin API (`tenants.rs`: tenants, invoke keys and the audit log).
+//! node's admin API (`tenants.rs`: tenants, invoke keys and the audit log). Answers are read into
+//! the typed bodies of [`crate::api`] and printed as text, or as JSON with `--json`.
 
 mod tenants;
 
