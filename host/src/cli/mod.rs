@@ -1,5 +1,6 @@
 //! Command-line interface: `tensorlet serve` runs a node; every other command is a client of a
-//! node's admin API (`tenants.rs`: tenants, invoke keys and the audit log).
+//! node's admin API (`tenants.rs`: tenants, invoke keys and the audit log). Answers are read into
+//! the typed bodies of [`crate::api`] and printed as text, or as JSON with `--json`.
 
 mod tenants;
 
@@ -8,11 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http::Method;
-use serde_json::Value;
+use serde::Serialize;
 
+use crate::api::{
+    Deleted, FunctionList, FunctionView, LiveMoved, Logs, ModelList, ModelVersionView, ModelView,
+    RollbackRequest, VersionView,
+};
 use crate::client::{AdminClient, encode};
 use crate::config::Config;
 use crate::manifest::Manifest;
@@ -109,11 +113,33 @@ struct NodeArgs {
     /// Operator or tenant token, for nodes that need one.
     #[arg(long, env = "TENSORLET_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Print the node's JSON answer (one document on stdout) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 impl NodeArgs {
     fn client(&self) -> anyhow::Result<AdminClient> {
         AdminClient::new(&self.node, self.token.as_deref())
+    }
+
+    /// Prints a node's answer: as JSON with `--json` (for scripts), else as `human` words it.
+    fn show<T: Serialize>(&self, answer: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+        if self.json {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let written = serde_json::to_writer_pretty(&mut out, answer)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out));
+            match written {
+                // A reader that stopped early (`| head`) is not an error of this command.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
+        } else {
+            human(answer);
+        }
+        Ok(())
     }
 }
 
@@ -188,14 +214,7 @@ impl Cli {
                 Command::List(node) => list(node).await,
                 Command::Versions(a) => versions(a).await,
                 Command::Rollback(a) => rollback(a).await,
-                Command::Delete(a) => {
-                    let client = a.node.client()?;
-                    client
-                        .send(Method::DELETE, &format!("functions/{}", encode(&a.name)))
-                        .await?;
-                    println!("deleted {}", a.name);
-                    Ok(())
-                }
+                Command::Delete(a) => delete(a).await,
                 Command::Logs(a) => logs(a).await,
                 Command::Model(m) => model(m).await,
                 Command::Tenant(t) => tenants::tenant(t).await,
@@ -336,7 +355,6 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let file = a.file.clone().or(m.component.clone()).context(
         "name the component: `tensorlet deploy NAME FILE.wasm`, or `component` in the --manifest",
     )?;
-    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let mut query: Vec<String> = Vec::new();
     let mut add = |k: &str, flag: &Option<String>, manifest: &Option<String>| {
         if let Some(v) = flag.as_ref().or(manifest.as_ref()) {
@@ -374,139 +392,135 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     }
     let client = a.node.client()?;
     let path = format!("functions/{}/versions?{}", encode(&name), query.join("&"));
-    let v = client
-        .call(Method::POST, &path, Bytes::from(bytes), "application/wasm")
-        .await?;
-    println!("{}", v["version"].as_str().unwrap_or_default());
-    Ok(())
+    let v: VersionView = client.upload(&path, &file, "application/wasm").await?;
+    a.node.show(&v, |v| println!("{}", v.version))
 }
 
 async fn list(node: NodeArgs) -> anyhow::Result<()> {
-    let v = node.client()?.send(Method::GET, "functions").await?;
-    print_records(&v["functions"]);
-    Ok(())
+    let v: FunctionList = node.client()?.send(Method::GET, "functions").await?;
+    node.show(&v, |v| {
+        print_records(v.functions.iter().map(|f| Record {
+            name: &f.name,
+            live: &f.live,
+            versions: f.versions,
+            updated_at: &f.updated_at,
+        }))
+    })
+}
+
+/// A row of the functions or models table.
+struct Record<'a> {
+    name: &'a str,
+    live: &'a str,
+    versions: usize,
+    updated_at: &'a str,
 }
 
 /// The NAME / LIVE / VERSIONS / UPDATED table of functions or models.
-fn print_records(records: &Value) {
+fn print_records<'a>(records: impl Iterator<Item = Record<'a>>) {
     println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
-    for r in records.as_array().into_iter().flatten() {
+    for r in records {
         println!(
             "{:<24} {:<14} {:>8}  {}",
-            s(&r["name"]),
-            s(&r["live"]),
-            r["versions"],
-            s(&r["updated_at"])
+            r.name, r.live, r.versions, r.updated_at
         );
     }
 }
 
 async fn versions(a: NameArgs) -> anyhow::Result<()> {
     let path = format!("functions/{}/versions", encode(&a.name));
-    let v = a.node.client()?.send(Method::GET, &path).await?;
-    print_versions(&v);
-    Ok(())
+    let v: FunctionView = a.node.client()?.send(Method::GET, &path).await?;
+    a.node.show(&v, |v| {
+        print_versions(
+            v.versions
+                .iter()
+                .map(|v| (v.version.as_str(), v.created_at.as_str(), v.size, v.live)),
+        )
+    })
 }
 
-/// Prints a `versions` answer (functions and models share its shape), newest first.
-fn print_versions(v: &Value) {
+/// The VERSION / CREATED / SIZE / LIVE table (functions and models share it), newest first.
+fn print_versions<'a>(versions: impl Iterator<Item = (&'a str, &'a str, u64, bool)>) {
     println!("{:<14} {:<22} {:>10}  LIVE", "VERSION", "CREATED", "SIZE");
-    for ver in v["versions"].as_array().into_iter().flatten() {
-        let live = if ver["live"].as_bool() == Some(true) {
-            "*"
-        } else {
-            ""
-        };
-        println!(
-            "{:<14} {:<22} {:>10}  {live}",
-            s(&ver["version"]),
-            s(&ver["created_at"]),
-            ver["size"]
-        );
+    for (version, created_at, size, live) in versions {
+        let live = if live { "*" } else { "" };
+        println!("{version:<14} {created_at:<22} {size:>10}  {live}");
     }
 }
 
 async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
-    let body = match &a.to {
-        Some(to) => serde_json::json!({ "to": to }).to_string(),
-        None => String::new(),
-    };
+    let body = RollbackRequest { to: a.to.clone() };
     let path = format!("functions/{}/rollback", encode(&a.name));
-    let v = a
-        .node
-        .client()?
-        .call(Method::POST, &path, Bytes::from(body), "application/json")
-        .await?;
-    println!("{} is live for {}", s(&v["live"]), a.name);
-    Ok(())
+    let client = a.node.client()?;
+    let v: LiveMoved = client.send_json(Method::POST, &path, &body).await?;
+    a.node
+        .show(&v, |v| println!("{} is live for {}", v.live, a.name))
+}
+
+async fn delete(a: NameArgs) -> anyhow::Result<()> {
+    let path = format!("functions/{}", encode(&a.name));
+    let v: Deleted = a.node.client()?.send(Method::DELETE, &path).await?;
+    a.node.show(&v, |_| println!("deleted {}", a.name))
 }
 
 async fn logs(a: NameArgs) -> anyhow::Result<()> {
     let path = format!("functions/{}/logs", encode(&a.name));
-    let v = a.node.client()?.send(Method::GET, &path).await?;
-    for l in v["lines"].as_array().into_iter().flatten() {
-        println!(
-            "{} {} {} {}",
-            s(&l["time"]),
-            s(&l["version"]),
-            s(&l["stream"]),
-            s(&l["line"])
-        );
-    }
-    Ok(())
+    let v: Logs = a.node.client()?.send(Method::GET, &path).await?;
+    a.node.show(&v, |v| {
+        for l in &v.lines {
+            println!("{} {} {} {}", l.time, l.version, l.stream, l.line);
+        }
+    })
 }
 
 async fn model(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Add(a) => {
-            let bytes =
-                std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
             let path = format!(
                 "models/{}/versions?target={}&max_batch={}",
                 encode(&a.name),
                 encode(&a.target),
                 a.max_batch
             );
-            let v = a
-                .node
-                .client()?
-                .call(
-                    Method::POST,
-                    &path,
-                    Bytes::from(bytes),
-                    "application/octet-stream",
-                )
+            let client = a.node.client()?;
+            let v: ModelVersionView = client
+                .upload(&path, &a.file, "application/octet-stream")
                 .await?;
-            println!("{}", s(&v["version"]));
+            a.node.show(&v, |v| println!("{}", v.version))
         }
         ModelCommand::List(node) => {
-            let v = node.client()?.send(Method::GET, "models").await?;
-            print_records(&v["models"]);
+            let v: ModelList = node.client()?.send(Method::GET, "models").await?;
+            node.show(&v, |v| {
+                print_records(v.models.iter().map(|m| Record {
+                    name: &m.name,
+                    live: &m.live,
+                    versions: m.versions,
+                    updated_at: &m.updated_at,
+                }))
+            })
         }
         ModelCommand::Versions(a) => {
             let path = format!("models/{}/versions", encode(&a.name));
-            let v = a.node.client()?.send(Method::GET, &path).await?;
-            print_versions(&v);
-            for (kind, key) in [("input", "inputs"), ("output", "outputs")] {
-                for io in v[key].as_array().into_iter().flatten() {
-                    println!(
-                        "{kind} {} {} {}",
-                        s(&io["name"]),
-                        s(&io["type"]),
-                        io["dims"]
-                    );
+            let v: ModelView = a.node.client()?.send(Method::GET, &path).await?;
+            a.node.show(&v, |v| {
+                print_versions(
+                    v.versions
+                        .iter()
+                        .map(|v| (v.version.as_str(), v.created_at.as_str(), v.size, v.live)),
+                );
+                for (kind, slots) in [("input", &v.inputs), ("output", &v.outputs)] {
+                    for io in slots {
+                        // Dimensions as JSON (`[1,3,224,224]`), as `model versions` always showed them.
+                        let dims: Vec<String> = io.dims.iter().map(i64::to_string).collect();
+                        println!("{kind} {} {} [{}]", io.name, io.ty, dims.join(","));
+                    }
                 }
-            }
+            })
         }
         ModelCommand::Rm(a) => {
             let path = format!("models/{}", encode(&a.name));
-            a.node.client()?.send(Method::DELETE, &path).await?;
-            println!("removed model {}", a.name);
+            let v: Deleted = a.node.client()?.send(Method::DELETE, &path).await?;
+            a.node.show(&v, |_| println!("removed model {}", a.name))
         }
     }
-    Ok(())
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
 }

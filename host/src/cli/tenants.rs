@@ -1,12 +1,14 @@
 //! `tensorlet tenant ...`, `tensorlet key ...` and `tensorlet audit`: clients of the tenant,
 //! key and audit routes of the admin API.
 
-use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http::Method;
-use serde_json::{Map, Value, json};
 
 use super::NodeArgs;
+use crate::api::{
+    AuditLog, CreatedKey, CreatedTenant, KeyList, QuotaPatch, RemovedKey, RemovedTenant,
+    TenantList, TenantView, Token,
+};
 use crate::client::encode;
 use crate::config::{parse_duration, parse_size};
 
@@ -73,39 +75,20 @@ pub struct TenantQuotaArgs {
 }
 
 impl TenantQuotaArgs {
-    /// The quota JSON the admin API takes (bytes and milliseconds).
-    fn patch(&self) -> anyhow::Result<Value> {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: Option<u64>| {
-            if let Some(v) = v {
-                m.insert(k.to_string(), json!(v));
-            }
-        };
-        put("max_functions", self.max_functions.map(u64::from));
-        put("max_models", self.max_models.map(u64::from));
-        put("max_concurrency", self.max_concurrency.map(u64::from));
-        put(
-            "requests_per_second",
-            self.requests_per_second.map(u64::from),
-        );
-        put("max_inferences", self.max_inferences.map(u64::from));
-        put(
-            "max_stored",
-            self.max_stored.as_deref().map(parse_size).transpose()?,
-        );
-        put(
-            "max_memory",
-            self.max_memory.as_deref().map(parse_size).transpose()?,
-        );
-        put(
-            "max_timeout_ms",
-            self.max_timeout
-                .as_deref()
-                .map(parse_duration)
+    /// The quota body the admin API takes (bytes and milliseconds).
+    fn patch(&self) -> anyhow::Result<QuotaPatch> {
+        Ok(QuotaPatch {
+            max_functions: self.max_functions,
+            max_models: self.max_models,
+            max_stored: self.max_stored.as_deref().map(parse_size).transpose()?,
+            max_memory: self.max_memory.as_deref().map(parse_size).transpose()?,
+            max_timeout_ms: (self.max_timeout.as_deref().map(parse_duration))
                 .transpose()?
-                .map(|d| d.as_millis() as u64),
-        );
-        Ok(Value::Object(m))
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            max_concurrency: self.max_concurrency,
+            requests_per_second: self.requests_per_second,
+            max_inferences: self.max_inferences,
+        })
     }
 }
 
@@ -136,140 +119,111 @@ pub struct AuditArgs {
     node: NodeArgs,
 }
 
-fn json_body(v: &Value) -> Bytes {
-    Bytes::from(v.to_string())
-}
-
-fn print_tenant(t: &Value) {
-    let q = &t["quotas"];
-    let u = &t["usage"];
+fn print_tenant(t: &TenantView) {
+    let (q, u) = (&t.quotas, &t.usage);
     println!(
         "{:<20} functions {}/{}  models {}/{}  stored {}/{}  memory<={}  timeout<={}ms  concurrency {}  rps {}  inferences {}",
-        t["name"].as_str().unwrap_or("?"),
-        u["functions"],
-        q["max_functions"],
-        u["models"],
-        q["max_models"],
-        u["stored"],
-        q["max_stored"],
-        q["max_memory"],
-        q["max_timeout_ms"],
-        q["max_concurrency"],
-        q["requests_per_second"],
-        q["max_inferences"],
+        t.name,
+        u.functions,
+        q.max_functions,
+        u.models,
+        q.max_models,
+        u.stored,
+        q.max_stored,
+        q.max_memory,
+        q.max_timeout_ms,
+        q.max_concurrency,
+        q.requests_per_second,
+        q.max_inferences,
     );
 }
 
 pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create(a) => {
-            let v = a
-                .node
-                .client()?
-                .call(
-                    Method::POST,
-                    &format!("tenants/{}", encode(&a.name)),
-                    json_body(&a.patch()?),
-                    "application/json",
-                )
-                .await?;
-            eprintln!(
-                "created tenant {}; its token is printed below, only this once",
-                a.name
-            );
-            println!("{}", v["token"].as_str().unwrap_or(""));
+            let path = format!("tenants/{}", encode(&a.name));
+            let client = a.node.client()?;
+            let v: CreatedTenant = client.send_json(Method::POST, &path, &a.patch()?).await?;
+            a.node.show(&v, |v| {
+                eprintln!(
+                    "created tenant {}; its token is printed below, only this once",
+                    a.name
+                );
+                println!("{}", v.token);
+            })
         }
         TenantCommand::List(node) => {
-            let v = node.client()?.send(Method::GET, "tenants").await?;
-            for t in v["tenants"].as_array().into_iter().flatten() {
-                print_tenant(t);
-            }
+            let v: TenantList = node.client()?.send(Method::GET, "tenants").await?;
+            node.show(&v, |v| v.tenants.iter().for_each(print_tenant))
         }
         TenantCommand::Update(a) => {
-            let v = a
-                .node
-                .client()?
-                .call(
-                    Method::PATCH,
-                    &format!("tenants/{}", encode(&a.name)),
-                    json_body(&a.patch()?),
-                    "application/json",
-                )
-                .await?;
-            print_tenant(&v);
+            let path = format!("tenants/{}", encode(&a.name));
+            let client = a.node.client()?;
+            let v: TenantView = client.send_json(Method::PATCH, &path, &a.patch()?).await?;
+            a.node.show(&v, print_tenant)
         }
         TenantCommand::Rm(a) => {
-            let v = a
-                .node
-                .client()?
-                .send(Method::DELETE, &format!("tenants/{}", encode(&a.name)))
-                .await?;
-            println!(
-                "removed tenant {} (functions {}, models {})",
-                a.name, v["functions"], v["models"]
-            );
+            let path = format!("tenants/{}", encode(&a.name));
+            let v: RemovedTenant = a.node.client()?.send(Method::DELETE, &path).await?;
+            a.node.show(&v, |v| {
+                // The lists as JSON arrays, as this line always showed them.
+                let list = |names: &Vec<String>| serde_json::to_string(names).unwrap_or_default();
+                println!(
+                    "removed tenant {} (functions {}, models {})",
+                    a.name,
+                    list(&v.functions),
+                    list(&v.models)
+                );
+            })
         }
         TenantCommand::Token(TokenCommand::Rotate(a)) => {
-            let v = a
-                .node
-                .client()?
-                .send(Method::POST, &format!("tenants/{}/token", encode(&a.name)))
-                .await?;
-            eprintln!(
-                "new token for tenant {} (the old one no longer works), printed only this once:",
-                a.name
-            );
-            println!("{}", v["token"].as_str().unwrap_or(""));
+            let path = format!("tenants/{}/token", encode(&a.name));
+            let v: Token = a.node.client()?.send(Method::POST, &path).await?;
+            a.node.show(&v, |v| {
+                eprintln!(
+                    "new token for tenant {} (the old one no longer works), printed only this once:",
+                    a.name
+                );
+                println!("{}", v.token);
+            })
         }
     }
-    Ok(())
 }
 
 pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create(node) => {
-            let v = node.client()?.send(Method::POST, "keys").await?;
-            eprintln!(
-                "invoke key {} (send it as `Authorization: Bearer KEY`), printed only this once:",
-                v["id"].as_str().unwrap_or("")
-            );
-            println!("{}", v["key"].as_str().unwrap_or(""));
+            let v: CreatedKey = node.client()?.send(Method::POST, "keys").await?;
+            node.show(&v, |v| {
+                eprintln!(
+                    "invoke key {} (send it as `Authorization: Bearer KEY`), printed only this once:",
+                    v.id
+                );
+                println!("{}", v.key);
+            })
         }
         KeyCommand::List(node) => {
-            let v = node.client()?.send(Method::GET, "keys").await?;
-            for k in v["keys"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  {}",
-                    k["id"].as_str().unwrap_or("?"),
-                    k["created_at"].as_str().unwrap_or("")
-                );
-            }
+            let v: KeyList = node.client()?.send(Method::GET, "keys").await?;
+            node.show(&v, |v| {
+                for k in &v.keys {
+                    println!("{}  {}", k.id, k.created_at);
+                }
+            })
         }
         KeyCommand::Rm(a) => {
-            a.node
-                .client()?
-                .send(Method::DELETE, &format!("keys/{}", encode(&a.id)))
-                .await?;
-            println!("revoked key {}", a.id);
+            let path = format!("keys/{}", encode(&a.id));
+            let v: RemovedKey = a.node.client()?.send(Method::DELETE, &path).await?;
+            a.node.show(&v, |_| println!("revoked key {}", a.id))
         }
     }
-    Ok(())
 }
 
 pub async fn audit(a: AuditArgs) -> anyhow::Result<()> {
-    let v = a
-        .node
-        .client()?
-        .send(Method::GET, &format!("audit?limit={}", a.limit))
-        .await?;
-    for r in v["records"].as_array().into_iter().flatten() {
-        println!(
-            "{}  {:<24} {:<60} {}",
-            r["time"].as_str().unwrap_or(""),
-            r["who"].as_str().unwrap_or(""),
-            r["action"].as_str().unwrap_or(""),
-            r["status"]
-        );
-    }
-    Ok(())
+    let path = format!("audit?limit={}", a.limit);
+    let v: AuditLog = a.node.client()?.send(Method::GET, &path).await?;
+    a.node.show(&v, |v| {
+        for r in &v.records {
+            println!("{}  {:<24} {:<60} {}", r.time, r.who, r.action, r.status);
+        }
+    })
 }
