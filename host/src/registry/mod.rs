@@ -10,13 +10,14 @@ mod models;
 mod rules;
 mod tenants;
 
-pub use tenants::{QuotaPatch, TenantLive};
+pub use crate::api::QuotaPatch;
+pub use tenants::TenantLive;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use crate::api;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, FunctionLimits};
@@ -88,12 +89,12 @@ pub struct Registry {
     tenants: RwLock<Arc<HashMap<String, Arc<TenantLive>>>>,
 }
 
-/// Whether a deploy created a new version.
-pub enum Deploy {
+/// Whether a deploy (or model add) created a new version; `V` is the version's view.
+pub enum Deploy<V> {
     /// A new version was stored.
-    Created(Value),
+    Created(V),
     /// The same version existed and is live now.
-    Existing(Value),
+    Existing(V),
 }
 
 impl Registry {
@@ -217,7 +218,7 @@ impl Registry {
         env: BTreeMap<String, String>,
         models: Vec<String>,
         public: bool,
-    ) -> Result<Deploy, RegistryError> {
+    ) -> Result<Deploy<api::VersionView>, RegistryError> {
         let digest = blocking({
             let bytes = bytes.clone();
             move || Ok(store::digest(&bytes))
@@ -317,7 +318,7 @@ impl Registry {
         })
         .await?;
         tracing::info!(function = name, version = record.id(), "deployed");
-        Ok(Deploy::Created(version_json(&record, true)))
+        Ok(Deploy::Created(version_view(&record, true)))
     }
 
     /// A deploy of bytes this function already has: same settings make it live, others conflict.
@@ -327,7 +328,7 @@ impl Registry {
         name: &str,
         digest: &str,
         s: &Settings,
-    ) -> Result<Option<Deploy>, RegistryError> {
+    ) -> Result<Option<Deploy<api::VersionView>>, RegistryError> {
         let Some(v) = state.meta.functions.get(name).and_then(|f| f.find(digest)) else {
             return Ok(None);
         };
@@ -341,7 +342,7 @@ impl Registry {
         }
         let record = v.clone();
         self.set_live(state, name, digest).await?;
-        Ok(Some(Deploy::Existing(version_json(&record, true))))
+        Ok(Some(Deploy::Existing(version_view(&record, true))))
     }
 
     async fn set_live(
@@ -368,7 +369,11 @@ impl Registry {
 
     /// Moves `live` to `to` (a version id or digest prefix) or, without it, to the version
     /// deployed before the live one.
-    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Value, RegistryError> {
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<api::LiveMoved, RegistryError> {
         let mut state = self.admin.lock().await;
         let f = state
             .meta
@@ -399,11 +404,14 @@ impl Registry {
             version = store::short_id(&target),
             "live moved"
         );
-        Ok(json!({ "name": store::short_name(name), "live": store::short_id(&target) }))
+        Ok(api::LiveMoved {
+            name: store::short_name(name).to_string(),
+            live: store::short_id(&target).to_string(),
+        })
     }
 
     /// Removes a function and all its versions.
-    pub async fn delete(&self, name: &str) -> Result<Value, RegistryError> {
+    pub async fn delete(&self, name: &str) -> Result<api::Deleted, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.functions.contains_key(name) {
             return Err(RegistryError::function_not_found(name));
@@ -415,46 +423,45 @@ impl Registry {
         .await?;
         state.logs.remove(name);
         tracing::info!(function = name, "deleted");
-        Ok(json!({ "name": store::short_name(name), "deleted": true }))
+        Ok(api::Deleted {
+            name: store::short_name(name).to_string(),
+            deleted: true,
+        })
     }
 
     /// Summary of every function of `owner` (a tenant, or `None` for the single user's).
-    pub async fn list(&self, owner: Option<&str>) -> Value {
+    pub async fn list(&self, owner: Option<&str>) -> api::FunctionList {
         let state = self.admin.lock().await;
-        let functions: Vec<Value> = state
+        let functions = state
             .meta
             .functions
             .iter()
             .filter(|(name, _)| store::owner(name) == owner)
-            .map(|(name, f)| {
-                json!({
-                    "name": store::short_name(name),
-                    "live": store::short_id(&f.live),
-                    "versions": f.versions.len(),
-                    "updated_at": f.updated_at,
-                })
+            .map(|(name, f)| api::FunctionSummary {
+                name: store::short_name(name).to_string(),
+                live: store::short_id(&f.live).to_string(),
+                versions: f.versions.len(),
+                updated_at: f.updated_at.clone(),
             })
             .collect();
-        json!({ "functions": functions })
+        api::FunctionList { functions }
     }
 
     /// One function with its versions, newest first.
-    pub async fn get(&self, name: &str) -> Result<Value, RegistryError> {
+    pub async fn get(&self, name: &str) -> Result<api::FunctionView, RegistryError> {
         let state = self.admin.lock().await;
         let f = state
             .meta
             .functions
             .get(name)
             .ok_or_else(|| RegistryError::function_not_found(name))?;
-        let versions: Vec<Value> = f
-            .versions
-            .iter()
-            .rev()
-            .map(|v| version_json(v, v.digest == f.live))
-            .collect();
-        Ok(
-            json!({ "name": store::short_name(name), "live": store::short_id(&f.live), "versions": versions }),
-        )
+        Ok(api::FunctionView {
+            name: store::short_name(name).to_string(),
+            live: store::short_id(&f.live).to_string(),
+            versions: (f.versions.iter().rev())
+                .map(|v| version_view(v, v.digest == f.live))
+                .collect(),
+        })
     }
 
     /// The function's recent guest output.
@@ -589,21 +596,21 @@ fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Resu
     runtime.prepare(&component).map_err(anyhow::Error::msg)
 }
 
-/// The JSON form of a version record.
-pub fn version_json(v: &VersionRecord, live: bool) -> Value {
-    json!({
-        "version": v.id(),
-        "digest": format!("sha256:{}", v.digest),
-        "created_at": v.created_at,
-        "size": v.size,
-        "live": live,
-        "memory": v.limits.memory,
-        "timeout_ms": v.limits.timeout_ms,
-        "max_concurrency": v.limits.max_concurrency,
-        "max_request_body": v.limits.max_request_body,
-        "max_response_body": v.limits.max_response_body,
-        "env": v.env,
-        "models": v.models.iter().map(|m| store::short_name(m)).collect::<Vec<_>>(),
-        "public": v.public,
-    })
+/// The API's view of a version record.
+pub fn version_view(v: &VersionRecord, live: bool) -> api::VersionView {
+    api::VersionView {
+        version: v.id().to_string(),
+        digest: format!("sha256:{}", v.digest),
+        created_at: v.created_at.clone(),
+        size: v.size,
+        live,
+        memory: v.limits.memory,
+        timeout_ms: v.limits.timeout_ms,
+        max_concurrency: v.limits.max_concurrency,
+        max_request_body: v.limits.max_request_body,
+        max_response_body: v.limits.max_response_body,
+        env: v.env.clone(),
+        models: v.models.iter().map(|m| store::short_name(m).to_string()).collect(),
+        public: v.public,
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use crate::api;
 
 use super::RegistryError;
 use super::rules::check_tenant_model;
@@ -26,7 +26,7 @@ impl Registry {
         name: &str,
         bytes: Bytes,
         options: ModelOptions,
-    ) -> Result<Deploy, RegistryError> {
+    ) -> Result<Deploy<api::ModelVersionView>, RegistryError> {
         let Some(onnx) = self.nn.onnx.clone() else {
             return Err(RegistryError::onnx_unavailable());
         };
@@ -110,7 +110,7 @@ impl Registry {
             version = store::short_id(&digest),
             "model version live"
         );
-        let view = model_version_json(&record, true);
+        let view = model_version_view(&record, true);
         Ok(if created {
             Deploy::Created(view)
         } else {
@@ -148,9 +148,9 @@ impl Registry {
     }
 
     /// Every model `owner` may use: its own and, for a tenant, the operator's shared ones.
-    pub async fn list_models(&self, owner: Option<&str>) -> Value {
+    pub async fn list_models(&self, owner: Option<&str>) -> api::ModelList {
         let state = self.admin.lock().await;
-        let models: Vec<Value> = state
+        let models = state
             .meta
             .models
             .iter()
@@ -158,43 +158,37 @@ impl Registry {
                 let of = store::owner(name);
                 of == owner || of.is_none()
             })
-            .map(|(name, m)| {
-                let loaded = state.loaded_models.contains_key(&live_key(m));
-                json!({
-                    "name": store::short_name(name),
-                    "shared": owner.is_some() && store::owner(name).is_none(),
-                    "live": store::short_id(&m.live),
-                    "versions": m.versions.len(),
-                    "updated_at": m.updated_at,
-                    "loaded": loaded,
-                })
+            .map(|(name, m)| api::ModelSummary {
+                name: store::short_name(name).to_string(),
+                shared: owner.is_some() && store::owner(name).is_none(),
+                live: store::short_id(&m.live).to_string(),
+                versions: m.versions.len(),
+                updated_at: m.updated_at.clone(),
+                loaded: state.loaded_models.contains_key(&live_key(m)),
             })
             .collect();
-        json!({ "models": models })
+        api::ModelList { models }
     }
 
     /// One model with its versions, newest first, and its declared inputs and outputs.
-    pub async fn get_model(&self, name: &str) -> Result<Value, RegistryError> {
+    pub async fn get_model(&self, name: &str) -> Result<api::ModelView, RegistryError> {
         let state = self.admin.lock().await;
         let m = state
             .meta
             .models
             .get(name)
             .ok_or_else(|| RegistryError::model_not_found(name))?;
-        let versions: Vec<Value> = m
-            .versions
-            .iter()
-            .rev()
-            .map(|v| model_version_json(v, v.digest == m.live))
+        let versions = (m.versions.iter().rev())
+            .map(|v| model_version_view(v, v.digest == m.live))
             .collect();
-        let slots = |s: &[crate::nn::onnx::Slot]| -> Vec<Value> {
+        let slots = |s: &[crate::nn::onnx::Slot]| -> Vec<api::SlotView> {
             s.iter()
-                .map(|s| {
-                    json!({
-                        "name": s.name,
-                        "type": s.ty.map(crate::nn::tensor::type_name).unwrap_or("unsupported"),
-                        "dims": s.dims,
-                    })
+                .map(|s| api::SlotView {
+                    name: s.name.clone(),
+                    ty: (s.ty.map(crate::nn::tensor::type_name))
+                        .unwrap_or("unsupported")
+                        .to_string(),
+                    dims: s.dims.clone(),
                 })
                 .collect()
         };
@@ -202,13 +196,17 @@ impl Registry {
             Some(model) => (slots(model.inputs()), slots(model.outputs())),
             None => (Vec::new(), Vec::new()),
         };
-        Ok(
-            json!({ "name": store::short_name(name), "live": store::short_id(&m.live), "versions": versions, "inputs": inputs, "outputs": outputs }),
-        )
+        Ok(api::ModelView {
+            name: store::short_name(name).to_string(),
+            live: store::short_id(&m.live).to_string(),
+            versions,
+            inputs,
+            outputs,
+        })
     }
 
     /// Removes a model, unless a live function version may use it.
-    pub async fn remove_model(&self, name: &str) -> Result<Value, RegistryError> {
+    pub async fn remove_model(&self, name: &str) -> Result<api::Deleted, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.models.contains_key(name) {
             return Err(RegistryError::model_not_found(name));
@@ -234,7 +232,10 @@ impl Registry {
         })
         .await?;
         tracing::info!(model = name, "model removed");
-        Ok(json!({ "name": store::short_name(name), "deleted": true }))
+        Ok(api::Deleted {
+            name: store::short_name(name).to_string(),
+            deleted: true,
+        })
     }
 
     /// Swaps in the set of live models.
@@ -274,15 +275,15 @@ pub(super) fn live_options(m: &ModelRecord) -> ModelOptions {
         .unwrap_or_default()
 }
 
-/// The JSON form of a model version.
-pub fn model_version_json(v: &ModelVersion, live: bool) -> Value {
-    json!({
-        "version": store::short_id(&v.digest),
-        "digest": format!("sha256:{}", v.digest),
-        "created_at": v.created_at,
-        "size": v.size,
-        "live": live,
-        "target": v.target,
-        "max_batch": v.max_batch,
-    })
+/// The API's view of a model version.
+pub fn model_version_view(v: &ModelVersion, live: bool) -> api::ModelVersionView {
+    api::ModelVersionView {
+        version: store::short_id(&v.digest).to_string(),
+        digest: format!("sha256:{}", v.digest),
+        created_at: v.created_at.clone(),
+        size: v.size,
+        live,
+        target: v.target,
+        max_batch: v.max_batch,
+    }
 }

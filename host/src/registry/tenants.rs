@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use crate::api::{self, QuotaPatch};
 use tokio::sync::Semaphore;
 
 use super::RegistryError;
@@ -197,48 +196,37 @@ impl TenantLive {
     }
 }
 
-/// Quota changes, as `tenant create` and `tenant update` send them (bytes and milliseconds).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaPatch {
-    max_functions: Option<u32>,
-    max_models: Option<u32>,
-    max_stored: Option<u64>,
-    max_memory: Option<u64>,
-    max_timeout_ms: Option<u64>,
-    max_concurrency: Option<u32>,
-    requests_per_second: Option<u32>,
-    max_inferences: Option<u32>,
-}
-
-impl QuotaPatch {
-    pub(crate) fn apply(&self, q: &mut Quotas) -> Result<(), RegistryError> {
+/// Applies the quota changes of `tenant create` or `tenant update` (bytes and milliseconds);
+/// a zero is refused.
+pub(crate) fn apply_quotas(patch: &QuotaPatch, q: &mut Quotas) -> Result<(), RegistryError> {
+    let p = patch;
+    {
         let fields: [(&str, Option<u64>); 8] = [
-            ("max_functions", self.max_functions.map(u64::from)),
-            ("max_models", self.max_models.map(u64::from)),
-            ("max_stored", self.max_stored),
-            ("max_memory", self.max_memory),
-            ("max_timeout_ms", self.max_timeout_ms),
-            ("max_concurrency", self.max_concurrency.map(u64::from)),
+            ("max_functions", p.max_functions.map(u64::from)),
+            ("max_models", p.max_models.map(u64::from)),
+            ("max_stored", p.max_stored),
+            ("max_memory", p.max_memory),
+            ("max_timeout_ms", p.max_timeout_ms),
+            ("max_concurrency", p.max_concurrency.map(u64::from)),
             (
                 "requests_per_second",
-                self.requests_per_second.map(u64::from),
+                p.requests_per_second.map(u64::from),
             ),
-            ("max_inferences", self.max_inferences.map(u64::from)),
+            ("max_inferences", p.max_inferences.map(u64::from)),
         ];
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == Some(0)) {
             return Err(RegistryError::invalid_request(format!(
                 "`{name}` must be at least 1"
             )));
         }
-        q.max_functions = self.max_functions.unwrap_or(q.max_functions);
-        q.max_models = self.max_models.unwrap_or(q.max_models);
-        q.max_stored = self.max_stored.unwrap_or(q.max_stored);
-        q.max_memory = self.max_memory.unwrap_or(q.max_memory);
-        q.max_timeout_ms = self.max_timeout_ms.unwrap_or(q.max_timeout_ms);
-        q.max_concurrency = self.max_concurrency.unwrap_or(q.max_concurrency);
-        q.requests_per_second = self.requests_per_second.unwrap_or(q.requests_per_second);
-        q.max_inferences = self.max_inferences.unwrap_or(q.max_inferences);
+        q.max_functions = p.max_functions.unwrap_or(q.max_functions);
+        q.max_models = p.max_models.unwrap_or(q.max_models);
+        q.max_stored = p.max_stored.unwrap_or(q.max_stored);
+        q.max_memory = p.max_memory.unwrap_or(q.max_memory);
+        q.max_timeout_ms = p.max_timeout_ms.unwrap_or(q.max_timeout_ms);
+        q.max_concurrency = p.max_concurrency.unwrap_or(q.max_concurrency);
+        q.requests_per_second = p.requests_per_second.unwrap_or(q.requests_per_second);
+        q.max_inferences = p.max_inferences.unwrap_or(q.max_inferences);
         Ok(())
     }
 }
@@ -272,14 +260,18 @@ pub fn usage(meta: &Meta, tenant: &str) -> Usage {
     }
 }
 
-fn tenant_json(name: &str, t: &TenantRecord, u: Usage) -> Value {
-    json!({
-        "name": name,
-        "created_at": t.created_at,
-        "quotas": t.quotas,
-        "usage": { "functions": u.functions, "models": u.models, "stored": u.stored },
-        "keys": t.keys.len(),
-    })
+fn tenant_view(name: &str, t: &TenantRecord, u: Usage) -> api::TenantView {
+    api::TenantView {
+        name: name.to_string(),
+        created_at: t.created_at.clone(),
+        quotas: t.quotas,
+        usage: api::TenantUsage {
+            functions: u.functions,
+            models: u.models,
+            stored: u.stored,
+        },
+        keys: t.keys.len(),
+    }
 }
 
 impl Registry {
@@ -314,9 +306,9 @@ impl Registry {
         &self,
         name: &str,
         patch: &QuotaPatch,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<api::CreatedTenant, RegistryError> {
         let mut quotas = self.config.tenant_defaults;
-        patch.apply(&mut quotas)?;
+        apply_quotas(patch, &mut quotas)?;
         let secret = auth::secret().map_err(|e| RegistryError::internal(format!("{e:#}")))?;
         let mut state = self.admin.lock().await;
         if state.meta.tenants.contains_key(name) {
@@ -334,21 +326,19 @@ impl Registry {
         })
         .await?;
         tracing::info!(tenant = name, "tenant created");
-        let mut answer = tenant_json(name, &record, Usage::default());
-        answer["token"] = json!(format!("{}{name}_{secret}", auth::TENANT_PREFIX));
-        Ok(answer)
+        Ok(api::CreatedTenant {
+            tenant: tenant_view(name, &record, Usage::default()),
+            token: format!("{}{name}_{secret}", auth::TENANT_PREFIX),
+        })
     }
 
     /// Every tenant with its quotas and usage.
-    pub async fn list_tenants(&self) -> Value {
+    pub async fn list_tenants(&self) -> api::TenantList {
         let state = self.admin.lock().await;
-        let tenants: Vec<Value> = state
-            .meta
-            .tenants
-            .iter()
-            .map(|(name, t)| tenant_json(name, t, usage(&state.meta, name)))
+        let tenants = (state.meta.tenants.iter())
+            .map(|(name, t)| tenant_view(name, t, usage(&state.meta, name)))
             .collect();
-        json!({ "tenants": tenants })
+        api::TenantList { tenants }
     }
 
     /// Changes one tenant's record (`change` also sees the metadata as it was): saved first,
@@ -375,11 +365,11 @@ impl Registry {
         &self,
         name: &str,
         patch: &QuotaPatch,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<api::TenantView, RegistryError> {
         let answer = self
             .change_tenant(name, |t, meta| {
-                patch.apply(&mut t.quotas)?;
-                Ok(tenant_json(name, t, usage(meta, name)))
+                apply_quotas(patch, &mut t.quotas)?;
+                Ok(tenant_view(name, t, usage(meta, name)))
             })
             .await?;
         tracing::info!(tenant = name, "tenant quotas updated");
@@ -387,7 +377,7 @@ impl Registry {
     }
 
     /// Removes a tenant with all its functions, models and keys.
-    pub async fn remove_tenant(&self, name: &str) -> Result<Value, RegistryError> {
+    pub async fn remove_tenant(&self, name: &str) -> Result<api::RemovedTenant, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.tenants.contains_key(name) {
             return Err(RegistryError::tenant_not_found(name));
@@ -413,16 +403,21 @@ impl Registry {
             state.logs.remove(f);
         }
         tracing::info!(tenant = name, "tenant removed");
-        Ok(json!({
-            "name": name,
-            "deleted": true,
-            "functions": functions.iter().map(|k| store::short_name(k)).collect::<Vec<_>>(),
-            "models": models.iter().map(|k| store::short_name(k)).collect::<Vec<_>>(),
-        }))
+        let short = |keys: Vec<String>| {
+            (keys.iter())
+                .map(|k| store::short_name(k).to_string())
+                .collect()
+        };
+        Ok(api::RemovedTenant {
+            name: name.to_string(),
+            deleted: true,
+            functions: short(functions),
+            models: short(models),
+        })
     }
 
     /// Gives a tenant a new token; the old one stops working at once.
-    pub async fn rotate_token(&self, name: &str) -> Result<Value, RegistryError> {
+    pub async fn rotate_token(&self, name: &str) -> Result<api::Token, RegistryError> {
         let secret = auth::secret().map_err(|e| RegistryError::internal(format!("{e:#}")))?;
         self.change_tenant(name, |t, _| {
             t.token_hash = auth::hash(&secret);
@@ -430,11 +425,14 @@ impl Registry {
         })
         .await?;
         tracing::info!(tenant = name, "tenant token rotated");
-        Ok(json!({ "name": name, "token": format!("{}{name}_{secret}", auth::TENANT_PREFIX) }))
+        Ok(api::Token {
+            name: name.to_string(),
+            token: format!("{}{name}_{secret}", auth::TENANT_PREFIX),
+        })
     }
 
     /// Issues an invoke key for the tenant's private functions; shown only this once.
-    pub async fn create_key(&self, tenant: &str) -> Result<Value, RegistryError> {
+    pub async fn create_key(&self, tenant: &str) -> Result<api::CreatedKey, RegistryError> {
         let secret = auth::secret().map_err(|e| RegistryError::internal(format!("{e:#}")))?;
         let created_at = now_rfc3339();
         let id = self
@@ -456,37 +454,46 @@ impl Registry {
                 Ok(id)
             })
             .await?;
-        Ok(json!({
-            "id": id,
-            "created_at": created_at,
-            "key": format!("{}{tenant}_{id}_{secret}", auth::KEY_PREFIX),
-        }))
+        let key = format!("{}{tenant}_{id}_{secret}", auth::KEY_PREFIX);
+        Ok(api::CreatedKey {
+            id,
+            created_at,
+            key,
+        })
     }
 
     /// The tenant's invoke keys (ids and dates, never the keys).
-    pub async fn list_keys(&self, tenant: &str) -> Result<Value, RegistryError> {
+    pub async fn list_keys(&self, tenant: &str) -> Result<api::KeyList, RegistryError> {
         let state = self.admin.lock().await;
         let t = state
             .meta
             .tenants
             .get(tenant)
             .ok_or_else(|| RegistryError::tenant_not_found(tenant))?;
-        let keys: Vec<Value> = t
-            .keys
-            .iter()
-            .map(|(id, k)| json!({ "id": id, "created_at": k.created_at }))
+        let keys = (t.keys.iter())
+            .map(|(id, k)| api::KeySummary {
+                id: id.clone(),
+                created_at: k.created_at.clone(),
+            })
             .collect();
-        Ok(json!({ "keys": keys }))
+        Ok(api::KeyList { keys })
     }
 
     /// Revokes an invoke key.
-    pub async fn remove_key(&self, tenant: &str, id: &str) -> Result<Value, RegistryError> {
+    pub async fn remove_key(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<api::RemovedKey, RegistryError> {
         self.change_tenant(tenant, |t, _| match t.keys.remove(id) {
             Some(_) => Ok(()),
             None => Err(RegistryError::KeyNotFound(id.to_string())),
         })
         .await?;
-        Ok(json!({ "id": id, "deleted": true }))
+        Ok(api::RemovedKey {
+            id: id.to_string(),
+            deleted: true,
+        })
     }
 }
 
