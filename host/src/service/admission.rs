@@ -1,8 +1,8 @@
 //! Whether a request for a function may run now, decided in one step before any guest work:
 //! the invoke key of a private function, the tenant's request rate and concurrency, the
 //! function's concurrency, and the request body's declared size. The order is part of the
-//! contract (a client without a key learns nothing about load; a refused request costs no
-//! permit). The answer is either an [`ApiError`] or an [`Admission`]: the permits and the
+//! contract: a caller without a valid key learns nothing about load and uses up none of the
+//! tenant's rate. The answer is either an [`ApiError`] or an [`Admission`]: the permits and the
 //! in-flight mark, held until the response body is finished ([`Guarded`]), so a streaming
 //! response keeps counting against the limits for as long as it streams.
 

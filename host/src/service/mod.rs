@@ -1,6 +1,6 @@
 //! The HTTP edge: [`HttpService::handle`] turns every request into a response and never fails.
 //! This file is the dispatch: it names each request (`x-request-id`), routes `/fn/...` to the
-//! function path ([`invoke`]), `/admin/v1/...` to the admin API ([`admin`]), and serves
+//! function path (`invoke.rs`), `/admin/v1/...` to the admin API (`admin/`), and serves
 //! `/healthz`, `/readyz` and `/metrics`. It is also the one place where a response leaves, so
 //! what must happen to every response happens here, once: an [`ApiError`] becomes its JSON
 //! body, a 5xx is logged with its request id, and a function's answer is counted in its metrics.

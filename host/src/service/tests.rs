@@ -275,10 +275,10 @@ async fn a_deployed_guest_answers_in_process() {
         ))
         .await;
     assert_eq!(again.status, StatusCode::OK);
-    // A path naming no function is not counted for any function.
     let answer = node
         .call(request(Method::GET, "/fn/nobody/", None, ""))
         .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(answer.code(), "function_not_found");
 }
 
