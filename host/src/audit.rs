@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
+use crate::api::AuditRecord;
 
 use crate::time::now_rfc3339;
 
@@ -41,13 +41,15 @@ impl Audit {
         if shown.len() < path.len() {
             shown.push('…');
         }
-        let mut line = json!({
-            "time": now_rfc3339(),
-            "who": who,
-            "action": format!("{method} {shown}"),
-            "status": status,
-        })
-        .to_string();
+        let record = AuditRecord {
+            time: now_rfc3339(),
+            who: who.to_string(),
+            action: format!("{method} {shown}"),
+            status,
+        };
+        let Ok(mut line) = serde_json::to_string(&record) else {
+            return;
+        };
         line.push('\n');
         let file = Arc::clone(&self.file);
         let (path, max) = (self.path.clone(), self.max);
@@ -71,14 +73,14 @@ impl Audit {
     }
 
     /// The last `n` records, oldest first.
-    pub async fn tail(&self, n: usize) -> Vec<Value> {
+    pub async fn tail(&self, n: usize) -> Vec<AuditRecord> {
         let path = self.path.clone();
         let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
             .await
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        let records: Vec<Value> = text
+        let records: Vec<AuditRecord> = text
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();

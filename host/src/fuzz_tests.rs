@@ -110,9 +110,9 @@ proptest! {
     #[test]
     fn deploy_queries_never_panic(query in "([a-z_]{0,18}(=[a-zA-Z0-9%=.]{0,12})?&?){0,6}") {
         let config = Config::from_toml("").unwrap();
-        if let Ok((limits, _, models, _)) = service::deploy_settings(&config, &query) {
-            prop_assert!(config.check_limits(&limits).is_ok());
-            for m in &models {
+        if let Ok(settings) = service::deploy_settings(&config, &query) {
+            prop_assert!(config.check_limits(&settings.limits).is_ok());
+            for m in &settings.models {
                 prop_assert!(service::check_name(m).is_ok());
             }
         }
@@ -147,7 +147,9 @@ proptest! {
             prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
             prop_assert!(!name.contains('/'));
         }
-        let _ = service::percent_decode(&s);
+        if let Ok(pairs) = service::pairs(&s) {
+            prop_assert!(pairs.count() <= s.len());
+        }
     }
 
     #[test]
@@ -155,7 +157,7 @@ proptest! {
         let _ = service::rollback_target(&bytes);
         let _ = service::rollback_target(s.as_bytes());
         if let Ok(patch) = serde_json::from_slice::<QuotaPatch>(&bytes) {
-            let _ = patch.apply(&mut Quotas::default());
+            let _ = crate::registry::apply_quotas(&patch, &mut Quotas::default());
         }
         let _ = auth::parse_tenant_token(&s);
         let _ = auth::parse_key(&s);
@@ -170,7 +172,7 @@ proptest! {
             "max_functions": f, "max_memory": m, "max_concurrency": c,
         })).unwrap();
         let mut q = Quotas::default();
-        if patch.apply(&mut q).is_ok() {
+        if crate::registry::apply_quotas(&patch, &mut q).is_ok() {
             prop_assert!(q.max_functions > 0 && q.max_memory > 0 && q.max_concurrency > 0);
         }
     }

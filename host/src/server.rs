@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::pace::{Gate, Paced, PauseReads};
-use crate::service::Node;
+use crate::service::HttpService;
 
 /// Binds `count` listeners to one address with SO_REUSEPORT, one per worker thread; the kernel
 /// spreads connections over them. A plain bind first makes an address that is already in use
@@ -43,7 +43,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
 /// cross-thread wake-ups on the hot path. Returns when every worker has drained and stopped.
 pub fn run_workers(
     listeners: Vec<std::net::TcpListener>,
-    node: Arc<Node>,
+    node: Arc<HttpService>,
     stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
     max_connections: usize,
@@ -84,7 +84,7 @@ pub fn run_workers(
 /// Serves until `shutdown` resolves, then drains connections for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
-    node: Arc<Node>,
+    node: Arc<HttpService>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     max_connections: usize,

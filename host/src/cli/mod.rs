@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::nn::{ModelSet, NnNode, Onnx};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
-use crate::service::Node;
+use crate::service::HttpService;
 
 /// Tensorlet: deploy WebAssembly HTTP handlers and run each request in a fresh sandbox.
 #[derive(Debug, Parser)]
@@ -295,7 +295,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listeners = crate::server::bind(config.listen, workers)
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listeners[0].local_addr()?;
-    let node = Arc::new(Node::new(
+    let node = Arc::new(HttpService::new(
         Arc::clone(&config),
         registry,
         runtime,

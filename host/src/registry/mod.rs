@@ -12,12 +12,14 @@ mod tenants;
 
 pub use crate::api::QuotaPatch;
 pub use tenants::TenantLive;
+#[cfg(test)]
+pub(crate) use tenants::apply_quotas;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
 use crate::api;
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, FunctionLimits};
@@ -610,7 +612,11 @@ pub fn version_view(v: &VersionRecord, live: bool) -> api::VersionView {
         max_request_body: v.limits.max_request_body,
         max_response_body: v.limits.max_response_body,
         env: v.env.clone(),
-        models: v.models.iter().map(|m| store::short_name(m).to_string()).collect(),
+        models: v
+            .models
+            .iter()
+            .map(|m| store::short_name(m).to_string())
+            .collect(),
         public: v.public,
     }
 }

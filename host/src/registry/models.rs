@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use crate::api;
+use bytes::Bytes;
 
 use super::RegistryError;
 use super::rules::check_tenant_model;

@@ -208,10 +208,7 @@ pub(crate) fn apply_quotas(patch: &QuotaPatch, q: &mut Quotas) -> Result<(), Reg
             ("max_memory", p.max_memory),
             ("max_timeout_ms", p.max_timeout_ms),
             ("max_concurrency", p.max_concurrency.map(u64::from)),
-            (
-                "requests_per_second",
-                p.requests_per_second.map(u64::from),
-            ),
+            ("requests_per_second", p.requests_per_second.map(u64::from)),
             ("max_inferences", p.max_inferences.map(u64::from)),
         ];
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == Some(0)) {

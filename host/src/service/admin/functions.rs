@@ -1,0 +1,129 @@
+//! `functions[/{name}[/versions|rollback|logs]]`: deploying, listing, rolling back and removing
+//! functions, and reading their guest logs. On a node with tenants functions belong to tenants,
+//! so these routes refuse the operator token.
+
+use http::{Method, Request, Response, StatusCode};
+use serde_json::Value;
+
+use super::super::HttpService;
+use super::super::body::{BoxBody, RequestBody, json_response, ok, read_body};
+use super::super::query::{DeploySettings, deploy_settings};
+use super::owner;
+use crate::auth::Caller;
+use crate::config::format_size;
+use crate::error::ApiError;
+use crate::registry::Deploy;
+
+impl HttpService {
+    /// The function routes.
+    pub(super) async fn functions<B: RequestBody>(
+        &self,
+        caller: &Caller,
+        segments: &[&str],
+        req: Request<B>,
+    ) -> Result<Response<BoxBody>, ApiError> {
+        match (segments, req.method()) {
+            (["functions"] | ["functions", ""], &Method::GET) => {
+                self.may_manage_functions(caller)?;
+                ok(self.registry.list(owner(caller)).await)
+            }
+            (["functions"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["functions", name] | ["functions", name, "versions"], &Method::GET) => {
+                ok(self.registry.get(&self.key(caller, name, false)?).await?)
+            }
+            (["functions", name], &Method::DELETE) => ok(self
+                .registry
+                .delete(&self.key(caller, name, false)?)
+                .await?),
+            (["functions", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
+            (["functions", name, "versions"], &Method::POST) => {
+                let key = self.key(caller, name, false)?;
+                self.deploy(&key, req).await
+            }
+            (["functions", _, "versions"], _) => Err(ApiError::method_not_allowed("GET, POST")),
+            (["functions", name, "rollback"], &Method::POST) => {
+                let key = self.key(caller, name, false)?;
+                let body = read_body(req, 64 * 1024, self.config.body_read_timeout).await?;
+                let to = rollback_target(&body)?;
+                ok(self.registry.rollback(&key, to.as_deref()).await?)
+            }
+            (["functions", _, "rollback"], _) => Err(ApiError::method_not_allowed("POST")),
+            (["functions", name, "logs"], &Method::GET) => {
+                let key = self.key(caller, name, false)?;
+                let lines = self.registry.logs(&key).await?;
+                ok(crate::api::Logs {
+                    name: name.to_string(),
+                    lines: lines.into_iter().map(log_line_view).collect(),
+                })
+            }
+            (["functions", _, "logs"], _) => Err(ApiError::method_not_allowed("GET")),
+            _ => Err(ApiError::not_found(req.uri().path())),
+        }
+    }
+
+    /// Deploys the uploaded component as a new version of `key` (201), or answers with the
+    /// version these exact bytes and settings already are (200).
+    async fn deploy<B: RequestBody>(
+        &self,
+        key: &str,
+        req: Request<B>,
+    ) -> Result<Response<BoxBody>, ApiError> {
+        let DeploySettings {
+            limits,
+            env,
+            models,
+            public,
+        } = deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
+        let max = self.config.max_component_size;
+        let bytes = read_body(req, max, self.config.body_read_timeout)
+            .await
+            .map_err(|e| {
+                if e.code == "payload_too_large" {
+                    ApiError::payload_too_large(format!(
+                        "the component is larger than this node's max_component_size of {}",
+                        format_size(max)
+                    ))
+                } else {
+                    e
+                }
+            })?;
+        match self
+            .registry
+            .deploy(key, bytes, limits, env, models, public)
+            .await?
+        {
+            Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, &v)),
+            Deploy::Existing(v) => Ok(json_response(StatusCode::OK, &v)),
+        }
+    }
+}
+
+/// `{"to": VERSION}` (or an empty body: the version before the live one).
+pub(crate) fn rollback_target(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "rollback body must be JSON like {{\"to\": \"VERSION\"}}: {e}"
+        ))
+    })?;
+    match v.get("to") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid_request(
+            "`to` must be a version id string",
+        )),
+    }
+}
+
+/// The API's view of a captured guest output line.
+fn log_line_view(l: crate::runtime::LogLine) -> crate::api::LogLineView {
+    crate::api::LogLineView {
+        time: l.time,
+        version: l.version,
+        request_id: l.request_id,
+        stream: l.stream.to_string(),
+        line: l.line,
+    }
+}

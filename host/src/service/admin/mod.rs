@@ -1,0 +1,135 @@
+//! The admin API, `/admin/v1/...`. Every call goes through the same step here: find out who is
+//! calling ([`HttpService::authenticate`]), run the call in the caller's namespace, and record
+//! every change (anything but GET and HEAD, refused ones included) in the audit log. The routes
+//! of each resource live in their own file; they share the namespace rules below.
+
+mod functions;
+mod keys;
+mod models;
+mod tenants;
+
+use http::{HeaderMap, Method, Request, Response};
+
+#[cfg(test)]
+pub(crate) use functions::rollback_target;
+
+use super::HttpService;
+use super::body::{BoxBody, RequestBody};
+use super::query::check_name;
+use crate::auth::{self, Caller};
+use crate::error::ApiError;
+
+impl HttpService {
+    /// The admin API: authenticates the caller, runs the call in the caller's scope, and
+    /// records every change in the audit log.
+    pub(super) async fn admin<B: RequestBody>(
+        &self,
+        rest: &str,
+        req: Request<B>,
+    ) -> Result<Response<BoxBody>, ApiError> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let caller = self.authenticate(req.headers());
+        let result = match &caller {
+            Ok(caller) => self.admin_as(caller, rest, req).await,
+            Err(e) => Err(e.clone()),
+        };
+        if method != Method::GET && method != Method::HEAD {
+            let who = match &caller {
+                Ok(Caller::Operator) => "operator".to_string(),
+                Ok(Caller::Tenant(t)) => format!("tenant:{t}"),
+                Err(_) => "unauthenticated".to_string(),
+            };
+            let status = match &result {
+                Ok(r) => r.status().as_u16(),
+                Err(e) => e.status.as_u16(),
+            };
+            self.audit
+                .record(&who, method.as_str(), &path, status)
+                .await;
+        }
+        result
+    }
+
+    /// Who sent an admin request. Without tokens on the node, everyone is the operator (the
+    /// node then only listens on loopback). One message for every bad token, whatever is wrong.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let Some(operator) = &self.operator else {
+            return Ok(Caller::Operator);
+        };
+        let token = auth::bearer(headers).ok_or_else(|| {
+            ApiError::unauthorized(
+                "this node needs a token: pass --token or set TENSORLET_TOKEN (sent as `Authorization: Bearer ...`)",
+            )
+        })?;
+        if token.starts_with(auth::OPERATOR_PREFIX) && auth::matches(token, operator) {
+            return Ok(Caller::Operator);
+        }
+        // An unknown tenant costs the same hash and comparison as a known one, so timing does
+        // not tell which tenants exist.
+        let tenant = auth::parse_tenant_token(token).filter(|(tenant, secret)| {
+            match self.registry.tenant(tenant) {
+                Some(live) => live.token_matches(secret),
+                None => {
+                    // The result is thrown away: only the time it takes matters.
+                    std::hint::black_box(auth::matches(secret, auth::UNKNOWN_HASH));
+                    false
+                }
+            }
+        });
+        if let Some((tenant, _)) = tenant {
+            return Ok(Caller::Tenant(tenant.to_string()));
+        }
+        Err(ApiError::unauthorized(
+            "the token is not valid: check --token or TENSORLET_TOKEN",
+        ))
+    }
+
+    /// Sends the call to its resource by the first path segment.
+    async fn admin_as<B: RequestBody>(
+        &self,
+        caller: &Caller,
+        rest: &str,
+        req: Request<B>,
+    ) -> Result<Response<BoxBody>, ApiError> {
+        let segments: Vec<&str> = rest.split('/').collect();
+        match segments[0] {
+            "tenants" => self.tenants(caller, &segments, req).await,
+            "audit" => self.audit_log(caller, &segments, req).await,
+            "keys" => self.keys(caller, &segments, req).await,
+            "functions" => self.functions(caller, &segments, req).await,
+            "models" => self.models(caller, &segments, req).await,
+            _ => Err(ApiError::not_found(req.uri().path())),
+        }
+    }
+
+    /// The key of `name` in the caller's namespace, for functions (`models` = false) or models.
+    fn key(&self, caller: &Caller, name: &str, models: bool) -> Result<String, ApiError> {
+        let name = check_name(name)?;
+        if !models {
+            self.may_manage_functions(caller)?;
+        }
+        Ok(match caller {
+            Caller::Tenant(t) => format!("{t}/{name}"),
+            Caller::Operator => name.to_string(),
+        })
+    }
+
+    /// On a node with tenants, functions belong to tenants: the operator has none.
+    fn may_manage_functions(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.config.tenants && *caller == Caller::Operator {
+            return Err(ApiError::forbidden(
+                "functions belong to tenants: use a tenant's token (the operator token manages tenants and shared models)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The tenant whose namespace a call runs in; `None` for the operator's.
+fn owner(caller: &Caller) -> Option<&str> {
+    match caller {
+        Caller::Tenant(t) => Some(t.as_str()),
+        Caller::Operator => None,
+    }
+}

@@ -1,0 +1,59 @@
+//! `models[/{name}[/versions]]`: ONNX models that functions may load by name. Unlike functions,
+//! models have an operator namespace on every node: the operator's models are shared, and a
+//! tenant may read them besides its own.
+
+use http::{Method, Request, Response, StatusCode};
+
+use super::super::HttpService;
+use super::super::body::{BoxBody, RequestBody, json_response, ok, read_body};
+use super::super::query::{check_name, model_options};
+use super::owner;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::registry::Deploy;
+
+impl HttpService {
+    /// The model routes.
+    pub(super) async fn models<B: RequestBody>(
+        &self,
+        caller: &Caller,
+        segments: &[&str],
+        req: Request<B>,
+    ) -> Result<Response<BoxBody>, ApiError> {
+        match (segments, req.method()) {
+            (["models"] | ["models", ""], &Method::GET) => {
+                ok(self.registry.list_models(owner(caller)).await)
+            }
+            (["models"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["models", name] | ["models", name, "versions"], &Method::GET) => {
+                let key = self.key(caller, name, true)?;
+                match self.registry.get_model(&key).await {
+                    // A tenant may read the operator's shared models too.
+                    Err(crate::registry::RegistryError::ModelNotFound(_))
+                        if owner(caller).is_some() =>
+                    {
+                        ok(self.registry.get_model(check_name(name)?).await?)
+                    }
+                    other => ok(other?),
+                }
+            }
+            (["models", name], &Method::DELETE) => ok(self
+                .registry
+                .remove_model(&self.key(caller, name, true)?)
+                .await?),
+            (["models", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
+            (["models", name, "versions"], &Method::POST) => {
+                let key = self.key(caller, name, true)?;
+                let options = model_options(req.uri().query().unwrap_or(""))?;
+                let config = &self.config;
+                let bytes = read_body(req, config.max_model_size, config.body_read_timeout).await?;
+                match self.registry.add_model(&key, bytes, options).await? {
+                    Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, &v)),
+                    Deploy::Existing(v) => Ok(json_response(StatusCode::OK, &v)),
+                }
+            }
+            (["models", _, "versions"], _) => Err(ApiError::method_not_allowed("GET, POST")),
+            _ => Err(ApiError::not_found(req.uri().path())),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP edge: [`HttpService::handle`] turns every request into a response and never fails.
+//! This file is the dispatch: it names each request (`x-request-id`), routes `/fn/...` to the
+//! function path (`invoke.rs`), `/admin/v1/...` to the admin API (`admin/`), and serves
+//! `/healthz`, `/readyz` and `/metrics`. It is also the one place where a response leaves, so
+//! what must happen to every response happens here, once: an [`ApiError`] becomes its JSON
+//! body, a 5xx is logged with its request id, and a function's answer is counted in its metrics.
+//!
+//! `handle` takes any [`RequestBody`], so the whole service can be called in-process, without a
+//! socket (the tests in this module do).
+
+mod admin;
+mod admission;
+mod body;
+mod invoke;
+mod query;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+
+pub use body::{BoxBody, BoxError, RequestBody};
+// The parsers that `crate::fuzz_tests` drives with arbitrary input.
+#[cfg(test)]
+pub(crate) use admin::rollback_target;
+#[cfg(test)]
+pub(crate) use query::{check_name, deploy_settings, model_options, pairs};
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::registry::{Deployed, Registry};
+use crate::runtime::Runtime;
+use body::{error_response, text};
+
+/// The node's request handler; cheap to share.
+pub struct HttpService {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    id_prefix: String,
+    next_id: AtomicU64,
+    /// Hash of the operator token; `None` on a node without tokens.
+    operator: Option<String>,
+    audit: Audit,
+}
+
+impl HttpService {
+    /// Wires the parts together.
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        operator: Option<String>,
+        audit: Audit,
+    ) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self {
+            config,
+            registry,
+            runtime,
+            metrics,
+            id_prefix: format!("{:08x}", seed as u32),
+            next_id: AtomicU64::new(1),
+            operator,
+            audit,
+        }
+    }
+
+    /// Handles one request. Never fails: errors become JSON error responses.
+    pub async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<BoxBody> {
+        let request_id = format!(
+            "{}-{:x}",
+            self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = req.uri().path().to_string();
+        let (function, result) = if let Some(rest) = path.strip_prefix("/fn/") {
+            self.invoke(rest, req, &request_id).await
+        } else if let Some(rest) = path.strip_prefix("/admin/v1/") {
+            (None, self.admin(rest, req).await)
+        } else {
+            (None, self.node_route(req.method(), &path))
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                log_server_error(&e, &request_id, &path, function.as_deref());
+                error_response(&e, &request_id)
+            }
+        };
+        if let Some(function) = &function {
+            function.metrics.count(response.status().as_u16());
+        }
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        response
+    }
+
+    /// The node's own routes: probes and metrics.
+    fn node_route(&self, method: &Method, path: &str) -> Result<Response<BoxBody>, ApiError> {
+        match (method, path) {
+            (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+            (&Method::GET, "/readyz") => Ok(text(StatusCode::OK, "ready\n")),
+            (&Method::GET, "/metrics") => {
+                let mut r = text(StatusCode::OK, self.metrics.render());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(r)
+            }
+            (_, "/healthz" | "/readyz" | "/metrics") => Err(ApiError::method_not_allowed("GET")),
+            _ => Err(ApiError::not_found(path)),
+        }
+    }
+}
+
+/// A 5xx is the node's or a guest's fault, not the client's, so the operator needs to see it;
+/// the request id ties the log line to what the client was told. 4xx are the client's business
+/// and are not logged.
+fn log_server_error(e: &ApiError, request_id: &str, path: &str, function: Option<&Deployed>) {
+    if !e.status.is_server_error() {
+        return;
+    }
+    let function = function.map(|f| &*f.name);
+    let status = e.status.as_u16();
+    if e.status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(
+            request_id,
+            status,
+            code = e.code,
+            path,
+            function,
+            "{}",
+            e.message
+        );
+    } else {
+        // 503 and 504: load and slow guests, expected in bursts.
+        tracing::warn!(
+            request_id,
+            status,
+            code = e.code,
+            path,
+            function,
+            "{}",
+            e.message
+        );
+    }
+}
