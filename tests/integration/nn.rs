@@ -14,10 +14,11 @@ fn add_models(node: &Node, models: &[(&str, &str)]) {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn a_guest_runs_a_shared_model() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_models(&node, &[("add", "add_f32.onnx"), ("mlp", "mlp.onnx")]);
@@ -75,10 +76,11 @@ fn a_guest_runs_a_shared_model() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn models_must_be_allowed_and_inputs_must_match() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_models(&node, &[("add", "add_f32.onnx"), ("mlp", "mlp.onnx")]);
@@ -129,10 +131,11 @@ fn models_must_be_allowed_and_inputs_must_match() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn every_wasi_nn_tensor_type_round_trips() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     let types = ["f16", "f64", "bf16", "u8", "i32", "i64"];
@@ -153,10 +156,11 @@ fn every_wasi_nn_tensor_type_round_trips() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn inference_is_bounded_by_the_function_timeout() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_models(&node, &[("slow", "slow.onnx"), ("add", "add_f32.onnx")]);
@@ -168,10 +172,11 @@ fn inference_is_bounded_by_the_function_timeout() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn onnx_runtime_memory_is_capped() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("model_memory = \"64MiB\""));
     add_models(&node, &[("grow", "grow.onnx")]);
@@ -186,10 +191,11 @@ fn onnx_runtime_memory_is_capped() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn an_abandoned_inference_keeps_its_session_until_it_ends() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("model_sessions = 1"));
     add_models(&node, &[("slow", "slow.onnx")]);
@@ -218,10 +224,11 @@ fn an_abandoned_inference_keeps_its_session_until_it_ends() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn queued_computes_run_as_one_batch() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("model_sessions = 1"));
     let models = repo_root().join("tests/models");
@@ -284,10 +291,11 @@ fn queued_computes_run_as_one_batch() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn identical_model_bytes_load_once() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let mut node = Node::start(&dir.data(), None);
     add_models(
@@ -321,10 +329,11 @@ fn identical_model_bytes_load_once() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn models_are_managed_and_persist() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let mut node = Node::start(&dir.data(), None);
     let bad = node.add_model("broken", "not_onnx.onnx");
@@ -401,10 +410,11 @@ fn a_node_without_onnx_runtime_still_serves_other_functions() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn guest_model_loads_follow_the_node_policy() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(
         &dir.data(),
@@ -418,10 +428,11 @@ fn guest_model_loads_follow_the_node_policy() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn gpu_models_follow_the_node_fallback_policy() {
-    if !nn_available() {
-        return;
-    }
     let bytes = std::fs::read(repo_root().join("tests/models/add_f32.onnx")).unwrap();
     let add_gpu = |node: &Node| {
         Request::new("POST", "/admin/v1/models/add/versions?target=gpu")
