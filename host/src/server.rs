@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -14,6 +15,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::pace::{Gate, Paced, PauseReads};
+use crate::runtime::Worker;
 use crate::service::HttpService;
 
 /// Binds `count` listeners to one address with SO_REUSEPORT, one per worker thread; the kernel
@@ -40,7 +42,9 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
 
 /// Runs one single-threaded runtime per listener, each on its own thread. A request then lives
 /// on one thread from accept to response (connection, guest and body tasks alike), with no
-/// cross-thread wake-ups on the hot path. Returns when every worker has drained and stopped.
+/// cross-thread wake-ups on the hot path; each worker tags its requests with its index, so that
+/// the runtime schedules tenants on that thread's own slots (runtime/fair.rs). Returns when every
+/// worker has drained and stopped.
 pub fn run_workers(
     listeners: Vec<std::net::TcpListener>,
     node: Arc<HttpService>,
@@ -74,16 +78,27 @@ pub fn run_workers(
                         let shutdown = async move {
                             let _ = stop.wait_for(|stopped| *stopped).await;
                         };
-                        serve(listener, node, shutdown, grace, per_worker, header_timeout).await;
+                        serve(
+                            listener,
+                            Worker(i),
+                            node,
+                            shutdown,
+                            grace,
+                            per_worker,
+                            header_timeout,
+                        )
+                        .await;
                     });
                 })
         })
         .collect()
 }
 
-/// Serves until `shutdown` resolves, then drains connections for at most `grace`.
+/// Serves until `shutdown` resolves, then drains connections for at most `grace`. Every request
+/// carries `worker` as an extension: the worker thread that runs it and its guest.
 pub async fn serve(
     listener: TcpListener,
+    worker: Worker,
     node: Arc<HttpService>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -121,7 +136,8 @@ pub async fn serve(
             .header_read_timeout(header_timeout)
             .serve_connection(
                 io,
-                service_fn(move |req| {
+                service_fn(move |mut req: http::Request<Incoming>| {
+                    req.extensions_mut().insert(worker);
                     let node = Arc::clone(&node);
                     let gate = gate.clone();
                     async move {

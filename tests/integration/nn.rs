@@ -15,10 +15,11 @@ fn add_models(node: &Node, models: &[(&str, &str)]) {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn a_guest_runs_a_shared_model() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_models(&node, &[("add", "add_f32.onnx"), ("mlp", "mlp.onnx")]);
@@ -76,10 +77,11 @@ fn a_guest_runs_a_shared_model() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn models_must_be_allowed_and_inputs_must_match() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_models(&node, &[("add", "add_f32.onnx"), ("mlp", "mlp.onnx")]);
@@ -130,10 +132,11 @@ fn models_must_be_allowed_and_inputs_must_match() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn every_wasi_nn_tensor_type_round_trips() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     let types = ["f16", "f64", "bf16", "u8", "i32", "i64"];
@@ -154,10 +157,11 @@ fn every_wasi_nn_tensor_type_round_trips() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn inference_is_bounded_by_the_function_timeout() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     add_models(&node, &[("slow", "slow.onnx"), ("add", "add_f32.onnx")]);
@@ -169,10 +173,11 @@ fn inference_is_bounded_by_the_function_timeout() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn onnx_runtime_memory_is_capped() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("model_memory = \"64MiB\""));
     add_models(&node, &[("grow", "grow.onnx")]);
@@ -189,10 +194,11 @@ fn onnx_runtime_memory_is_capped() {
 /// Outputs count against the request's tensor budget too: past it, `compute` fails with
 /// `too-large` (an error value the guest can handle), and the node carries on.
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn compute_outputs_past_the_tensor_budget_are_too_large() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("max_tensor_bytes_per_request = \"1MiB\""));
     add_models(&node, &[("grow", "grow.onnx")]);
@@ -207,10 +213,11 @@ fn compute_outputs_past_the_tensor_budget_are_too_large() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn an_abandoned_inference_keeps_its_session_until_it_ends() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("model_sessions = 1"));
     add_models(&node, &[("slow", "slow.onnx")]);
@@ -239,10 +246,11 @@ fn an_abandoned_inference_keeps_its_session_until_it_ends() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn queued_computes_run_as_one_batch() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("model_sessions = 1"));
     let models = repo_root().join("tests/models");
@@ -305,10 +313,11 @@ fn queued_computes_run_as_one_batch() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn identical_model_bytes_load_once() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let mut node = Node::start(&dir.data(), None);
     add_models(
@@ -342,10 +351,11 @@ fn identical_model_bytes_load_once() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn models_are_managed_and_persist() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let mut node = Node::start(&dir.data(), None);
     let bad = node.add_model("broken", "not_onnx.onnx");
@@ -422,10 +432,11 @@ fn a_node_without_onnx_runtime_still_serves_other_functions() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn guest_model_loads_follow_the_node_policy() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(
         &dir.data(),
@@ -439,10 +450,11 @@ fn guest_model_loads_follow_the_node_policy() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn gpu_models_follow_the_node_fallback_policy() {
-    if !nn_available() {
-        return;
-    }
     let bytes = std::fs::read(repo_root().join("tests/models/add_f32.onnx")).unwrap();
     let add_gpu = |node: &Node| {
         Request::new("POST", "/admin/v1/models/add/versions?target=gpu")
@@ -492,13 +504,16 @@ fn gpu_models_follow_the_node_fallback_policy() {
 /// version went live). That work runs off the serving threads and outside the admin lock: a
 /// function keeps answering all the while.
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
+#[cfg_attr(
+    all(onnxruntime, not(example_models)),
+    ignore = "needs the examples' models: run scripts/fetch-models.sh"
+)]
 fn functions_keep_answering_while_a_model_is_made_live() {
-    if !nn_available() {
-        return;
-    }
-    let Some(big) = real_model("minilm-int8.onnx") else {
-        return;
-    };
+    let big = real_model("minilm-int8.onnx");
     let dir = TestDir::new();
     // Many sessions per model: building them takes a while.
     let node = Node::start(&dir.data(), Some("model_sessions = 12"));

@@ -41,26 +41,23 @@ pub const HOST_SECRET_VAR: &str = "TENSORLET_TEST_HOST_SECRET";
 
 /// The repository root (the host crate lives in `<root>/host`).
 /// The ONNX Runtime library for nodes under test: `ORT_DYLIB_PATH`, else where
-/// `scripts/fetch-onnxruntime.sh` puts it.
+/// `scripts/fetch-onnxruntime.sh` puts it. Tests that need it are `#[ignore]`d when it is
+/// missing: host/build.rs looks for it the same way and sets `cfg(onnxruntime)`.
 pub fn onnxruntime() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Some(PathBuf::from(p));
     }
-    let fetched = repo_root().join(".cache/onnxruntime/libonnxruntime.so.1.31.1");
+    let fetched = cache_dir().join("onnxruntime/libonnxruntime.so.1.31.1");
     fetched.exists().then_some(fetched)
 }
 
-/// Whether wasi:nn tests can run. Without ONNX Runtime they are skipped with a message, except
-/// under CI (`CI` set), where a missing library must fail rather than go green silently.
-pub fn nn_available() -> bool {
-    if onnxruntime().is_some() {
-        return true;
+/// Where the fetch scripts put ONNX Runtime and the models: `TENSORLET_CACHE_DIR`, else the
+/// repository's `.cache` (the rule host/build.rs follows too).
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("TENSORLET_CACHE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => repo_root().join(".cache"),
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("ONNX Runtime is missing under CI: run scripts/fetch-onnxruntime.sh first");
-    }
-    eprintln!("skipping: ONNX Runtime not found (run scripts/fetch-onnxruntime.sh)");
-    false
 }
 
 pub fn repo_root() -> PathBuf {
@@ -226,24 +223,16 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
-/// A real model fetched by `scripts/fetch-models.sh` (`.cache/models/FILE`). `None` (with a
-/// message) when it is missing, so the test can skip; under CI a missing model fails instead.
-pub fn real_model(file: &str) -> Option<PathBuf> {
-    let path = repo_root().join(".cache/models").join(file);
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} is missing under CI: run scripts/fetch-models.sh first",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipping: {} not found (run scripts/fetch-models.sh)",
+/// A real model fetched by `scripts/fetch-models.sh` (`models/FILE` in [`cache_dir`]). Tests that
+/// use one are `#[ignore]`d unless host/build.rs found them all (`cfg(example_models)`).
+pub fn real_model(file: &str) -> PathBuf {
+    let path = cache_dir().join("models").join(file);
+    assert!(
+        path.is_file(),
+        "{} is missing although it was there at build time: run scripts/fetch-models.sh",
         path.display()
     );
-    None
+    path
 }
 
 /// Adds a model file (any path) to the node under `name`; asserts success.

@@ -449,10 +449,11 @@ fn refused_floods_are_paused_until_retry_after() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn shared_models_are_loaded_once_for_every_tenant() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some(TENANTS));
     let op = operator_token(&node);
@@ -498,10 +499,11 @@ fn shared_models_are_loaded_once_for_every_tenant() {
 }
 
 #[test]
+#[cfg_attr(
+    not(onnxruntime),
+    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+)]
 fn a_tenant_runs_at_most_max_inferences_at_once() {
-    if !nn_available() {
-        return;
-    }
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some(TENANTS));
     let op = operator_token(&node);

@@ -6,48 +6,143 @@
 //! CPU-bound requests gets one turn per tick among the other tenants' work instead of one turn
 //! per request, its new requests wait behind its own running ones, and short requests (most of
 //! them) take a free slot and give it back without ever waiting.
+//!
+//! Where the slots live: the [`Runtime`](super::Runtime) owns a [`Workers`], one [`Slots`] per
+//! worker thread by index, and server.rs tags every request it accepts with its worker's
+//! [`Worker`] (a request extension, which reaches `Runtime::invoke` with the request). A
+//! thread-local or a tokio task-local would find the same slots without being passed, but only
+//! as long as the server kept to one current-thread runtime per listener: with the index in the
+//! request, the wiring is visible where the request is accepted and where it is scheduled, and
+//! two runtimes in one process never share slots. A request without a [`Worker`] (one that did
+//! not come through server.rs) uses worker 0's slots: still correct, as slots are thread-safe,
+//! only no longer one per thread.
+//!
+//! A slot exists only while a guest holds or waits for it (every [`CpuShare`] keeps it alive;
+//! the last one to go removes it), so removed tenants, and tenants idle on a worker, cost
+//! nothing.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-thread_local! {
-    /// This worker thread's slot per tenant.
-    static SLOTS: RefCell<HashMap<Arc<str>, Arc<Semaphore>>> = RefCell::new(HashMap::new());
+/// The worker thread a request was accepted on, set by server.rs as a request extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Worker(pub usize);
+
+/// One runtime's tenant slots for each of its worker threads.
+#[derive(Default)]
+pub struct Workers {
+    by_index: RwLock<Vec<Arc<Slots>>>,
 }
 
-/// One request's claim on its tenant's slot on the current worker thread.
+impl Workers {
+    /// A request of `tenant`'s on the worker named in the request's extensions (`Worker(0)` if
+    /// none: see the module doc), holding no slot yet.
+    pub fn share(&self, request: &http::Extensions, tenant: Arc<str>) -> CpuShare {
+        let worker = request.get().copied().unwrap_or(Worker(0));
+        self.slots(worker).share(tenant)
+    }
+
+    /// The slots of `worker`, created on its first request.
+    fn slots(&self, worker: Worker) -> Arc<Slots> {
+        let known = self.by_index.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slots) = known.get(worker.0) {
+            return Arc::clone(slots);
+        }
+        drop(known);
+        let mut known = self
+            .by_index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() <= worker.0 {
+            known.resize_with(worker.0 + 1, Arc::default);
+        }
+        Arc::clone(&known[worker.0])
+    }
+}
+
+/// One worker thread's slots: one per tenant that has a guest holding or waiting for it.
+#[derive(Default)]
+pub struct Slots {
+    /// Weak, so that the map does not keep a slot alive: [`Slot`]'s `Drop` removes the entry.
+    tenants: Mutex<HashMap<Arc<str>, Weak<Slot>>>,
+}
+
+impl Slots {
+    /// A request of `tenant`'s on this worker, holding no slot yet.
+    pub fn share(self: &Arc<Self>, tenant: Arc<str>) -> CpuShare {
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match tenants.get(&tenant).and_then(Weak::upgrade) {
+            Some(slot) => slot,
+            None => {
+                let slot = Arc::new(Slot {
+                    turn: Arc::new(Semaphore::new(1)),
+                    tenant: Arc::clone(&tenant),
+                    slots: Arc::clone(self),
+                });
+                tenants.insert(tenant, Arc::downgrade(&slot));
+                slot
+            }
+        };
+        CpuShare {
+            slot,
+            held: Arc::default(),
+            at_tick: Arc::default(),
+        }
+    }
+
+    /// Tenants with a slot on this worker.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tenants.lock().unwrap().len()
+    }
+}
+
+/// A tenant's slot on one worker, shared by the [`CpuShare`]s of its guests there.
+struct Slot {
+    /// One permit: the turn to run wasm.
+    turn: Arc<Semaphore>,
+    tenant: Arc<str>,
+    slots: Arc<Slots>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut tenants = self
+            .slots
+            .tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A new guest of the tenant may have put a fresh slot in the map since this one's last
+        // share went away (the entry could no longer be upgraded): leave that one.
+        if tenants
+            .get(&self.tenant)
+            .is_some_and(|entry| entry.strong_count() == 0)
+        {
+            tenants.remove(&self.tenant);
+        }
+    }
+}
+
+/// One request's claim on its tenant's slot on its worker thread.
 #[derive(Clone)]
 pub struct CpuShare {
-    slot: Arc<Semaphore>,
+    slot: Arc<Slot>,
     held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
     /// Set while the guest is handing its slot over at a tick ([`CpuShare::next_turn`]).
     at_tick: Arc<AtomicBool>,
 }
 
 impl CpuShare {
-    /// A request of `tenant`'s on the calling worker thread, holding no slot yet. The request
-    /// must stay on this thread (the workers are single-threaded runtimes).
-    pub fn new(tenant: Arc<str>) -> Self {
-        let slot = SLOTS.with(|slots| {
-            Arc::clone(
-                slots
-                    .borrow_mut()
-                    .entry(tenant)
-                    .or_insert_with(|| Arc::new(Semaphore::new(1))),
-            )
-        });
-        Self {
-            slot,
-            held: Arc::default(),
-            at_tick: Arc::default(),
-        }
+    /// Whether both requests take turns on one slot.
+    #[cfg(test)]
+    pub(super) fn same_slot(&self, other: &CpuShare) -> bool {
+        Arc::ptr_eq(&self.slot, &other.slot)
     }
 
     fn hold(&self, permit: Option<OwnedSemaphorePermit>) {
@@ -72,7 +167,7 @@ impl CpuShare {
         async move {
             tokio::task::yield_now().await;
             share.hold(None);
-            let permit = Arc::clone(&share.slot).acquire_owned().await.ok();
+            let permit = Arc::clone(&share.slot.turn).acquire_owned().await.ok();
             share.hold(permit);
             share.at_tick.store(false, Ordering::Relaxed);
         }
@@ -109,10 +204,10 @@ impl<F: Future> Future for Turns<F> {
         // At a tick the guest's own `next_turn` owns the slot's hand-over.
         if !share.at_tick.load(Ordering::Relaxed) && !share.holds() {
             if self.waiting.is_none() {
-                match Arc::clone(&share.slot).try_acquire_owned() {
+                match Arc::clone(&share.slot.turn).try_acquire_owned() {
                     Ok(permit) => share.hold(Some(permit)),
                     Err(TryAcquireError::NoPermits) => {
-                        self.waiting = Some(Box::pin(Arc::clone(&share.slot).acquire_owned()));
+                        self.waiting = Some(Box::pin(Arc::clone(&share.slot.turn).acquire_owned()));
                     }
                     Err(TryAcquireError::Closed) => {}
                 }
@@ -166,10 +261,11 @@ mod tests {
     #[test]
     fn a_flooding_tenant_gets_one_turn_per_round() {
         runtime().block_on(async {
+            let slots = Arc::new(Slots::default());
             let log = Arc::new(Mutex::new(Vec::new()));
             let mut tasks = Vec::new();
             for _ in 0..3 {
-                let share = CpuShare::new("noisy".into());
+                let share = slots.share("noisy".into());
                 tasks.push(tokio::spawn(share.clone().run(busy(
                     share,
                     "noisy",
@@ -177,7 +273,7 @@ mod tests {
                     Arc::clone(&log),
                 ))));
             }
-            let share = CpuShare::new("quiet".into());
+            let share = slots.share("quiet".into());
             tasks.push(tokio::spawn(share.clone().run(busy(
                 share,
                 "quiet",
@@ -204,9 +300,10 @@ mod tests {
     #[test]
     fn a_guest_waiting_for_io_lets_its_tenant_run() {
         runtime().block_on(async {
+            let slots = Arc::new(Slots::default());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let log = Arc::new(Mutex::new(Vec::new()));
-            let waiting = CpuShare::new("t".into());
+            let waiting = slots.share("t".into());
             let first = {
                 let (share, log) = (waiting.clone(), Arc::clone(&log));
                 tokio::spawn(waiting.run(async move {
@@ -216,7 +313,7 @@ mod tests {
                     log.lock().unwrap().push("first done");
                 }))
             };
-            let share = CpuShare::new("t".into());
+            let share = slots.share("t".into());
             let second = tokio::spawn(share.clone().run(busy(
                 share,
                 "second",
@@ -235,5 +332,56 @@ mod tests {
                 ["first", "second", "second", "first done"]
             );
         });
+    }
+
+    #[test]
+    fn a_tenant_slot_lives_while_a_guest_holds_it_or_waits_for_it() {
+        let slots = Arc::new(Slots::default());
+        let first = slots.share("t".into());
+        let second = slots.share("t".into());
+        let other = slots.share("u".into());
+        assert!(first.same_slot(&second));
+        assert_eq!(slots.len(), 2);
+        drop(first);
+        // `second` still counts on the slot: a newcomer must queue on the same one.
+        let third = slots.share("t".into());
+        assert!(second.same_slot(&third));
+        assert_eq!(slots.len(), 2);
+        drop((second, third));
+        assert_eq!(slots.len(), 1, "the last guest of `t` is gone");
+        drop(other);
+        assert_eq!(slots.len(), 0);
+    }
+
+    #[test]
+    fn a_tenant_slot_is_freed_when_its_last_guest_is_gone() {
+        runtime().block_on(async {
+            let slots = Arc::new(Slots::default());
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let (a, b) = (slots.share("gone".into()), slots.share("gone".into()));
+            // `b` waits in line for `a`'s slot at each of `a`'s ticks, and the other way round.
+            let guests = [
+                tokio::spawn(a.clone().run(busy(a, "a", 2, Arc::clone(&log)))),
+                tokio::spawn(b.clone().run(busy(b, "b", 2, Arc::clone(&log)))),
+            ];
+            assert_eq!(slots.len(), 1);
+            // A finished task's future (with its share) is dropped before its handle resolves.
+            for guest in guests {
+                guest.await.unwrap();
+            }
+            assert_eq!(*log.lock().unwrap(), ["a", "b", "a", "b"]);
+            assert_eq!(slots.len(), 0, "a removed tenant leaves nothing behind");
+        });
+    }
+
+    #[test]
+    fn each_worker_has_its_own_slots() {
+        let workers = Workers::default();
+        let (zero, two) = (workers.slots(Worker(0)), workers.slots(Worker(2)));
+        assert!(Arc::ptr_eq(&two, &workers.slots(Worker(2))));
+        assert!(!Arc::ptr_eq(&zero, &two));
+        assert!(!Arc::ptr_eq(&workers.slots(Worker(1)), &two));
+        let (here, there) = (zero.share("t".into()), two.share("t".into()));
+        assert!(!here.same_slot(&there));
     }
 }

@@ -16,8 +16,6 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::capture::{Capture, LogBuffer, LogLine};
-use super::epoch::CpuBound;
-use super::fair::CpuShare;
 use super::{HostState, Prepared, Runtime};
 use crate::config::FunctionLimits;
 use crate::error::ApiError;
@@ -74,7 +72,10 @@ impl Runtime {
             self.tensor_budget.unwrap_or(limits.memory),
         );
         let mut state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
-        let cpu = inv.tenant.clone().map(CpuShare::new);
+        let cpu = inv
+            .tenant
+            .clone()
+            .map(|t| self.workers.share(req.extensions(), t));
         state.cpu = cpu.clone();
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());
         let mut store = Store::new(&self.engine, state);
@@ -82,9 +83,10 @@ impl Runtime {
         // Check in with the epoch ticker at every tick: yield so a busy guest shares its worker
         // thread, and stop it once it is past its deadline.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
+        let cpu_bound = self.ticker.cpu_bound().clone();
+        store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
-            state.cpu_bound.get_or_insert_with(CpuBound::enter);
+            state.cpu_bound.get_or_insert_with(|| cpu_bound.enter());
             if Instant::now() >= ctx.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else if let Some(cpu) = &ctx.data().cpu {

@@ -23,6 +23,7 @@ use wasmtime::{
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use capture::{LogBuffer, LogLine};
+pub use fair::Worker;
 pub use invoke::{Invocation, ResponseBody, request_body_error};
 pub use state::HostState;
 
@@ -32,7 +33,9 @@ use crate::nn::NnNode;
 /// A compiled, linked, ready-to-instantiate component.
 pub type Prepared = ProxyPre<HostState>;
 
-/// Engine, linker and epoch ticker, shared by every request.
+/// Engine, linker, epoch ticker and the tenants' CPU slots, shared by every request. All of the
+/// scheduling state is here, none of it in globals: two runtimes in one process (as in tests)
+/// neither tick faster for each other's guests nor share tenant slots.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
@@ -41,7 +44,9 @@ pub struct Runtime {
     nn: Arc<NnNode>,
     /// `max_tensor_bytes_per_request`, when the node sets it.
     tensor_budget: Option<u64>,
-    _ticker: epoch::EpochTicker,
+    ticker: epoch::EpochTicker,
+    /// Each worker thread's tenant slots ([`fair`]).
+    workers: fair::Workers,
 }
 
 impl Runtime {
@@ -74,7 +79,8 @@ impl Runtime {
             pooling,
             nn,
             tensor_budget: config.max_tensor_bytes_per_request,
-            _ticker: ticker,
+            ticker,
+            workers: fair::Workers::default(),
         })
     }
 
@@ -194,7 +200,54 @@ fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::check_header;
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::nn::ModelSet;
+
+    fn runtime() -> Runtime {
+        // Small, so that two pools fit in a test process.
+        let config = Config::from_toml(
+            r#"
+                [defaults]
+                memory = "16MiB"
+                max_concurrency = 2
+                [ceilings]
+                memory = "16MiB"
+                instances = 2
+            "#,
+        )
+        .unwrap();
+        let nn = NnNode {
+            onnx: None,
+            models: ModelSet::default(),
+            guest_load_limit: None,
+            guest_load_metrics: Metrics::default().model("guest-bytes"),
+        };
+        Runtime::new(&config, Arc::new(nn)).unwrap()
+    }
+
+    #[test]
+    fn two_runtimes_share_no_scheduling_state() {
+        let (a, b) = (runtime(), runtime());
+        let busy = a.ticker.cpu_bound().enter();
+        assert_eq!(a.ticker.cpu_bound().tick(), epoch::BUSY_TICK);
+        assert_eq!(
+            b.ticker.cpu_bound().tick(),
+            epoch::TICK,
+            "a CPU-bound guest of one runtime speeds up only its own ticker"
+        );
+        drop(busy);
+        assert_eq!(a.ticker.cpu_bound().tick(), epoch::TICK);
+
+        // The same tenant on the same worker of each runtime: two slots, not one.
+        let request = http::Extensions::new();
+        let (here, there) = (
+            a.workers.share(&request, "t".into()),
+            b.workers.share(&request, "t".into()),
+        );
+        assert!(!here.same_slot(&there));
+        assert!(here.same_slot(&a.workers.share(&request, "t".into())));
+    }
 
     #[test]
     fn headers_are_told_apart() {

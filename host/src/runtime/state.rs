@@ -28,7 +28,7 @@ pub struct HostState {
     pub(super) stderr: Capture,
     /// The tenant's CPU slot, on a node with tenants.
     pub(super) cpu: Option<super::fair::CpuShare>,
-    /// Set at the guest's first epoch tick: it is CPU-bound.
+    /// Set at the guest's first epoch tick: it is CPU-bound, and its runtime's epoch ticks faster.
     pub(super) cpu_bound: Option<super::epoch::CpuBound>,
 }
 
