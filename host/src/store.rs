@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::FunctionLimits;
 use crate::desired::{BlobHold, BlobStore, CommitError, DesiredState, Revision};
+use crate::key::{FunctionKey, ModelKey};
 
 /// All persisted metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -37,11 +38,11 @@ pub struct Meta {
     /// Committed changes so far ([`DesiredState`]).
     #[serde(default)]
     pub revision: Revision,
-    /// Functions by name.
-    pub functions: BTreeMap<String, FunctionRecord>,
-    /// ONNX models by name.
+    /// Functions by key.
+    pub functions: BTreeMap<FunctionKey, FunctionRecord>,
+    /// ONNX models by key.
     #[serde(default)]
-    pub models: BTreeMap<String, ModelRecord>,
+    pub models: BTreeMap<ModelKey, ModelRecord>,
     /// Tenants by name (a node with `tenants = true`). A tenant's functions and models are keyed
     /// `{tenant}/{name}` in the maps above; models without a `/` are the operator's, shared.
     #[serde(default)]
@@ -71,16 +72,6 @@ pub struct KeyRecord {
     pub hash: String,
     /// When it was made.
     pub created_at: String,
-}
-
-/// The tenant a function or model key belongs to (`{tenant}/{name}`), if any.
-pub fn owner(key: &str) -> Option<&str> {
-    key.split_once('/').map(|(t, _)| t)
-}
-
-/// The name users see: a key without its tenant.
-pub fn short_name(key: &str) -> &str {
-    key.split_once('/').map_or(key, |(_, n)| n)
 }
 
 /// A function or a model: its immutable versions (oldest first) and which one is live.
@@ -214,7 +205,7 @@ pub struct VersionRecord {
     pub env: BTreeMap<String, String>,
     /// Models the function may load by name (their keys: `{tenant}/{name}`, or a shared name).
     #[serde(default)]
-    pub models: Vec<String>,
+    pub models: Vec<ModelKey>,
     /// Whether anyone may invoke it; otherwise (on a node with tenants) callers need one of
     /// its tenant's invoke keys.
     #[serde(default)]
@@ -509,7 +500,7 @@ mod tests {
         let mut meta = store.load_meta().unwrap();
         assert!(meta.functions.is_empty());
         meta.functions.insert(
-            "f".into(),
+            "f".parse().unwrap(),
             FunctionRecord {
                 live: d.clone(),
                 updated_at: String::new(),
@@ -517,7 +508,10 @@ mod tests {
             },
         );
         store.save_meta(&meta).unwrap();
-        assert_eq!(store.load_meta().unwrap().functions["f"].live, d);
+        assert_eq!(
+            store.load_meta().unwrap().functions[&"f".parse().unwrap()].live,
+            d
+        );
         store.collect_garbage(&HashSet::new());
         assert!(store.read_blob(&d).is_err());
         fs::write(dir.join("tmp/leftover"), b"x").unwrap();

@@ -161,16 +161,12 @@ impl graph::Host for NnView<'_> {
         if ctx.node.onnx.is_none() {
             return self.fail(not_loaded());
         }
-        let Some(key) = ctx
-            .allowed
-            .iter()
-            .find(|k| crate::store::short_name(k) == name)
-        else {
+        let Some(key) = ctx.allowed.iter().find(|k| k.name() == name) else {
             let f = Failure::new(
                 ErrorCode::Security,
                 format!(
                     "function `{}` may not use model `{name}`: deploy it with `--model {name}` to allow it",
-                    crate::store::short_name(&ctx.function)
+                    ctx.function
                 ),
             );
             return self.fail(f);

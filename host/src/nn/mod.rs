@@ -22,6 +22,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use bindings::wasi::nn::errors::ErrorCode;
 pub use onnx::{Model, Onnx};
 
+use crate::key::ModelKey;
 use crate::metrics::ModelMetrics;
 
 /// The host side of a `wasi:nn/errors.error` resource.
@@ -55,21 +56,21 @@ pub struct ExecutionContext {
 /// Models loaded on this node, by name. Swapped as a whole when models change.
 #[derive(Default)]
 pub struct ModelSet {
-    models: RwLock<Arc<HashMap<String, Arc<Model>>>>,
+    models: RwLock<Arc<HashMap<ModelKey, Arc<Model>>>>,
 }
 
 impl ModelSet {
-    /// The model called `name`, if loaded.
-    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+    /// The model `key`, if loaded.
+    pub fn get(&self, key: &ModelKey) -> Option<Arc<Model>> {
         self.models
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(key)
             .cloned()
     }
 
     /// Replaces the whole set.
-    pub fn replace(&self, models: HashMap<String, Arc<Model>>) {
+    pub fn replace(&self, models: HashMap<ModelKey, Arc<Model>>) {
         *self.models.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(models);
     }
 }
@@ -92,7 +93,7 @@ pub struct NnNode {
 /// tensor budget.
 pub struct NnCtx {
     node: Arc<NnNode>,
-    allowed: Arc<[String]>,
+    allowed: Arc<[ModelKey]>,
     function: Arc<str>,
     deadline: Instant,
     inferences: Option<InferenceQuota>,
@@ -161,7 +162,7 @@ impl NnCtx {
     /// State for one request of `function`.
     pub fn new(
         node: Arc<NnNode>,
-        allowed: Arc<[String]>,
+        allowed: Arc<[ModelKey]>,
         function: Arc<str>,
         deadline: Instant,
         inferences: Option<InferenceQuota>,

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, FunctionLimits};
 use crate::desired::{BlobStore, DesiredState, Revision};
+use crate::key::{FunctionKey, ModelKey};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
 use crate::nn::onnx::Sessions;
@@ -36,7 +37,7 @@ use rules::{check_tenant_deploy, referenced, resolve, resolve_models};
 
 /// One version of one function, ready to serve requests.
 pub struct Deployed {
-    /// Function name.
+    /// Function name (in its owner's namespace: what users call it).
     pub name: Arc<str>,
     /// Full hex digest.
     pub digest: String,
@@ -55,12 +56,12 @@ pub struct Deployed {
     /// Metrics of the function.
     pub metrics: Arc<FunctionMetrics>,
     /// Models the function may load by name.
-    pub models: Arc<[String]>,
+    pub models: Arc<[ModelKey]>,
     /// Whether callers need no invoke key (on a node with tenants).
     pub public: bool,
 }
 
-type LiveMap = HashMap<String, Arc<Deployed>>;
+type LiveMap = HashMap<FunctionKey, Arc<Deployed>>;
 
 /// State only admin operations touch.
 struct AdminState {
@@ -69,7 +70,7 @@ struct AdminState {
     revision: Revision,
     /// Compiled components by digest (shared between functions deploying the same bytes).
     compiled: HashMap<String, Prepared>,
-    logs: HashMap<String, Arc<LogBuffer>>,
+    logs: HashMap<FunctionKey, Arc<LogBuffer>>,
     /// Loaded model sessions by [`models::sessions_key`] (digest and target).
     loaded_models: HashMap<String, Arc<Sessions>>,
 }
@@ -148,11 +149,11 @@ impl Registry {
             }
             let loaded = store.read_blob(&m.live).and_then(|bytes| {
                 onnx.sessions(
-                    name,
+                    &name.to_string(),
                     &bytes,
                     config.model_sessions,
                     live_options(m),
-                    &metrics.model(name),
+                    &metrics.model(&name.to_string()),
                 )
                 .map_err(anyhow::Error::new)
             });
@@ -193,7 +194,7 @@ impl Registry {
     }
 
     /// The live version of `name`, for the request path.
-    pub fn route(&self, name: &str) -> Option<Arc<Deployed>> {
+    pub fn route(&self, name: &FunctionKey) -> Option<Arc<Deployed>> {
         self.live
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -214,12 +215,9 @@ impl Registry {
     /// Validates, compiles, stores and makes live a new version.
     pub async fn deploy(
         &self,
-        name: &str,
+        name: &FunctionKey,
         bytes: Bytes,
-        limits: FunctionLimits,
-        env: BTreeMap<String, String>,
-        models: Vec<String>,
-        public: bool,
+        settings: DeploySettings,
     ) -> Result<Deploy<api::VersionView>, RegistryError> {
         let digest = blocking({
             let bytes = bytes.clone();
@@ -228,13 +226,13 @@ impl Registry {
         .await?;
         let settings = {
             let state = self.admin.lock().await;
-            let models = resolve_models(&state.meta, store::owner(name), models)?;
-            check_tenant_deploy(&state.meta, name, &limits, bytes.len() as u64)?;
-            Settings {
-                limits,
-                env,
+            let models = resolve_models(&state.meta, name.tenant(), settings.models)?;
+            check_tenant_deploy(&state.meta, name, &settings.limits, bytes.len() as u64)?;
+            DeploySettings {
+                limits: settings.limits,
+                env: settings.env,
                 models,
-                public,
+                public: settings.public,
             }
         };
         let compiled = {
@@ -313,13 +311,13 @@ impl Registry {
         let max_versions = self.config.max_versions;
         self.commit(&mut state, |meta| {
             meta.functions
-                .entry(name.to_string())
+                .entry(name.clone())
                 .or_default()
                 .push_live(record.clone(), max_versions);
             Ok(())
         })
         .await?;
-        tracing::info!(function = name, version = record.id(), "deployed");
+        tracing::info!(function = %name, version = record.id(), "deployed");
         Ok(Deploy::Created(version_view(&record, true)))
     }
 
@@ -327,9 +325,9 @@ impl Registry {
     async fn existing_locked(
         &self,
         state: &mut AdminState,
-        name: &str,
+        name: &FunctionKey,
         digest: &str,
-        s: &Settings,
+        s: &DeploySettings<ModelKey>,
     ) -> Result<Option<Deploy<api::VersionView>>, RegistryError> {
         let Some(v) = state.meta.functions.get(name).and_then(|f| f.find(digest)) else {
             return Ok(None);
@@ -338,7 +336,7 @@ impl Registry {
             return Err(RegistryError::version_conflict(format!(
                 "function `{}` already has version {} with different settings, and versions never change: \
                  deploy it with the same settings, or change the component",
-                store::short_name(name),
+                name.name(),
                 v.id()
             )));
         }
@@ -350,11 +348,11 @@ impl Registry {
     async fn set_live(
         &self,
         state: &mut AdminState,
-        name: &str,
+        name: &FunctionKey,
         digest: &str,
     ) -> Result<(), RegistryError> {
         let f = (state.meta.functions.get(name))
-            .ok_or_else(|| RegistryError::function_not_found(name))?;
+            .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
         if f.live == digest {
             return Ok(());
         }
@@ -362,7 +360,7 @@ impl Registry {
             let f = meta
                 .functions
                 .get_mut(name)
-                .ok_or_else(|| RegistryError::function_not_found(name))?;
+                .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
             f.make_live(digest, now_rfc3339());
             Ok(())
         })
@@ -373,7 +371,7 @@ impl Registry {
     /// deployed before the live one.
     pub async fn rollback(
         &self,
-        name: &str,
+        name: &FunctionKey,
         to: Option<&str>,
     ) -> Result<api::LiveMoved, RegistryError> {
         let mut state = self.admin.lock().await;
@@ -381,9 +379,9 @@ impl Registry {
             .meta
             .functions
             .get(name)
-            .ok_or_else(|| RegistryError::function_not_found(name))?;
+            .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
         let target = match to {
-            Some(to) => resolve(name, f, to)?.digest.clone(),
+            Some(to) => resolve(name.name(), f, to)?.digest.clone(),
             None => {
                 let live = f
                     .versions
@@ -402,21 +400,21 @@ impl Registry {
         };
         self.set_live(&mut state, name, &target).await?;
         tracing::info!(
-            function = name,
+            function = %name,
             version = store::short_id(&target),
             "live moved"
         );
         Ok(api::LiveMoved {
-            name: store::short_name(name).to_string(),
+            name: name.name().to_string(),
             live: store::short_id(&target).to_string(),
         })
     }
 
     /// Removes a function and all its versions.
-    pub async fn delete(&self, name: &str) -> Result<api::Deleted, RegistryError> {
+    pub async fn delete(&self, name: &FunctionKey) -> Result<api::Deleted, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.functions.contains_key(name) {
-            return Err(RegistryError::function_not_found(name));
+            return Err(RegistryError::function_not_found(name.name()));
         }
         self.commit(&mut state, |meta| {
             meta.functions.remove(name);
@@ -424,9 +422,9 @@ impl Registry {
         })
         .await?;
         state.logs.remove(name);
-        tracing::info!(function = name, "deleted");
+        tracing::info!(function = %name, "deleted");
         Ok(api::Deleted {
-            name: store::short_name(name).to_string(),
+            name: name.name().to_string(),
             deleted: true,
         })
     }
@@ -438,9 +436,9 @@ impl Registry {
             .meta
             .functions
             .iter()
-            .filter(|(name, _)| store::owner(name) == owner)
+            .filter(|(name, _)| name.owned_by(owner))
             .map(|(name, f)| api::FunctionSummary {
-                name: store::short_name(name).to_string(),
+                name: name.name().to_string(),
                 live: store::short_id(&f.live).to_string(),
                 versions: f.versions.len(),
                 updated_at: f.updated_at.clone(),
@@ -450,15 +448,15 @@ impl Registry {
     }
 
     /// One function with its versions, newest first.
-    pub async fn get(&self, name: &str) -> Result<api::FunctionView, RegistryError> {
+    pub async fn get(&self, name: &FunctionKey) -> Result<api::FunctionView, RegistryError> {
         let state = self.admin.lock().await;
         let f = state
             .meta
             .functions
             .get(name)
-            .ok_or_else(|| RegistryError::function_not_found(name))?;
+            .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
         Ok(api::FunctionView {
-            name: store::short_name(name).to_string(),
+            name: name.name().to_string(),
             live: store::short_id(&f.live).to_string(),
             versions: (f.versions.iter().rev())
                 .map(|v| version_view(v, v.digest == f.live))
@@ -467,10 +465,10 @@ impl Registry {
     }
 
     /// The function's recent guest output.
-    pub async fn logs(&self, name: &str) -> Result<Vec<LogLine>, RegistryError> {
+    pub async fn logs(&self, name: &FunctionKey) -> Result<Vec<LogLine>, RegistryError> {
         let state = self.admin.lock().await;
         if !state.meta.functions.contains_key(name) {
-            return Err(RegistryError::function_not_found(name));
+            return Err(RegistryError::function_not_found(name.name()));
         }
         Ok(state
             .logs
@@ -526,7 +524,7 @@ impl Registry {
             next.insert(
                 name.clone(),
                 Arc::new(Deployed {
-                    name: Arc::from(name.as_str()),
+                    name: Arc::from(name.name()),
                     digest: v.digest.clone(),
                     version: Arc::from(v.id()),
                     pre: pre.clone(),
@@ -534,7 +532,7 @@ impl Registry {
                     env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
                     logs,
-                    metrics: self.metrics.function(name),
+                    metrics: self.metrics.function(&name.to_string()),
                     models: v.models.iter().cloned().collect(),
                     public: v.public,
                 }),
@@ -573,13 +571,19 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RegistryError::internal(format!("a blocking task failed: {e}")))?
 }
 
-/// Settings of a version, fixed at deploy.
-struct Settings {
-    limits: FunctionLimits,
-    env: BTreeMap<String, String>,
-    /// Model keys, sorted.
-    models: Vec<String>,
-    public: bool,
+/// Limits, environment, allowed models and visibility of a deploy, fixed with the version. `M`
+/// names the models: as the deploy gave them (`--model NAME`), then resolved to model keys in
+/// the deployer's namespace or the shared one (sorted) for the version record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploySettings<M = String> {
+    /// Limits, starting from the node's defaults.
+    pub limits: FunctionLimits,
+    /// Guest environment, from repeated `env=KEY=VALUE`.
+    pub env: BTreeMap<String, String>,
+    /// Models the function may load, from repeated `model=NAME`.
+    pub models: Vec<M>,
+    /// Whether callers need no invoke key (`public`, `public=true`).
+    pub public: bool,
 }
 
 fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Result<Prepared> {
@@ -612,11 +616,7 @@ pub fn version_view(v: &VersionRecord, live: bool) -> api::VersionView {
         max_request_body: v.limits.max_request_body,
         max_response_body: v.limits.max_response_body,
         env: v.env.clone(),
-        models: v
-            .models
-            .iter()
-            .map(|m| store::short_name(m).to_string())
-            .collect(),
+        models: v.models.iter().map(|m| m.name().to_string()).collect(),
         public: v.public,
     }
 }

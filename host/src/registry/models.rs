@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::RegistryError;
 use super::rules::check_tenant_model;
 use super::{AdminState, Deploy, Registry};
+use crate::key::ModelKey;
 use crate::nn::onnx::{Model, ModelOptions};
 use crate::store::{self, ModelRecord, ModelVersion};
 use crate::time::now_rfc3339;
@@ -23,7 +24,7 @@ impl Registry {
     /// the blob. Only the commit itself (metadata saved, then published) holds the lock.
     pub async fn add_model(
         &self,
-        name: &str,
+        name: &ModelKey,
         bytes: Bytes,
         options: ModelOptions,
     ) -> Result<Deploy<api::ModelVersionView>, RegistryError> {
@@ -49,7 +50,7 @@ impl Registry {
             None => {
                 let count = self.config.model_sessions;
                 let (n, b) = (name.to_string(), bytes.clone());
-                let metrics = self.metrics.model(name);
+                let metrics = self.metrics.model(&n);
                 let built = super::blocking(move || {
                     onnx.sessions(&n, &b, count, options, &metrics)
                         .map_err(|e| RegistryError::model_load(&n, e))
@@ -84,7 +85,7 @@ impl Registry {
                         let m = meta
                             .models
                             .get_mut(name)
-                            .ok_or_else(|| RegistryError::model_not_found(name))?;
+                            .ok_or_else(|| RegistryError::model_not_found(name.name()))?;
                         m.make_live(&digest, now_rfc3339());
                         v
                     }
@@ -97,7 +98,7 @@ impl Registry {
                             max_batch: options.max_batch,
                         };
                         meta.models
-                            .entry(name.to_string())
+                            .entry(name.clone())
                             .or_default()
                             .push_live(record.clone(), max_versions);
                         record
@@ -106,7 +107,7 @@ impl Registry {
             })
             .await?;
         tracing::info!(
-            model = name,
+            model = %name,
             version = store::short_id(&digest),
             "model version live"
         );
@@ -123,15 +124,16 @@ impl Registry {
     fn check_model_add(
         &self,
         state: &AdminState,
-        name: &str,
+        name: &ModelKey,
         digest: &str,
         options: ModelOptions,
         size: u64,
     ) -> Result<Option<ModelVersion>, RegistryError> {
         match state.meta.models.get(name).and_then(|m| m.find(digest)) {
             Some(v) if v.options() != options => Err(RegistryError::version_conflict(format!(
-                "model `{name}` already has version {} with other options, and versions never change: \
+                "model `{}` already has version {} with other options, and versions never change: \
                  add it with --target {} --max-batch {}",
+                name.name(),
                 store::short_id(&v.digest),
                 serde_json::to_value(v.target)
                     .unwrap_or_default()
@@ -155,12 +157,12 @@ impl Registry {
             .models
             .iter()
             .filter(|(name, _)| {
-                let of = store::owner(name);
+                let of = name.tenant();
                 of == owner || of.is_none()
             })
             .map(|(name, m)| api::ModelSummary {
-                name: store::short_name(name).to_string(),
-                shared: owner.is_some() && store::owner(name).is_none(),
+                name: name.name().to_string(),
+                shared: owner.is_some() && name.tenant().is_none(),
                 live: store::short_id(&m.live).to_string(),
                 versions: m.versions.len(),
                 updated_at: m.updated_at.clone(),
@@ -171,13 +173,13 @@ impl Registry {
     }
 
     /// One model with its versions, newest first, and its declared inputs and outputs.
-    pub async fn get_model(&self, name: &str) -> Result<api::ModelView, RegistryError> {
+    pub async fn get_model(&self, name: &ModelKey) -> Result<api::ModelView, RegistryError> {
         let state = self.admin.lock().await;
         let m = state
             .meta
             .models
             .get(name)
-            .ok_or_else(|| RegistryError::model_not_found(name))?;
+            .ok_or_else(|| RegistryError::model_not_found(name.name()))?;
         let versions = (m.versions.iter().rev())
             .map(|v| model_version_view(v, v.digest == m.live))
             .collect();
@@ -197,7 +199,7 @@ impl Registry {
             None => (Vec::new(), Vec::new()),
         };
         Ok(api::ModelView {
-            name: store::short_name(name).to_string(),
+            name: name.name().to_string(),
             live: store::short_id(&m.live).to_string(),
             versions,
             inputs,
@@ -206,10 +208,10 @@ impl Registry {
     }
 
     /// Removes a model, unless a live function version may use it.
-    pub async fn remove_model(&self, name: &str) -> Result<api::Deleted, RegistryError> {
+    pub async fn remove_model(&self, name: &ModelKey) -> Result<api::Deleted, RegistryError> {
         let mut state = self.admin.lock().await;
         if !state.meta.models.contains_key(name) {
-            return Err(RegistryError::model_not_found(name));
+            return Err(RegistryError::model_not_found(name.name()));
         }
         let users: Vec<&str> = state
             .meta
@@ -219,11 +221,12 @@ impl Registry {
                 f.live_version()
                     .is_some_and(|v| v.models.iter().any(|m| m == name))
             })
-            .map(|(n, _)| store::short_name(n))
+            .map(|(n, _)| n.name())
             .collect();
         if !users.is_empty() {
             return Err(RegistryError::version_conflict(format!(
-                "model `{name}` is used by the live version of {users:?}: redeploy or delete those functions first"
+                "model `{}` is used by the live version of {users:?}: redeploy or delete those functions first",
+                name.name()
             )));
         }
         self.commit(&mut state, |meta| {
@@ -231,9 +234,9 @@ impl Registry {
             Ok(())
         })
         .await?;
-        tracing::info!(model = name, "model removed");
+        tracing::info!(model = %name, "model removed");
         Ok(api::Deleted {
-            name: store::short_name(name).to_string(),
+            name: name.name().to_string(),
             deleted: true,
         })
     }
@@ -246,7 +249,8 @@ impl Registry {
             .iter()
             .filter_map(|(name, m)| {
                 let sessions = state.loaded_models.get(&live_key(m))?;
-                let model = Model::new(name, Arc::clone(sessions), self.metrics.model(name));
+                let label = name.to_string();
+                let model = Model::new(&label, Arc::clone(sessions), self.metrics.model(&label));
                 Some((name.clone(), Arc::new(model)))
             })
             .collect();

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use super::RegistryError;
 use super::tenants;
 use crate::config::FunctionLimits;
-use crate::store::{self, FunctionRecord, Meta, TenantRecord, VersionRecord};
+use crate::key::{FunctionKey, Key, ModelKey};
+use crate::store::{FunctionRecord, Meta, TenantRecord, VersionRecord};
 
 /// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
 /// first, else a shared (operator's) model `{name}`.
@@ -15,13 +16,14 @@ pub(super) fn resolve_models(
     meta: &Meta,
     owner: Option<&str>,
     names: Vec<String>,
-) -> Result<Vec<String>, RegistryError> {
+) -> Result<Vec<ModelKey>, RegistryError> {
     let mut keys = Vec::with_capacity(names.len());
     for name in names {
-        let own = owner.map(|t| format!("{t}/{name}"));
+        let own = owner.map(|t| ModelKey::new(Some(t), &name));
+        let shared = ModelKey::new(None, &name);
         let key = match own {
             Some(own) if meta.models.contains_key(&own) => own,
-            _ if meta.models.contains_key(&name) => name,
+            _ if meta.models.contains_key(&shared) => shared,
             _ => {
                 return Err(RegistryError::invalid_request(format!(
                     "no model named `{name}`: add it first with `tensorlet model add {name} FILE.onnx`"
@@ -35,12 +37,12 @@ pub(super) fn resolve_models(
     Ok(keys)
 }
 
-/// The tenant owning the key `name` and its record; `None` for the operator's (no quotas).
-fn tenant_of<'a>(
+/// The tenant owning `name` and its record; `None` for the operator's (no quotas).
+fn tenant_of<'a, K: Clone>(
     meta: &'a Meta,
-    name: &'a str,
+    name: &'a Key<K>,
 ) -> Result<Option<(&'a str, &'a TenantRecord)>, RegistryError> {
-    let Some(tenant) = store::owner(name) else {
+    let Some(tenant) = name.tenant() else {
         return Ok(None);
     };
     match meta.tenants.get(tenant) {
@@ -50,7 +52,11 @@ fn tenant_of<'a>(
 }
 
 /// A tenant's model must fit its quotas: model count and stored bytes.
-pub(super) fn check_tenant_model(meta: &Meta, name: &str, size: u64) -> Result<(), RegistryError> {
+pub(super) fn check_tenant_model(
+    meta: &Meta,
+    name: &ModelKey,
+    size: u64,
+) -> Result<(), RegistryError> {
     let Some((tenant, t)) = tenant_of(meta, name)? else {
         return Ok(());
     };
@@ -75,7 +81,7 @@ pub(super) fn check_tenant_model(meta: &Meta, name: &str, size: u64) -> Result<(
 /// A tenant's deploy must fit its quotas: function count, stored bytes, memory and timeout.
 pub(super) fn check_tenant_deploy(
     meta: &Meta,
-    name: &str,
+    name: &FunctionKey,
     limits: &FunctionLimits,
     size: u64,
 ) -> Result<(), RegistryError> {
@@ -153,6 +159,10 @@ pub(super) fn resolve<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn k<K: Clone>(s: &str) -> Key<K> {
+        s.parse().unwrap()
+    }
     use crate::store::{ModelRecord, ModelVersion};
 
     fn version(digest: &str, size: u64) -> VersionRecord {
@@ -203,15 +213,18 @@ mod tests {
             );
             m
         };
-        meta.models.insert("m".into(), model("aa"));
-        meta.models.insert("t/m".into(), model("bb"));
-        meta.models.insert("shared".into(), model("cc"));
+        meta.models.insert("m".parse().unwrap(), model("aa"));
+        meta.models.insert("t/m".parse().unwrap(), model("bb"));
+        meta.models.insert("shared".parse().unwrap(), model("cc"));
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
         assert_eq!(
             resolve_models(&meta, Some("t"), names(&["m", "shared", "m"])).unwrap(),
-            ["shared", "t/m"]
+            [k("shared"), k("t/m")]
         );
-        assert_eq!(resolve_models(&meta, None, names(&["m"])).unwrap(), ["m"]);
+        assert_eq!(
+            resolve_models(&meta, None, names(&["m"])).unwrap(),
+            [k("m")]
+        );
         let missing = resolve_models(&meta, Some("t"), names(&["nope"])).unwrap_err();
         assert!(matches!(missing, RegistryError::Invalid(m) if m.contains("model add nope")));
     }
@@ -220,30 +233,30 @@ mod tests {
     fn a_tenants_deploy_must_fit_its_quotas() {
         let limits = crate::config::Config::from_toml("").unwrap().defaults;
         let mut meta = meta_with_tenant(1, 100);
-        assert!(check_tenant_deploy(&meta, "t/a", &limits, 60).is_ok());
-        assert!(check_tenant_deploy(&meta, "op-fn", &limits, 1 << 40).is_ok());
+        assert!(check_tenant_deploy(&meta, &k("t/a"), &limits, 60).is_ok());
+        assert!(check_tenant_deploy(&meta, &k("op-fn"), &limits, 1 << 40).is_ok());
         assert!(matches!(
-            check_tenant_deploy(&meta, "u/a", &limits, 1),
+            check_tenant_deploy(&meta, &k("u/a"), &limits, 1),
             Err(RegistryError::TenantNotFound(t)) if t == "u"
         ));
         let mut f = FunctionRecord::default();
         f.push_live(version("aa", 60), 5);
-        meta.functions.insert("t/a".into(), f);
+        meta.functions.insert("t/a".parse().unwrap(), f);
         // A second function is over max_functions; a new version of the first is not, until
         // the stored bytes are.
         assert!(matches!(
-            check_tenant_deploy(&meta, "t/b", &limits, 1),
+            check_tenant_deploy(&meta, &k("t/b"), &limits, 1),
             Err(RegistryError::QuotaExceeded(_))
         ));
-        assert!(check_tenant_deploy(&meta, "t/a", &limits, 40).is_ok());
+        assert!(check_tenant_deploy(&meta, &k("t/a"), &limits, 40).is_ok());
         assert!(matches!(
-            check_tenant_deploy(&meta, "t/a", &limits, 41),
+            check_tenant_deploy(&meta, &k("t/a"), &limits, 41),
             Err(RegistryError::QuotaExceeded(m)) if m.contains("max_stored")
         ));
         let mut big = limits;
         big.memory = u64::MAX;
         assert!(matches!(
-            check_tenant_deploy(&meta, "t/a", &big, 1),
+            check_tenant_deploy(&meta, &k("t/a"), &big, 1),
             Err(RegistryError::Invalid(m)) if m.contains("max_memory")
         ));
     }
@@ -274,7 +287,7 @@ mod tests {
         let mut f = FunctionRecord::default();
         f.push_live(version("aa", 1), 5);
         f.push_live(version("bb", 1), 5);
-        meta.functions.insert("f".into(), f);
+        meta.functions.insert("f".parse().unwrap(), f);
         let got = referenced(&meta);
         assert_eq!(got, HashSet::from(["aa", "bb"]));
     }

@@ -14,9 +14,10 @@ use super::RegistryError;
 use super::{AdminState, Registry};
 use crate::auth;
 use crate::config::Quotas;
+use crate::key::FunctionKey;
 use crate::metrics::TenantMetrics;
 use crate::nn::InferenceQuota;
-use crate::store::{self, KeyRecord, Meta, TenantRecord};
+use crate::store::{KeyRecord, Meta, TenantRecord};
 use crate::time::now_rfc3339;
 
 /// What the request path needs of a tenant. Rebuilt whenever the tenant's record changes (a
@@ -241,13 +242,12 @@ pub struct Usage {
 
 /// A tenant's usage in `meta`.
 pub fn usage(meta: &Meta, tenant: &str) -> Usage {
-    let owned = |key: &&String| store::owner(key) == Some(tenant);
     let functions: Vec<u64> = (meta.functions.iter())
-        .filter(|(k, _)| owned(k))
+        .filter(|(k, _)| k.owned_by(Some(tenant)))
         .map(|(_, f)| f.versions.iter().map(|v| v.size).sum())
         .collect();
     let models: Vec<u64> = (meta.models.iter())
-        .filter(|(k, _)| owned(k))
+        .filter(|(k, _)| k.owned_by(Some(tenant)))
         .map(|(_, m)| m.versions.iter().map(|v| v.size).sum())
         .collect();
     Usage {
@@ -379,20 +379,18 @@ impl Registry {
         if !state.meta.tenants.contains_key(name) {
             return Err(RegistryError::tenant_not_found(name));
         }
-        let owned = |k: &String| store::owner(k) == Some(name);
+        let owner = Some(name);
         let (functions, models) = self
             .commit(&mut state, |meta| {
                 meta.tenants.remove(name);
-                let functions: Vec<String> = meta
-                    .functions
-                    .keys()
-                    .filter(|k| owned(k))
-                    .cloned()
+                let functions: Vec<FunctionKey> =
+                    (meta.functions.keys().filter(|k| k.owned_by(owner)).cloned()).collect();
+                let models: Vec<String> = (meta.models.keys())
+                    .filter(|k| k.owned_by(owner))
+                    .map(|k| k.name().to_string())
                     .collect();
-                let models: Vec<String> =
-                    meta.models.keys().filter(|k| owned(k)).cloned().collect();
-                meta.functions.retain(|k, _| !owned(k));
-                meta.models.retain(|k, _| !owned(k));
+                meta.functions.retain(|k, _| !k.owned_by(owner));
+                meta.models.retain(|k, _| !k.owned_by(owner));
                 Ok((functions, models))
             })
             .await?;
@@ -400,16 +398,11 @@ impl Registry {
             state.logs.remove(f);
         }
         tracing::info!(tenant = name, "tenant removed");
-        let short = |keys: Vec<String>| {
-            (keys.iter())
-                .map(|k| store::short_name(k).to_string())
-                .collect()
-        };
         Ok(api::RemovedTenant {
             name: name.to_string(),
             deleted: true,
-            functions: short(functions),
-            models: short(models),
+            functions: functions.iter().map(|k| k.name().to_string()).collect(),
+            models,
         })
     }
 

@@ -38,7 +38,7 @@ pub struct Invocation {
     /// Request id, for log lines.
     pub request_id: Arc<str>,
     /// Models the function may load by name.
-    pub models: Arc<[String]>,
+    pub models: Arc<[crate::key::ModelKey]>,
     /// Its tenant's inference permits (`max_inferences`), on a node with tenants.
     pub inferences: Option<crate::nn::InferenceQuota>,
     /// Its tenant, on a node with tenants (CPU-bound guests share by tenant: [`super::fair`]).

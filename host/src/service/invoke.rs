@@ -3,6 +3,7 @@
 //! may run is decided by [`super::admission`]; what is counted and logged, by the dispatch that
 //! sends the answer, so every refusal here is just an `Err`.
 
+use crate::key::FunctionKey;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -44,10 +45,7 @@ impl HttpService {
         if name.is_empty() {
             return (None, Err(ApiError::not_found(req.uri().path())));
         }
-        let key: std::borrow::Cow<str> = match tenant_name {
-            Some(t) => format!("{t}/{name}").into(),
-            None => name.into(),
-        };
+        let key = FunctionKey::new(tenant_name, name);
         let Some(function) = self.registry.route(&key) else {
             return (None, Err(ApiError::function_not_found(name)));
         };

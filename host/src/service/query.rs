@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use crate::config::{Config, FunctionLimits, parse_duration, parse_size};
+use crate::config::{Config, parse_duration, parse_size};
 use crate::error::ApiError;
 use crate::nn::onnx::{MAX_BATCH, ModelOptions, Target};
 
@@ -59,18 +59,7 @@ pub(crate) fn pairs(
     Ok(form_urlencoded::parse(bytes))
 }
 
-/// Limits, environment, allowed models and visibility of a deploy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeploySettings {
-    /// Limits, starting from the node's defaults.
-    pub limits: FunctionLimits,
-    /// Guest environment, from repeated `env=KEY=VALUE`.
-    pub env: BTreeMap<String, String>,
-    /// Models the function may load, from repeated `model=NAME`.
-    pub models: Vec<String>,
-    /// Whether callers need no invoke key (`public`, `public=true`).
-    pub public: bool,
-}
+pub(crate) use crate::registry::DeploySettings;
 
 /// Parses deploy settings from the query string; unknown parameters are errors.
 pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiError> {

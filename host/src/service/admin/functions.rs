@@ -7,11 +7,12 @@ use serde_json::Value;
 
 use super::super::HttpService;
 use super::super::body::{BoxBody, RequestBody, json_response, ok, read_body};
-use super::super::query::{DeploySettings, deploy_settings};
+use super::super::query::deploy_settings;
 use super::owner;
 use crate::auth::Caller;
 use crate::config::format_size;
 use crate::error::ApiError;
+use crate::key::FunctionKey;
 use crate::registry::Deploy;
 
 impl HttpService {
@@ -29,27 +30,27 @@ impl HttpService {
             }
             (["functions"], _) => Err(ApiError::method_not_allowed("GET")),
             (["functions", name] | ["functions", name, "versions"], &Method::GET) => {
-                ok(self.registry.get(&self.key(caller, name, false)?).await?)
+                ok(self.registry.get(&self.function_key(caller, name)?).await?)
             }
             (["functions", name], &Method::DELETE) => ok(self
                 .registry
-                .delete(&self.key(caller, name, false)?)
+                .delete(&self.function_key(caller, name)?)
                 .await?),
             (["functions", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
             (["functions", name, "versions"], &Method::POST) => {
-                let key = self.key(caller, name, false)?;
+                let key = self.function_key(caller, name)?;
                 self.deploy(&key, req).await
             }
             (["functions", _, "versions"], _) => Err(ApiError::method_not_allowed("GET, POST")),
             (["functions", name, "rollback"], &Method::POST) => {
-                let key = self.key(caller, name, false)?;
+                let key = self.function_key(caller, name)?;
                 let body = read_body(req, 64 * 1024, self.config.body_read_timeout).await?;
                 let to = rollback_target(&body)?;
                 ok(self.registry.rollback(&key, to.as_deref()).await?)
             }
             (["functions", _, "rollback"], _) => Err(ApiError::method_not_allowed("POST")),
             (["functions", name, "logs"], &Method::GET) => {
-                let key = self.key(caller, name, false)?;
+                let key = self.function_key(caller, name)?;
                 let lines = self.registry.logs(&key).await?;
                 ok(crate::api::Logs {
                     name: name.to_string(),
@@ -65,15 +66,10 @@ impl HttpService {
     /// version these exact bytes and settings already are (200).
     async fn deploy<B: RequestBody>(
         &self,
-        key: &str,
+        key: &FunctionKey,
         req: Request<B>,
     ) -> Result<Response<BoxBody>, ApiError> {
-        let DeploySettings {
-            limits,
-            env,
-            models,
-            public,
-        } = deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
+        let settings = deploy_settings(&self.config, req.uri().query().unwrap_or(""))?;
         let max = self.config.max_component_size;
         let bytes = read_body(req, max, self.config.body_read_timeout)
             .await
@@ -87,11 +83,7 @@ impl HttpService {
                     e
                 }
             })?;
-        match self
-            .registry
-            .deploy(key, bytes, limits, env, models, public)
-            .await?
-        {
+        match self.registry.deploy(key, bytes, settings).await? {
             Deploy::Created(v) => Ok(json_response(StatusCode::CREATED, &v)),
             Deploy::Existing(v) => Ok(json_response(StatusCode::OK, &v)),
         }

@@ -18,6 +18,7 @@ use super::body::{BoxBody, RequestBody};
 use super::query::check_name;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
+use crate::key::{FunctionKey, ModelKey};
 
 impl HttpService {
     /// The admin API: authenticates the caller, runs the call in the caller's scope, and
@@ -103,16 +104,15 @@ impl HttpService {
         }
     }
 
-    /// The key of `name` in the caller's namespace, for functions (`models` = false) or models.
-    fn key(&self, caller: &Caller, name: &str, models: bool) -> Result<String, ApiError> {
-        let name = check_name(name)?;
-        if !models {
-            self.may_manage_functions(caller)?;
-        }
-        Ok(match caller {
-            Caller::Tenant(t) => format!("{t}/{name}"),
-            Caller::Operator => name.to_string(),
-        })
+    /// The key of function `name` in the caller's namespace.
+    fn function_key(&self, caller: &Caller, name: &str) -> Result<FunctionKey, ApiError> {
+        self.may_manage_functions(caller)?;
+        Ok(FunctionKey::new(owner(caller), check_name(name)?))
+    }
+
+    /// The key of model `name` in the caller's namespace.
+    fn model_key(&self, caller: &Caller, name: &str) -> Result<ModelKey, ApiError> {
+        Ok(ModelKey::new(owner(caller), check_name(name)?))
     }
 
     /// On a node with tenants, functions belong to tenants: the operator has none.

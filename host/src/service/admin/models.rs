@@ -10,6 +10,7 @@ use super::super::query::{check_name, model_options};
 use super::owner;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::key::ModelKey;
 use crate::registry::Deploy;
 
 impl HttpService {
@@ -26,24 +27,27 @@ impl HttpService {
             }
             (["models"], _) => Err(ApiError::method_not_allowed("GET")),
             (["models", name] | ["models", name, "versions"], &Method::GET) => {
-                let key = self.key(caller, name, true)?;
+                let key = self.model_key(caller, name)?;
                 match self.registry.get_model(&key).await {
                     // A tenant may read the operator's shared models too.
                     Err(crate::registry::RegistryError::ModelNotFound(_))
                         if owner(caller).is_some() =>
                     {
-                        ok(self.registry.get_model(check_name(name)?).await?)
+                        ok(self
+                            .registry
+                            .get_model(&ModelKey::new(None, check_name(name)?))
+                            .await?)
                     }
                     other => ok(other?),
                 }
             }
             (["models", name], &Method::DELETE) => ok(self
                 .registry
-                .remove_model(&self.key(caller, name, true)?)
+                .remove_model(&self.model_key(caller, name)?)
                 .await?),
             (["models", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
             (["models", name, "versions"], &Method::POST) => {
-                let key = self.key(caller, name, true)?;
+                let key = self.model_key(caller, name)?;
                 let options = model_options(req.uri().query().unwrap_or(""))?;
                 let config = &self.config;
                 let bytes = read_body(req, config.max_model_size, config.body_read_timeout).await?;

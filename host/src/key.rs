@@ -1,0 +1,136 @@
+//! The identity of a function or a model: its owner's namespace and its name there. On a node
+//! with tenants a tenant's function is `{tenant}/{name}`; the single user's functions and the
+//! operator's shared models have no tenant. One typed key replaces the strings that were built
+//! and split in several modules, and a function key cannot be passed where a model key is meant.
+//!
+//! Stored (meta.json keys), in metric labels and in logs a key is written `tenant/name` or
+//! `name`, as before.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+/// A name in an owner's namespace; `K` says what it names ([`OfFunction`] or [`OfModel`]).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
+pub struct Key<K: Clone> {
+    tenant: Option<String>,
+    name: String,
+    kind: PhantomData<K>,
+}
+
+/// Marks a [`Key`] of a function.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OfFunction;
+
+/// Marks a [`Key`] of a model.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OfModel;
+
+/// A function's key.
+pub type FunctionKey = Key<OfFunction>;
+
+/// A model's key.
+pub type ModelKey = Key<OfModel>;
+
+impl<K: Clone> Key<K> {
+    /// `name` in `tenant`'s namespace (`None`: the single user's, or the operator's).
+    pub fn new(tenant: Option<&str>, name: &str) -> Self {
+        Self {
+            tenant: tenant.map(str::to_string),
+            name: name.to_string(),
+            kind: PhantomData,
+        }
+    }
+
+    /// The owning tenant, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// The name within its namespace: what users and guests call it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it belongs to `owner` (a tenant, or `None` for the unowned namespace).
+    pub fn owned_by(&self, owner: Option<&str>) -> bool {
+        self.tenant() == owner
+    }
+
+    /// The same name in another kind's namespace (a tenant's model of the same name, say).
+    pub fn with_name(&self, name: &str) -> Self {
+        Self::new(self.tenant(), name)
+    }
+}
+
+impl<K: Clone> fmt::Display for Key<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant {
+            Some(t) => write!(f, "{t}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl<K: Clone> From<Key<K>> for String {
+    fn from(key: Key<K>) -> String {
+        key.to_string()
+    }
+}
+
+/// A stored key that is not `name` or `tenant/name`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a key: expected NAME or TENANT/NAME")]
+pub struct BadKey(String);
+
+impl<K: Clone> TryFrom<String> for Key<K> {
+    type Error = BadKey;
+
+    fn try_from(s: String) -> Result<Self, BadKey> {
+        let (tenant, name) = match s.split_once('/') {
+            Some((t, n)) => (Some(t), n),
+            None => (None, s.as_str()),
+        };
+        let bad = |part: &str| part.is_empty() || part.contains('/');
+        if bad(name) || tenant.is_some_and(bad) {
+            return Err(BadKey(s));
+        }
+        Ok(Self::new(tenant, name))
+    }
+}
+
+impl<K: Clone> std::str::FromStr for Key<K> {
+    type Err = BadKey;
+
+    fn from_str(s: &str) -> Result<Self, BadKey> {
+        Self::try_from(s.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_written_as_before() {
+        let k = FunctionKey::new(Some("acme"), "hello");
+        assert_eq!(k.to_string(), "acme/hello");
+        assert_eq!((k.tenant(), k.name()), (Some("acme"), "hello"));
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"acme/hello\"");
+        let back: FunctionKey = serde_json::from_str("\"acme/hello\"").unwrap();
+        assert_eq!(back, k);
+        let plain = ModelKey::new(None, "mlp");
+        assert_eq!(plain.to_string(), "mlp");
+        assert!(plain.owned_by(None) && !plain.owned_by(Some("acme")));
+        assert_eq!(k.with_name("other").to_string(), "acme/other");
+        for bad in ["", "/x", "x/", "a/b/c"] {
+            assert!(FunctionKey::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+        // As map keys in meta.json.
+        let map: std::collections::BTreeMap<FunctionKey, u8> =
+            serde_json::from_str(r#"{"a/f": 1, "g": 2}"#).unwrap();
+        assert_eq!(serde_json::to_string(&map).unwrap(), r#"{"g":2,"a/f":1}"#);
+    }
+}
