@@ -440,3 +440,25 @@ impl RequestCap {
         self.overflowed.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[tokio::test]
+    async fn the_request_cap_fails_the_read_and_remembers_it() {
+        let cap = RequestCap::new(4);
+        let body = cap.wrap(Full::new(Bytes::from_static(b"four")));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "four");
+        assert!(!cap.overflowed(), "a body of exactly the cap fits");
+
+        let body = cap.wrap(Full::new(Bytes::from_static(b"five!")));
+        let e = body.collect().await.unwrap_err();
+        assert!(
+            matches!(e, wasmtime_wasi_http::Error::HttpRequestBodySize(Some(4))),
+            "the guest sees wasi:http's body-size error: {e:?}"
+        );
+        assert!(cap.overflowed());
+    }
+}
