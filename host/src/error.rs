@@ -207,6 +207,15 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
+    /// 413: a request body over function `name`'s cap, whether declared up front or found while
+    /// the guest read it.
+    pub fn request_body_too_large(name: &str, cap: u64) -> Self {
+        Self::payload_too_large(format!(
+            "the request body is larger than function `{name}`'s max_request_body of {}: send less or redeploy with a higher --max-request-body",
+            crate::config::format_size(cap)
+        ))
+    }
+
     /// 503: the function is at its concurrency limit.
     pub fn overloaded(name: &str, limit: u32) -> Self {
         Self::new(
@@ -275,6 +284,23 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer to a failed invocation of function `name`. The runtime's errors name no
+    /// function and no status; both are chosen here, at the HTTP edge.
+    pub fn from_invoke(name: &str, e: crate::runtime::InvokeError) -> Self {
+        use crate::runtime::InvokeError as E;
+        match e {
+            E::Timeout { timeout_ms } => Self::timeout(name, timeout_ms),
+            E::Trap(detail) => Self::guest_trap(name, detail),
+            E::GuestError(code) => Self::guest_error(name, code),
+            E::NoResponse => Self::no_response(name),
+            E::RequestBodyTooLarge { limit } => Self::request_body_too_large(name, limit),
+            E::BadRequest(message) => Self::invalid_request(message),
+            E::Internal(message) => Self::internal(message),
+        }
+    }
+}
+
 impl From<crate::registry::RegistryError> for ApiError {
     fn from(e: crate::registry::RegistryError) -> Self {
         use crate::registry::RegistryError as E;
@@ -300,6 +326,68 @@ impl From<crate::registry::RegistryError> for ApiError {
             E::ModelLoad { name, error } => Self::model_load(&name, error),
             E::OnnxUnavailable => Self::onnx_unavailable(),
             E::Internal(message) => Self::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::InvokeError;
+
+    #[test]
+    fn invoke_errors_keep_their_status_code_and_message() {
+        let cases = [
+            (
+                InvokeError::Timeout { timeout_ms: 250 },
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "function `f` did not finish within its timeout of 250ms: make it faster or deploy it with a longer --timeout",
+            ),
+            (
+                InvokeError::Trap("wasm trap: unreachable".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "guest_trap",
+                "function `f` crashed: wasm trap: unreachable; see `tensorlet logs f`",
+            ),
+            (
+                InvokeError::GuestError("HttpRequestDenied".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "guest_error",
+                "function `f` answered with the error HttpRequestDenied; see `tensorlet logs f`",
+            ),
+            (
+                InvokeError::NoResponse,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no_response",
+                "function `f` returned without sending a response: call ResponseOutparam::set in the handler",
+            ),
+            (
+                InvokeError::RequestBodyTooLarge { limit: 1 << 20 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than function `f`'s max_request_body of 1MiB: send less or redeploy with a higher --max-request-body",
+            ),
+            (
+                InvokeError::BadRequest("unusable request: no authority".into()),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "unusable request: no authority",
+            ),
+            (
+                InvokeError::Internal("guest task failed: panicked".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "guest task failed: panicked",
+            ),
+        ];
+        for (invoke, status, code, message) in cases {
+            let e = ApiError::from_invoke("f", invoke);
+            assert_eq!(
+                (e.status, e.code, e.message.as_str()),
+                (status, code, message)
+            );
+            assert_eq!((e.retry_after, e.pause_reads), (None, false));
         }
     }
 }

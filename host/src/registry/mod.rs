@@ -28,35 +28,24 @@ use crate::key::{FunctionKey, ModelKey};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
 use crate::nn::onnx::Sessions;
-use crate::runtime::{LogBuffer, LogLine, Prepared, Runtime};
+use crate::runtime::{Function, LogBuffer, LogLine, Prepared, Runtime};
 use crate::store::{self, Meta, Store, VersionRecord};
 use crate::time::now_rfc3339;
 pub use error::RegistryError;
 use models::{live_key, live_options};
 use rules::{check_tenant_deploy, referenced, resolve, resolve_models};
 
-/// One version of one function, ready to serve requests.
+/// One version of one function, ready to serve requests: what the runtime runs, plus what the
+/// registry and admission keep about it.
 pub struct Deployed {
-    /// Function name (in its owner's namespace: what users call it).
-    pub name: Arc<str>,
+    /// What the runtime runs: one `Arc` that each request shares instead of copying its fields.
+    pub function: Arc<Function>,
     /// Full hex digest.
     pub digest: String,
-    /// Short version id.
-    pub version: Arc<str>,
-    /// Compiled, linked component.
-    pub pre: Prepared,
-    /// Limits fixed at deploy.
-    pub limits: FunctionLimits,
-    /// Guest environment.
-    pub env: Arc<[(String, String)]>,
     /// `max_concurrency` permits.
     pub permits: Arc<Semaphore>,
-    /// Guest output of the function.
-    pub logs: Arc<LogBuffer>,
     /// Metrics of the function.
     pub metrics: Arc<FunctionMetrics>,
-    /// Models the function may load by name.
-    pub models: Arc<[ModelKey]>,
     /// Whether callers need no invoke key (on a node with tenants).
     pub public: bool,
 }
@@ -524,16 +513,18 @@ impl Registry {
             next.insert(
                 name.clone(),
                 Arc::new(Deployed {
-                    name: Arc::from(name.name()),
+                    function: Arc::new(Function {
+                        name: Arc::from(name.name()),
+                        version: Arc::from(v.id()),
+                        pre: pre.clone(),
+                        limits: v.limits,
+                        env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        logs,
+                        models: v.models.iter().cloned().collect(),
+                    }),
                     digest: v.digest.clone(),
-                    version: Arc::from(v.id()),
-                    pre: pre.clone(),
-                    limits: v.limits,
-                    env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
-                    logs,
                     metrics: self.metrics.function(&name.to_string()),
-                    models: v.models.iter().cloned().collect(),
                     public: v.public,
                 }),
             );

@@ -1,14 +1,18 @@
-//! The single per-request path: a fresh `Store` and instance for every request, the response
-//! head handed back through a oneshot, the body streamed while the guest keeps running, and every
-//! way a guest can fail turned into one [`ApiError`].
+//! The single per-request path: a fresh `Store` and instance for every request, the request body
+//! capped at the function's `max_request_body`, the response head handed back through a oneshot,
+//! the body streamed while the guest keeps running, and every way a guest can fail turned into
+//! one [`InvokeError`]. The runtime names no HTTP status: what a client is told is the service's
+//! business.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, SizeHint};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
@@ -18,11 +22,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::capture::{Capture, LogBuffer, LogLine};
 use super::{HostState, Prepared, Runtime};
 use crate::config::FunctionLimits;
-use crate::error::ApiError;
-use crate::nn::NnCtx;
+use crate::nn::{InferenceQuota, NnCtx};
 
-/// Everything one invocation needs to know about the function version it runs.
-pub struct Invocation {
+/// A function version as the runtime runs it: fixed at deploy and shared by all its requests.
+pub struct Function {
     /// Function name (for messages).
     pub name: Arc<str>,
     /// Version id (for log lines).
@@ -35,18 +38,60 @@ pub struct Invocation {
     pub env: Arc<[(String, String)]>,
     /// Where the guest's output goes.
     pub logs: Arc<LogBuffer>,
-    /// Request id, for log lines.
-    pub request_id: Arc<str>,
     /// Models the function may load by name.
     pub models: Arc<[crate::key::ModelKey]>,
+}
+
+/// One request to a function: the version it runs and what belongs to this request alone.
+pub struct Invocation {
+    /// The version, shared with the registry's live snapshot: a request keeps the version it
+    /// started on even if another goes live meanwhile.
+    pub function: Arc<Function>,
+    /// Request id, for log lines.
+    pub request_id: Arc<str>,
     /// Its tenant's inference permits (`max_inferences`), on a node with tenants.
-    pub inferences: Option<crate::nn::InferenceQuota>,
+    pub inferences: Option<InferenceQuota>,
     /// Its tenant, on a node with tenants (CPU-bound guests share by tenant: [`super::fair`]).
     pub tenant: Option<Arc<str>>,
 }
 
+/// Why an invocation has no response to send. It does not name the function: the caller knows
+/// which one it ran, and says so in its own terms.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The guest was still running (or had not answered) at its deadline.
+    #[error("did not finish within its timeout of {timeout_ms}ms")]
+    Timeout {
+        /// The function's timeout.
+        timeout_ms: u64,
+    },
+    /// The guest trapped, or the host trapped it; the detail says why.
+    #[error("crashed: {0}")]
+    Trap(String),
+    /// The guest answered with a wasi:http error code (its debug form) instead of a response.
+    #[error("answered with the error {0}")]
+    GuestError(String),
+    /// The guest returned without setting a response.
+    #[error("returned without sending a response")]
+    NoResponse,
+    /// The request body outgrew `max_request_body` while the guest read it. Whatever the guest
+    /// answered is dropped, so a chunked body over the cap is refused like a declared one.
+    #[error("the request body exceeds max_request_body ({limit} bytes)")]
+    RequestBodyTooLarge {
+        /// The function's `max_request_body`.
+        limit: u64,
+    },
+    /// The request cannot be handed to a guest; the message says why.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A failure of the node itself; the message says what failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
 impl Runtime {
-    /// Runs one request through a fresh instance of `inv.pre`.
+    /// Runs one request through a fresh instance of the invocation's function. The request body
+    /// may be of any length: the guest reads at most the function's `max_request_body` of it.
     ///
     /// `on_instantiated` receives the instantiation time once the instance exists.
     pub async fn invoke<B>(
@@ -54,28 +99,26 @@ impl Runtime {
         inv: Invocation,
         req: http::Request<B>,
         on_instantiated: impl FnOnce(Duration) + Send + 'static,
-    ) -> Result<http::Response<ResponseBody>, ApiError>
+    ) -> Result<http::Response<GuestBody>, InvokeError>
     where
         B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
+        B::Error: Into<BoxError>,
     {
-        let limits = inv.limits;
+        let function = inv.function;
+        let limits = function.limits;
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let nn = NnCtx::new(
             Arc::clone(&self.nn),
-            Arc::clone(&inv.models),
-            Arc::clone(&inv.name),
+            Arc::clone(&function.models),
+            Arc::clone(&function.name),
             deadline,
-            inv.inferences.clone(),
+            inv.inferences,
             // Tensors live in host memory, outside the guest's: by default they may hold as much
             // as the guest itself.
             self.tensor_budget.unwrap_or(limits.memory),
         );
-        let mut state = HostState::new(&inv.env, limits.memory as usize, deadline, nn);
-        let cpu = inv
-            .tenant
-            .clone()
-            .map(|t| self.workers.share(req.extensions(), t));
+        let mut state = HostState::new(&function.env, limits.memory as usize, deadline, nn);
+        let cpu = inv.tenant.map(|t| self.workers.share(req.extensions(), t));
         state.cpu = cpu.clone();
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());
         let mut store = Store::new(&self.engine, state);
@@ -99,21 +142,23 @@ impl Runtime {
             }
         });
 
+        let cap = RequestCap::new(limits.max_request_body);
+        let req = req.map(|body| cap.wrap(body));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let (req, out) = {
             let mut http = store.data_mut().http();
             let req = http
                 .new_incoming_request(Scheme::Http, req)
-                .map_err(|e| ApiError::invalid_request(format!("unusable request: {e}")))?;
+                .map_err(|e| InvokeError::BadRequest(format!("unusable request: {e}")))?;
             let out = http
                 .new_response_outparam(sender)
-                .map_err(|e| ApiError::internal(format!("response outparam: {e}")))?;
+                .map_err(|e| InvokeError::Internal(format!("response outparam: {e}")))?;
             (req, out)
         };
 
-        let pre = inv.pre.clone();
-        let logs = Arc::clone(&inv.logs);
-        let (version, request_id) = (Arc::clone(&inv.version), Arc::clone(&inv.request_id));
+        let pre = function.pre.clone();
+        let logs = Arc::clone(&function.logs);
+        let (version, request_id) = (Arc::clone(&function.version), inv.request_id);
         // The guest runs in its own task so it can keep streaming the body after the head is
         // sent. Epochs only interrupt wasm code; the outer deadline also cuts off a guest that
         // waits inside a host call (a sleep, a body read that never completes). Whichever way
@@ -129,8 +174,8 @@ impl Runtime {
                     .await
             };
             let result = match tokio::time::timeout_at(deadline.into(), run).await {
-                Ok(r) => r.map_err(Failure::Wasm),
-                Err(_) => Err(Failure::Deadline),
+                Ok(r) => r.map_err(GuestEnd::Wasm),
+                Err(_) => Err(GuestEnd::Deadline),
             };
             drop(store);
             append_logs(&logs, &version, &request_id, &stdout, &stderr);
@@ -145,45 +190,60 @@ impl Runtime {
             }
         });
 
-        match tokio::time::timeout_at(deadline.into(), receiver).await {
+        let timeout = InvokeError::Timeout {
+            timeout_ms: limits.timeout_ms,
+        };
+        let result = match tokio::time::timeout_at(deadline.into(), receiver).await {
             Ok(Ok(Ok(resp))) => {
                 let (parts, body) = resp.into_parts();
-                let mut body = ResponseBody::new(body, limits.max_response_body);
+                let mut body = GuestBody::new(body, limits.max_response_body);
                 body.prefetch(deadline).await;
                 Ok(http::Response::from_parts(parts, body))
             }
-            Ok(Ok(Err(code))) => Err(ApiError::guest_error(&inv.name, format!("{code:?}"))),
+            Ok(Ok(Err(code))) => Err(InvokeError::GuestError(format!("{code:?}"))),
             Ok(Err(_dropped)) => Err(match task.await {
-                Ok(Ok(())) => ApiError::no_response(&inv.name),
-                Ok(Err(Failure::Deadline)) => ApiError::timeout(&inv.name, limits.timeout_ms),
-                Ok(Err(Failure::Wasm(e))) => classify(&inv.name, limits.timeout_ms, e),
-                Err(join) => ApiError::internal(format!("guest task failed: {join}")),
+                Ok(Ok(())) => InvokeError::NoResponse,
+                Ok(Err(GuestEnd::Deadline)) => timeout,
+                Ok(Err(GuestEnd::Wasm(e))) => classify(&function.name, timeout, e),
+                Err(join) => InvokeError::Internal(format!("guest task failed: {join}")),
             }),
             // The task stops at the same deadline on its own.
-            Err(_elapsed) => Err(ApiError::timeout(&inv.name, limits.timeout_ms)),
+            Err(_elapsed) => Err(timeout),
+        };
+        // A chunked body can only be found too large while the guest reads it; whatever the guest
+        // made of the cut-off body, the answer is that it was too large.
+        if cap.overflowed() {
+            return Err(InvokeError::RequestBodyTooLarge {
+                limit: limits.max_request_body,
+            });
         }
+        result
     }
 }
 
-enum Failure {
+/// How a guest's task ended, when it did not return normally.
+enum GuestEnd {
+    /// It trapped or failed to instantiate.
     Wasm(wasmtime::Error),
+    /// It was still running (or waiting in a host call) at the deadline.
     Deadline,
 }
 
-fn classify(name: &str, timeout_ms: u64, e: wasmtime::Error) -> ApiError {
+/// What a guest's failure means. `timeout` is the answer for an epoch interrupt.
+fn classify(name: &str, timeout: InvokeError, e: wasmtime::Error) -> InvokeError {
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => ApiError::timeout(name, timeout_ms),
-        Some(trap) => ApiError::guest_trap(name, trap),
+        Some(Trap::Interrupt) => timeout,
+        Some(trap) => InvokeError::Trap(trap.to_string()),
         // The host trapped the guest on purpose: its own message says why (the error may be
         // wrapped in a wasm backtrace).
         None if e.is::<crate::nn::TensorBudgetExceeded>() => {
             let budget = e.downcast_ref::<crate::nn::TensorBudgetExceeded>();
-            ApiError::guest_trap(name, budget.map(ToString::to_string).unwrap_or_default())
+            InvokeError::Trap(budget.map(ToString::to_string).unwrap_or_default())
         }
         None => {
             let first = format!("{e}");
             tracing::debug!(function = name, "guest failed: {e:?}");
-            ApiError::guest_trap(name, first)
+            InvokeError::Trap(first)
         }
     }
 }
@@ -217,17 +277,17 @@ fn append_logs(
 }
 
 /// A guest's response body, cut off with an error once it exceeds the function's cap.
-pub struct ResponseBody {
+pub struct GuestBody {
     inner: HyperOutgoingBody,
     remaining: u64,
-    /// Frames already taken from `inner` by [`ResponseBody::prefetch`].
+    /// Frames already taken from `inner` by [`GuestBody::prefetch`].
     ready: VecDeque<Result<Frame<Bytes>, BoxError>>,
     finished: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl ResponseBody {
+impl GuestBody {
     fn new(inner: HyperOutgoingBody, cap: u64) -> Self {
         Self {
             inner,
@@ -284,7 +344,7 @@ impl ResponseBody {
 #[error("response body exceeds the function's max_response_body")]
 pub struct ResponseTooLarge;
 
-impl Body for ResponseBody {
+impl Body for GuestBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -336,21 +396,69 @@ impl Body for ResponseBody {
     }
 }
 
-/// Maps a body error from hyper or from the request-size cap into wasi:http's error, and raises
-/// `overflowed` when the cap was hit so the caller can answer 413 whatever the guest made of it.
-pub fn request_body_error(
+/// The request body's cap: the guest reads at most `limit` bytes, and the runtime learns whether
+/// the body had more.
+struct RequestCap {
     limit: u64,
-    overflowed: Arc<std::sync::atomic::AtomicBool>,
-) -> impl Fn(Box<dyn std::error::Error + Send + Sync>) -> wasmtime_wasi_http::Error {
-    move |e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            overflowed.store(true, std::sync::atomic::Ordering::Relaxed);
-            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
-        } else {
-            match e.downcast::<hyper::Error>() {
-                Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
-                Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
-            }
+    overflowed: Arc<AtomicBool>,
+}
+
+impl RequestCap {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            overflowed: Arc::default(),
         }
+    }
+
+    /// The body as the guest reads it: it fails with wasi:http's body-size error past the cap.
+    /// `Limited` turns the body's own errors into boxed ones, which are mapped back here.
+    fn wrap<B>(
+        &self,
+        body: B,
+    ) -> impl Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + use<B>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (limit, overflowed) = (self.limit, Arc::clone(&self.overflowed));
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                overflowed.store(true, Ordering::Relaxed);
+                wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+            } else {
+                match e.downcast::<hyper::Error>() {
+                    Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+                    Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
+                }
+            }
+        })
+    }
+
+    /// Whether the guest tried to read past the cap.
+    fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[tokio::test]
+    async fn the_request_cap_fails_the_read_and_remembers_it() {
+        let cap = RequestCap::new(4);
+        let body = cap.wrap(Full::new(Bytes::from_static(b"four")));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "four");
+        assert!(!cap.overflowed(), "a body of exactly the cap fits");
+
+        let body = cap.wrap(Full::new(Bytes::from_static(b"five!")));
+        let e = body.collect().await.unwrap_err();
+        assert!(
+            matches!(e, wasmtime_wasi_http::Error::HttpRequestBodySize(Some(4))),
+            "the guest sees wasi:http's body-size error: {e:?}"
+        );
+        assert!(cap.overflowed());
     }
 }

@@ -24,7 +24,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use capture::{LogBuffer, LogLine};
 pub use fair::Worker;
-pub use invoke::{Invocation, ResponseBody, request_body_error};
+pub use invoke::{Function, GuestBody, Invocation, InvokeError};
 pub use state::HostState;
 
 use crate::config::Config;

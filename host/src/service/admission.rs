@@ -46,12 +46,15 @@ pub(super) fn admit(
         Some((tenant, live)) => Some(admit_tenant(function, name, tenant, live, headers)?),
         None => None,
     };
-    let limits = function.limits;
+    let limits = function.function.limits;
     let Ok(permit) = Arc::clone(&function.permits).try_acquire_owned() else {
         return Err(ApiError::overloaded(name, limits.max_concurrency));
     };
     if content_length(headers).is_some_and(|n| n > limits.max_request_body) {
-        return Err(too_large_body(name, limits.max_request_body));
+        return Err(ApiError::request_body_too_large(
+            name,
+            limits.max_request_body,
+        ));
     }
     function.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     Ok(Admission {
@@ -93,14 +96,6 @@ fn admit_tenant(
         return Err(e);
     };
     Ok(permit)
-}
-
-/// The 413 of a body over the function's cap, whether declared up front or found while read.
-pub(super) fn too_large_body(name: &str, cap: u64) -> ApiError {
-    ApiError::payload_too_large(format!(
-        "the request body is larger than function `{name}`'s max_request_body of {}: send less or redeploy with a higher --max-request-body",
-        crate::config::format_size(cap)
-    ))
 }
 
 /// A response body that keeps its request's [`Admission`] until it is finished or dropped.

@@ -21,7 +21,7 @@ use crate::pace::PauseReads;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every response body the node sends. Unsync because guest bodies are only `Send`; the name
-/// says "boxed", unlike `runtime::ResponseBody`, which is the guest's body before boxing.
+/// says "boxed", unlike `runtime::GuestBody`, which is the guest's body before boxing.
 pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A request body the service can take: hyper's `Incoming` on the server, anything else that

@@ -5,20 +5,17 @@
 
 use crate::key::FunctionKey;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Body;
+use http_body_util::BodyExt;
 
 use super::HttpService;
-use super::admission::{self, Guarded, too_large_body};
+use super::admission::{self, Guarded};
 use super::body::{BoxBody, RequestBody};
 use crate::error::ApiError;
 use crate::registry::{Deployed, TenantLive};
-use crate::runtime::{Invocation, request_body_error};
+use crate::runtime::{Invocation, InvokeError};
 
 impl HttpService {
     /// Runs `/fn/{rest}`. Also returns the function the path named, if there is one, so the
@@ -66,66 +63,44 @@ impl HttpService {
     /// Admits the request and runs it through a fresh instance of the function.
     async fn run<B: RequestBody>(
         &self,
-        function: &Deployed,
+        deployed: &Deployed,
         name: &str,
         tenant: Option<(&str, &TenantLive)>,
         guest_path: &str,
         req: Request<B>,
         request_id: &str,
     ) -> Result<Response<BoxBody>, ApiError> {
-        let admission = admission::admit(function, name, tenant, req.headers())?;
-        let limits = function.limits;
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let req = guest_request(
-            req,
-            guest_path,
-            limits.max_request_body,
-            Arc::clone(&overflowed),
-        )?;
+        let admission = admission::admit(deployed, name, tenant, req.headers())?;
+        let req = guest_request(req, guest_path)?;
         let started = Instant::now();
         let metrics = Arc::clone(&self.metrics);
-        let inv = invocation(function, tenant.map(|(_, live)| live), request_id);
+        let inv = Invocation {
+            function: Arc::clone(&deployed.function),
+            request_id: Arc::from(request_id),
+            inferences: tenant.map(|(_, live)| live.inferences.clone()),
+            tenant: tenant.map(|(_, live)| Arc::clone(&live.name)),
+        };
         let result = self
             .runtime
             .invoke(inv, req, move |d| metrics.instantiation.observe(d))
             .await;
-        function.metrics.latency.observe(started.elapsed());
-        // A chunked body can only be found too large while the guest reads it; whatever the guest
-        // answered then, the client gets the same 413 as with a Content-Length over the cap.
-        if overflowed.load(Ordering::Relaxed) {
-            return Err(too_large_body(name, limits.max_request_body));
-        }
-        Ok(result?.map(|b| Guarded::new(b, admission).boxed_unsync()))
+        deployed.metrics.latency.observe(started.elapsed());
+        let response = result.map_err(|e| match e {
+            // The same 413 as admission's for a declared length over the cap, named as the path
+            // names the function.
+            e @ InvokeError::RequestBodyTooLarge { .. } => ApiError::from_invoke(name, e),
+            e => ApiError::from_invoke(&deployed.function.name, e),
+        })?;
+        Ok(response.map(|b| Guarded::new(b, admission).boxed_unsync()))
     }
 }
 
-fn invocation(f: &Deployed, tenant: Option<&TenantLive>, request_id: &str) -> Invocation {
-    Invocation {
-        name: Arc::clone(&f.name),
-        version: Arc::clone(&f.version),
-        pre: f.pre.clone(),
-        limits: f.limits,
-        env: Arc::clone(&f.env),
-        logs: Arc::clone(&f.logs),
-        request_id: Arc::from(request_id),
-        models: Arc::clone(&f.models),
-        inferences: tenant.map(|t| t.inferences.clone()),
-        tenant: tenant.map(|t| Arc::clone(&t.name)),
-    }
-}
-
-/// The request as the guest sees it: path `/{rest}` plus the original query, a Host header, and
-/// a body that fails once it exceeds the function's cap. `Limited` turns the body's own errors
-/// into boxed ones, which `request_body_error` maps to wasi:http's error type.
+/// The request as the guest sees it: path `/{rest}` plus the original query, and a Host header.
+/// The body stays as it came: the runtime caps it at the function's `max_request_body`.
 fn guest_request<B: RequestBody>(
     req: Request<B>,
     guest_path: &str,
-    max_body: u64,
-    overflowed: Arc<AtomicBool>,
-) -> Result<
-    Request<impl Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static>,
-    ApiError,
-> {
+) -> Result<Request<B>, ApiError> {
     let (mut parts, body) = req.into_parts();
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{guest_path}?{q}"),
@@ -141,7 +116,5 @@ fn guest_request<B: RequestBody>(
             .headers
             .insert(header::HOST, HeaderValue::from_static("localhost"));
     }
-    let body =
-        Limited::new(body, max_body as usize).map_err(request_body_error(max_body, overflowed));
     Ok(Request::from_parts(parts, body))
 }

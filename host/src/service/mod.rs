@@ -132,7 +132,7 @@ fn log_server_error(e: &ApiError, request_id: &str, path: &str, function: Option
     if !e.status.is_server_error() {
         return;
     }
-    let function = function.map(|f| &*f.name);
+    let function = function.map(|f| &*f.function.name);
     let status = e.status.as_u16();
     if e.status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!(
