@@ -9,6 +9,8 @@ mod error;
 mod models;
 mod rules;
 mod tenants;
+#[cfg(test)]
+mod tests;
 
 pub use crate::api::QuotaPatch;
 pub use tenants::TenantLive;

@@ -1,0 +1,211 @@
+//! In-process tests of every registry transition: a real [`Registry`] (runtime, metrics, the
+//! data directory's [`crate::store::Store`]) on a temporary data directory, driven through its
+//! public operations. Each test checks the answer (or the [`RegistryError`] variant), what the
+//! request path and the admin views show afterwards, and that `DATA/meta.json`'s revision moved
+//! by exactly one per committed change and not at all for a refused one.
+
+mod failures;
+mod functions;
+mod models;
+mod tenants;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use super::{Deploy, Registry, RegistryError};
+use crate::api;
+use crate::config::{Config, FunctionLimits};
+use crate::metrics::Metrics;
+use crate::nn::onnx::Onnx;
+use crate::nn::{ModelSet, NnNode};
+use crate::runtime::Runtime;
+
+/// A registry on its own data directory (removed when dropped).
+struct Node {
+    registry: Registry,
+    config: Arc<Config>,
+    dir: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The failure tests may leave `tmp` as a file; remove_dir_all takes it either way.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node configured by `toml` (plus its data directory), with ONNX Runtime when `onnx`.
+fn node_with(toml: &str, onnx: bool) -> Node {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tensorlet-registry-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = Config::from_toml(&format!(
+        "data_dir = {:?}\n{toml}",
+        dir.display().to_string()
+    ))
+    .unwrap();
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let nn = Arc::new(NnNode {
+        onnx: if onnx { Some(onnx_runtime()) } else { None },
+        models: ModelSet::default(),
+        guest_load_limit: config.guest_model_load,
+        guest_load_metrics: metrics.model("guest-bytes"),
+    });
+    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn)).unwrap());
+    let registry = Registry::open(Arc::clone(&config), runtime, metrics, nn).unwrap();
+    Node {
+        registry,
+        config,
+        dir,
+    }
+}
+
+/// A single-user node without ONNX Runtime.
+fn node() -> Node {
+    node_with("", false)
+}
+
+/// ONNX Runtime, loaded once per test process (as `tensorlet serve` loads it) from
+/// `ORT_DYLIB_PATH`, else where scripts/fetch-onnxruntime.sh puts it.
+fn onnx_runtime() -> Arc<Onnx> {
+    static ONNX: OnceLock<Arc<Onnx>> = OnceLock::new();
+    Arc::clone(ONNX.get_or_init(|| {
+        let path = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let cache = std::env::var_os("TENSORLET_CACHE_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache"));
+                cache.join("onnxruntime/libonnxruntime.so.1.31.1")
+            });
+        let config = Config::from_toml("").unwrap();
+        let onnx = Onnx::load(&path, config.gpu_fallback, config.model_memory)
+            .unwrap_or_else(|e| panic!("{e:#}: run scripts/fetch-onnxruntime.sh"));
+        Arc::new(onnx)
+    }))
+}
+
+impl Node {
+    /// `revision` of `DATA/meta.json` (0 before the first commit).
+    fn revision(&self) -> u64 {
+        match std::fs::read(self.dir.join("meta.json")) {
+            Ok(bytes) => {
+                let meta: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                meta["revision"].as_u64().unwrap_or(0)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => panic!("reading meta.json: {e}"),
+        }
+    }
+
+    /// Whether the blob of `version` is in the data directory.
+    fn blob(&self, version: &api::VersionView) -> bool {
+        let hex = version.digest.strip_prefix("sha256:").unwrap();
+        self.dir.join("blobs/sha256").join(hex).is_file()
+    }
+
+    /// The node's default limits.
+    fn limits(&self) -> FunctionLimits {
+        self.config.defaults
+    }
+
+    /// Deploys `bytes` as `name` with the default limits and no env, models or `public`.
+    async fn deploy(
+        &self,
+        name: &str,
+        bytes: impl Into<Bytes>,
+    ) -> Result<Deploy<api::VersionView>, RegistryError> {
+        self.deploy_with(name, bytes, env(&[]), Vec::new()).await
+    }
+
+    /// Deploys `bytes` as `name` with the default limits, `env` and `models`.
+    async fn deploy_with(
+        &self,
+        name: &str,
+        bytes: impl Into<Bytes>,
+        env: BTreeMap<String, String>,
+        models: Vec<String>,
+    ) -> Result<Deploy<api::VersionView>, RegistryError> {
+        let limits = self.limits();
+        (self.registry)
+            .deploy(name, bytes.into(), limits, env, models, false)
+            .await
+    }
+
+    /// The short id of the version `route(name)` serves, if any.
+    fn routed(&self, name: &str) -> Option<String> {
+        self.registry.route(name).map(|d| d.version.to_string())
+    }
+
+    /// The names `list(owner)` shows.
+    async fn names(&self, owner: Option<&str>) -> Vec<String> {
+        let list = self.registry.list(owner).await;
+        list.functions.into_iter().map(|f| f.name).collect()
+    }
+}
+
+/// An environment from pairs.
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The bytes of a guest built by scripts/build-guests.sh.
+fn guest(name: &str) -> Bytes {
+    fixture(
+        &format!("../target/wasm/wasm32-wasip2/release/{name}.wasm"),
+        "build the guests with scripts/build-guests.sh",
+    )
+}
+
+/// The bytes of a test model in tests/models.
+fn model(name: &str) -> Bytes {
+    fixture(
+        &format!("../tests/models/{name}.onnx"),
+        "a committed test model",
+    )
+}
+
+fn fixture(relative: &str, hint: &str) -> Bytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{} ({e}): {hint}", path.display()));
+    Bytes::from(bytes)
+}
+
+/// The view of a deploy or model add that must have created a new version.
+fn created<V>(answer: Result<Deploy<V>, RegistryError>) -> V {
+    match answer {
+        Ok(Deploy::Created(v)) => v,
+        Ok(Deploy::Existing(_)) => panic!("expected a new version, got an existing one"),
+        Err(e) => panic!("expected a new version, got {e:?}"),
+    }
+}
+
+/// The view of a deploy or model add that must have found the version existing.
+fn existing<V>(answer: Result<Deploy<V>, RegistryError>) -> V {
+    match answer {
+        Ok(Deploy::Existing(v)) => v,
+        Ok(Deploy::Created(_)) => panic!("expected an existing version, got a new one"),
+        Err(e) => panic!("expected an existing version, got {e:?}"),
+    }
+}
+
+/// The error of an operation that must have been refused.
+fn refused<T>(answer: Result<T, RegistryError>) -> RegistryError {
+    match answer {
+        Ok(_) => panic!("expected a refusal, the operation succeeded"),
+        Err(e) => e,
+    }
+}
