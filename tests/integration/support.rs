@@ -555,9 +555,12 @@ impl Node {
     /// printed exactly the version id of `wasm`, and returns its output.
     #[track_caller]
     pub fn cli_deploy(&self, name: &str, wasm: &Path, args: &[&str]) -> Output {
-        let out = self.cli(&[&["deploy", name, wasm.to_str().unwrap()], args].concat());
-        let what = format!("deploy {name} {}", args.join(" "));
-        assert_eq!(cli_ok(&out, &what), format!("{}\n", version_id(wasm)));
+        let args = [&["deploy", name, wasm.to_str().unwrap()], args].concat();
+        let out = self.cli(&args);
+        assert_eq!(
+            cli_ok(&out, &args.join(" ")),
+            format!("{}\n", version_id(wasm))
+        );
         out
     }
 
