@@ -36,34 +36,15 @@ fn sorted<'a>(names: &[&'a str]) -> Vec<&'a str> {
     names
 }
 
-const VERSION_FIELDS: &[&str] = &[
-    "version",
-    "digest",
-    "created_at",
-    "size",
-    "live",
-    "memory",
-    "timeout_ms",
-    "max_concurrency",
-    "max_request_body",
-    "max_response_body",
-    "env",
-    "models",
-    "public",
-];
-
 #[test]
 fn function_commands_print_the_api_answer_with_json() {
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
-    let v1 = fixture("greet-v1");
-    let v2 = fixture("greet-v2");
-    let (id1, id2) = (version_id(&v1), version_id(&v2));
+    let [(v1, id1), (v2, id2)] = greet_fixtures();
 
     // Without --json, a deploy (streamed, with a bar only on a terminal) prints the id alone and
     // nothing on stderr: no progress bar when stderr is a pipe.
-    let out = node.cli(&["deploy", "greet", v1.to_str().unwrap()]);
-    assert_eq!(cli_ok(&out, "deploy"), format!("{id1}\n"));
+    let out = node.cli_deploy("greet", &v1, &[]);
     assert_eq!(out_text(&out).1, "", "stderr of a deploy into a pipe");
 
     let deployed = json_out(
@@ -129,52 +110,49 @@ fn function_commands_print_the_api_answer_with_json() {
     assert!(stderr.contains("function_not_found"), "{stderr}");
 }
 
-#[test]
-#[cfg_attr(
-    not(onnxruntime),
-    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
-)]
-fn model_commands_print_the_api_answer_with_json() {
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), None);
-    let file = repo_root().join("tests/models/add_f32.onnx");
-    let added = json_out(&node, &["model", "add", "add", file.to_str().unwrap()]);
-    assert_eq!(
-        fields(&added),
-        [
-            "created_at",
-            "digest",
-            "live",
-            "max_batch",
-            "size",
-            "target",
-            "version"
-        ]
-    );
-    assert_eq!(added["version"], version_id(&file).as_str());
-    assert_eq!(added["target"], "cpu");
-    assert_eq!(added["max_batch"], 1);
+nn_test! {
+    fn model_commands_print_the_api_answer_with_json() {
+        let dir = TestDir::new();
+        let node = Node::start(&dir.data(), None);
+        let file = repo_root().join("tests/models/add_f32.onnx");
+        let added = json_out(&node, &["model", "add", "add", file.to_str().unwrap()]);
+        assert_eq!(
+            fields(&added),
+            [
+                "created_at",
+                "digest",
+                "live",
+                "max_batch",
+                "size",
+                "target",
+                "version"
+            ]
+        );
+        assert_eq!(added["version"], version_id(&file).as_str());
+        assert_eq!(added["target"], "cpu");
+        assert_eq!(added["max_batch"], 1);
 
-    let list = json_out(&node, &["model", "list"]);
-    assert_eq!(list, node.get("/admin/v1/models").json());
-    assert_eq!(
-        fields(&list["models"][0]),
-        ["live", "loaded", "name", "shared", "updated_at", "versions"]
-    );
+        let list = json_out(&node, &["model", "list"]);
+        assert_eq!(list, node.get("/admin/v1/models").json());
+        assert_eq!(
+            fields(&list["models"][0]),
+            ["live", "loaded", "name", "shared", "updated_at", "versions"]
+        );
 
-    let model = json_out(&node, &["model", "versions", "add"]);
-    assert_eq!(model, node.get("/admin/v1/models/add").json());
-    assert_eq!(
-        fields(&model),
-        ["inputs", "live", "name", "outputs", "versions"]
-    );
-    assert_eq!(
-        model["inputs"][0],
-        serde_json::json!({"name": "a", "type": "fp32", "dims": [2, 3]})
-    );
+        let model = json_out(&node, &["model", "versions", "add"]);
+        assert_eq!(model, node.get("/admin/v1/models/add").json());
+        assert_eq!(
+            fields(&model),
+            ["inputs", "live", "name", "outputs", "versions"]
+        );
+        assert_eq!(
+            model["inputs"][0],
+            serde_json::json!({"name": "a", "type": "fp32", "dims": [2, 3]})
+        );
 
-    let removed = json_out(&node, &["model", "rm", "add"]);
-    assert_eq!(removed, serde_json::json!({"name": "add", "deleted": true}));
+        let removed = json_out(&node, &["model", "rm", "add"]);
+        assert_eq!(removed, serde_json::json!({"name": "add", "deleted": true}));
+    }
 }
 
 #[test]

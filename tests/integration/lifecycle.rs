@@ -57,11 +57,8 @@ fn invoke_passes_path_query_method_headers_and_body() {
 fn deploy_update_rollback_conflict_delete() {
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
-    let v1_path = fixture("greet-v1");
-    let v2_path = fixture("greet-v2");
+    let [(v1_path, id1), (v2_path, id2)] = greet_fixtures();
     let v1_bytes = std::fs::read(&v1_path).unwrap();
-    let id1 = version_id(&v1_path);
-    let id2 = version_id(&v2_path);
     assert_ne!(id1, id2);
 
     // First deploy: 201 with the version record.
@@ -81,15 +78,7 @@ fn deploy_update_rollback_conflict_delete() {
     );
     assert_eq!(rec["size"], v1_bytes.len() as u64, "{rec}");
     assert_eq!(rec["live"], true, "{rec}");
-    for key in [
-        "created_at",
-        "memory",
-        "timeout_ms",
-        "max_concurrency",
-        "max_request_body",
-        "max_response_body",
-        "env",
-    ] {
+    for key in VERSION_FIELDS {
         assert!(rec.get(key).is_some(), "version record lacks {key}: {rec}");
     }
     let r = node.get("/fn/greet");
@@ -288,23 +277,11 @@ fn in_flight_requests_finish_on_their_version() {
 fn cli_commands() {
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
-    let v1 = fixture("greet-v1");
-    let v2 = fixture("greet-v2");
-    let (id1, id2) = (version_id(&v1), version_id(&v2));
+    let [(v1, id1), (v2, id2)] = greet_fixtures();
 
     // deploy prints exactly the version id.
-    let out = node.cli(&["deploy", "greet", v1.to_str().unwrap()]);
-    assert_eq!(cli_ok(&out, "deploy"), format!("{id1}\n"));
-    let out = node.cli(&[
-        "deploy",
-        "greet",
-        v2.to_str().unwrap(),
-        "--timeout",
-        "5s",
-        "--memory",
-        "32MiB",
-    ]);
-    assert_eq!(cli_ok(&out, "deploy with flags"), format!("{id2}\n"));
+    node.cli_deploy("greet", &v1, &[]);
+    node.cli_deploy("greet", &v2, &["--timeout", "5s", "--memory", "32MiB"]);
     assert_eq!(node.get("/fn/greet").text(), "v2");
     let rec2 = node.versions("greet")["versions"][0].clone();
     assert_eq!(rec2["version"], id2.as_str());
@@ -312,19 +289,7 @@ fn cli_commands() {
 
     // --env
     let probe = fixture("env-probe");
-    let out = node.cli(&[
-        "deploy",
-        "probe",
-        probe.to_str().unwrap(),
-        "--env",
-        "FOO=bar",
-        "--env",
-        "X=1",
-    ]);
-    assert_eq!(
-        cli_ok(&out, "deploy --env"),
-        format!("{}\n", version_id(&probe))
-    );
+    node.cli_deploy("probe", &probe, &["--env", "FOO=bar", "--env", "X=1"]);
     let rec = node.versions("probe")["versions"][0].clone();
     assert_eq!(
         rec["env"],

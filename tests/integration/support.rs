@@ -235,6 +235,48 @@ pub fn real_model(file: &str) -> PathBuf {
     path
 }
 
+/// Declares a test that needs ONNX Runtime: `#[ignore]`d, with the reason, when host/build.rs did
+/// not find it (`cfg(onnxruntime)`). With `example_models:` first, the test needs the examples'
+/// real models too ([`real_model`], `cfg(example_models)`).
+///
+/// ```ignore
+/// nn_test! {
+///     /// What it checks.
+///     fn a_guest_runs_a_model() { ... }
+/// }
+/// ```
+macro_rules! nn_test {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[test]
+        #[cfg_attr(
+            not(onnxruntime),
+            ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+        )]
+        fn $name() $body
+    };
+    (example_models: $(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $crate::support::nn_test! {
+            $(#[$meta])*
+            #[cfg_attr(
+                all(onnxruntime, not(example_models)),
+                ignore = "needs the examples' models: run scripts/fetch-models.sh"
+            )]
+            fn $name() $body
+        }
+    };
+}
+pub(crate) use nn_test;
+
+/// Starts a node on `dir` (with `config`, as [`Node::start`]) and adds the real model `file` (see
+/// [`real_model`]) to it as `name`.
+pub fn start_with_real_model(dir: &TestDir, config: Option<&str>, name: &str, file: &str) -> Node {
+    let model = real_model(file);
+    let node = Node::start(&dir.data(), config);
+    add_model_file(&node, name, &model);
+    node
+}
+
 /// Adds a model file (any path) to the node under `name`; asserts success.
 pub fn add_model_file(node: &Node, name: &str, path: &Path) {
     let bytes = std::fs::read(path).expect("read model");
@@ -243,6 +285,33 @@ pub fn add_model_file(node: &Node, name: &str, path: &Path) {
         .body(bytes)
         .send(node.addr());
     assert!(r.status == 201 || r.status == 200, "model add {name}: {r}");
+}
+
+/// The fields of a function version record (`VersionView` in host/src/api.rs), as the admin API
+/// documents them.
+pub const VERSION_FIELDS: &[&str] = &[
+    "version",
+    "digest",
+    "created_at",
+    "size",
+    "live",
+    "memory",
+    "timeout_ms",
+    "max_concurrency",
+    "max_request_body",
+    "max_response_body",
+    "env",
+    "models",
+    "public",
+];
+
+/// The fixtures `greet-v1` and `greet-v2` (they answer `v1` and `v2`), each with its version id.
+pub fn greet_fixtures() -> [(PathBuf, String); 2] {
+    ["greet-v1", "greet-v2"].map(|name| {
+        let path = fixture(name);
+        let id = version_id(&path);
+        (path, id)
+    })
 }
 
 pub fn fixture_bytes(name: &str) -> Vec<u8> {
@@ -482,6 +551,19 @@ impl Node {
         run_cli(cmd)
     }
 
+    /// `tensorlet deploy NAME WASM ARGS...` against this node; asserts that it succeeded and
+    /// printed exactly the version id of `wasm`, and returns its output.
+    #[track_caller]
+    pub fn cli_deploy(&self, name: &str, wasm: &Path, args: &[&str]) -> Output {
+        let args = [&["deploy", name, wasm.to_str().unwrap()], args].concat();
+        let out = self.cli(&args);
+        assert_eq!(
+            cli_ok(&out, &args.join(" ")),
+            format!("{}\n", version_id(wasm))
+        );
+        out
+    }
+
     // --- HTTP conveniences --------------------------------------------------------------------
 
     pub fn get(&self, path: &str) -> Response {
@@ -532,10 +614,17 @@ impl Node {
 
     /// Deploys a fixture and asserts 201 or 200; returns the version record.
     pub fn deploy_ok(&self, name: &str, fixture_name: &str, query: &str) -> Value {
-        let resp = self.deploy(name, &fixture(fixture_name), query);
+        self.deploy_file_ok(name, &fixture(fixture_name), query)
+    }
+
+    /// Deploys the component `wasm` (a fixture, an [`example`]) and asserts 201 or 200; returns
+    /// the version record.
+    pub fn deploy_file_ok(&self, name: &str, wasm: &Path, query: &str) -> Value {
+        let resp = self.deploy(name, wasm, query);
         assert!(
             resp.status == 201 || resp.status == 200,
-            "deploy of {fixture_name} as {name} (query {query:?}) failed: {resp}"
+            "deploy of {} as {name} (query {query:?}) failed: {resp}",
+            wasm.display()
         );
         resp.json()
     }
@@ -564,6 +653,23 @@ impl Node {
         let resp = self.get("/metrics");
         assert_eq!(resp.status, 200, "/metrics: {resp}");
         resp.text()
+    }
+
+    /// The value of the sample `name{labels...}` in `/metrics` now (see [`metric_value`]).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// Polls `/metrics` until the sample `name{labels...}` (see [`metric_value`]) is there and its
+    /// value passes `ok`, at most `STATE_LIMIT`; panics with `what`. Returns the value.
+    pub fn wait_for_metric(
+        &self,
+        what: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        ok: impl Fn(f64) -> bool,
+    ) -> f64 {
+        wait_for(what, || self.metric(name, labels).filter(|&v| ok(v)))
     }
 
     /// Polls `/metrics` until `tensorlet_requests_in_flight{function="NAME"}` equals `n`.

@@ -40,6 +40,19 @@ fn deploy_as(node: &Node, token: &str, name: &str, fixture_name: &str, query: &s
     node.send(as_(token, "POST", &path).body(bytes))
 }
 
+/// A node with tenants on `dir` and one tenant, `name`, allowed one request a second, that has
+/// deployed hello-plain as `hello` with `query`. Returns the node and the tenant's token.
+fn one_request_a_second(dir: &TestDir, name: &str, query: &str) -> (Node, String) {
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let t = create_tenant(&node, &op, name, json!({"requests_per_second": 1}));
+    assert_eq!(
+        deploy_as(&node, &t, "hello", "hello-plain", query).status,
+        201
+    );
+    (node, t)
+}
+
 fn new_key(node: &Node, token: &str) -> String {
     let r = node.send(as_(token, "POST", "/admin/v1/keys"));
     assert_eq!(r.status, 201, "key create: {r}");
@@ -377,10 +390,7 @@ fn tenant_quotas_give_clear_errors() {
 #[test]
 fn record_changes_do_not_reset_a_tenants_limits() {
     let dir = TestDir::new();
-    let node = Node::start(&dir.data(), Some(TENANTS));
-    let op = operator_token(&node);
-    let t = create_tenant(&node, &op, "eager", json!({"requests_per_second": 1}));
-    assert_eq!(deploy_as(&node, &t, "hello", "hello-plain", "").status, 201);
+    let (node, t) = one_request_a_second(&dir, "eager", "");
     let started = Instant::now();
     let mut served = 0;
     for _ in 0..8 {
@@ -408,13 +418,7 @@ fn record_changes_do_not_reset_a_tenants_limits() {
 #[test]
 fn refused_floods_are_paused_until_retry_after() {
     let dir = TestDir::new();
-    let node = Node::start(&dir.data(), Some(TENANTS));
-    let op = operator_token(&node);
-    let t = create_tenant(&node, &op, "flood", json!({"requests_per_second": 1}));
-    assert_eq!(
-        deploy_as(&node, &t, "hello", "hello-plain", "public=true").status,
-        201
-    );
+    let (node, _) = one_request_a_second(&dir, "flood", "public=true");
     assert_eq!(
         node.get("/fn/flood/hello").status,
         200,
@@ -448,110 +452,96 @@ fn refused_floods_are_paused_until_retry_after() {
     eprintln!("{immediate} refusals, then paused for {paused:?}");
 }
 
-#[test]
-#[cfg_attr(
-    not(onnxruntime),
-    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
-)]
-fn shared_models_are_loaded_once_for_every_tenant() {
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), Some(TENANTS));
-    let op = operator_token(&node);
-    let a = create_tenant(&node, &op, "acme", json!({}));
-    let b = create_tenant(&node, &op, "bobco", json!({}));
-    let model = std::fs::read(repo_root().join("tests/models/add_f32.onnx")).unwrap();
-    let r = node.send(as_(&op, "POST", "/admin/v1/models/add/versions").body(model.clone()));
-    assert_eq!(r.status, 201, "{r}");
-    // bobco's own copy under another name: the same bytes, still one copy in memory.
-    let r = node.send(as_(&b, "POST", "/admin/v1/models/mine/versions").body(model));
-    assert_eq!(r.status, 201, "{r}");
-    let listed = node.send(as_(&a, "GET", "/admin/v1/models")).json();
-    assert_eq!(listed["models"][0]["name"], "add", "{listed}");
-    assert_eq!(listed["models"][0]["shared"], true, "{listed}");
-    assert_eq!(
-        listed["models"].as_array().unwrap().len(),
-        1,
-        "acme does not see bobco's model"
-    );
-    assert_eq!(
-        deploy_as(&node, &a, "nn", "nn-probe", "model=add&public=true").status,
-        201
-    );
-    assert_eq!(
-        deploy_as(&node, &b, "nn", "nn-probe", "model=add&public=true").status,
-        201
-    );
-    assert_eq!(node.get("/fn/acme/nn/add").text(), "2 3 4 5 6 7");
-    assert_eq!(node.get("/fn/bobco/nn/add").text(), "2 3 4 5 6 7");
-    let loaded = metric_value(&node.metrics(), "tensorlet_models_loaded", &[]);
-    assert_eq!(loaded, Some(1.0));
-    // A tenant cannot remove or replace the shared model, only its own.
-    assert_error(
-        &node.send(as_(&b, "DELETE", "/admin/v1/models/add")),
-        404,
-        "model_not_found",
-    );
-    assert_eq!(
-        node.send(as_(&b, "DELETE", "/admin/v1/models/mine")).status,
-        200
-    );
-    assert_eq!(node.get("/fn/bobco/nn/add").text(), "2 3 4 5 6 7");
+nn_test! {
+    fn shared_models_are_loaded_once_for_every_tenant() {
+        let dir = TestDir::new();
+        let node = Node::start(&dir.data(), Some(TENANTS));
+        let op = operator_token(&node);
+        let a = create_tenant(&node, &op, "acme", json!({}));
+        let b = create_tenant(&node, &op, "bobco", json!({}));
+        let model = std::fs::read(repo_root().join("tests/models/add_f32.onnx")).unwrap();
+        let r = node.send(as_(&op, "POST", "/admin/v1/models/add/versions").body(model.clone()));
+        assert_eq!(r.status, 201, "{r}");
+        // bobco's own copy under another name: the same bytes, still one copy in memory.
+        let r = node.send(as_(&b, "POST", "/admin/v1/models/mine/versions").body(model));
+        assert_eq!(r.status, 201, "{r}");
+        let listed = node.send(as_(&a, "GET", "/admin/v1/models")).json();
+        assert_eq!(listed["models"][0]["name"], "add", "{listed}");
+        assert_eq!(listed["models"][0]["shared"], true, "{listed}");
+        assert_eq!(
+            listed["models"].as_array().unwrap().len(),
+            1,
+            "acme does not see bobco's model"
+        );
+        assert_eq!(
+            deploy_as(&node, &a, "nn", "nn-probe", "model=add&public=true").status,
+            201
+        );
+        assert_eq!(
+            deploy_as(&node, &b, "nn", "nn-probe", "model=add&public=true").status,
+            201
+        );
+        assert_eq!(node.get("/fn/acme/nn/add").text(), "2 3 4 5 6 7");
+        assert_eq!(node.get("/fn/bobco/nn/add").text(), "2 3 4 5 6 7");
+        let loaded = metric_value(&node.metrics(), "tensorlet_models_loaded", &[]);
+        assert_eq!(loaded, Some(1.0));
+        // A tenant cannot remove or replace the shared model, only its own.
+        assert_error(
+            &node.send(as_(&b, "DELETE", "/admin/v1/models/add")),
+            404,
+            "model_not_found",
+        );
+        assert_eq!(
+            node.send(as_(&b, "DELETE", "/admin/v1/models/mine")).status,
+            200
+        );
+        assert_eq!(node.get("/fn/bobco/nn/add").text(), "2 3 4 5 6 7");
+    }
 }
 
-#[test]
-#[cfg_attr(
-    not(onnxruntime),
-    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
-)]
-fn a_tenant_runs_at_most_max_inferences_at_once() {
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), Some(TENANTS));
-    let op = operator_token(&node);
-    let t = create_tenant(&node, &op, "one", json!({"max_inferences": 1}));
-    let model = std::fs::read(repo_root().join("tests/models/slow.onnx")).unwrap();
-    assert_eq!(
-        node.send(as_(&t, "POST", "/admin/v1/models/slow/versions").body(model))
+nn_test! {
+    fn a_tenant_runs_at_most_max_inferences_at_once() {
+        let dir = TestDir::new();
+        let node = Node::start(&dir.data(), Some(TENANTS));
+        let op = operator_token(&node);
+        let t = create_tenant(&node, &op, "one", json!({"max_inferences": 1}));
+        let model = std::fs::read(repo_root().join("tests/models/slow.onnx")).unwrap();
+        assert_eq!(
+            node.send(as_(&t, "POST", "/admin/v1/models/slow/versions").body(model))
+                .status,
+            201
+        );
+        assert_eq!(
+            deploy_as(
+                &node,
+                &t,
+                "nn",
+                "nn-probe",
+                "model=slow&public=true&timeout=30s"
+            )
             .status,
-        201
-    );
-    assert_eq!(
-        deploy_as(
-            &node,
-            &t,
-            "nn",
-            "nn-probe",
-            "model=slow&public=true&timeout=30s"
-        )
-        .status,
-        201
-    );
-    // Two computes at once (the model has two sessions): one runs, the other waits for the
-    // tenant's only inference permit.
-    let addr = node.addr();
-    let calls: Vec<_> = (0..2)
-        .map(|_| thread::spawn(move || Request::get("/fn/one/nn/slow").send(addr).text()))
-        .collect();
-    wait_for("a compute to wait for the tenant's max_inferences", || {
-        let m = node.metrics();
-        let waiting = metric_value(
-            &m,
+            201
+        );
+        // Two computes at once (the model has two sessions): one runs, the other waits for the
+        // tenant's only inference permit.
+        let addr = node.addr();
+        let calls: Vec<_> = (0..2)
+            .map(|_| thread::spawn(move || Request::get("/fn/one/nn/slow").send(addr).text()))
+            .collect();
+        node.wait_for_metric(
+            "a compute to wait for the tenant's max_inferences",
             "tensorlet_tenant_inferences_waiting",
             &[("tenant", "one")],
-        )?;
-        (waiting == 1.0).then_some(())
-    });
-    for c in calls {
-        assert_eq!(c.join().unwrap(), "done");
+            |waiting| waiting == 1.0,
+        );
+        for c in calls {
+            assert_eq!(c.join().unwrap(), "done");
+        }
+        assert_eq!(
+            node.metric("tensorlet_tenant_inferences_waiting", &[("tenant", "one")]),
+            Some(0.0)
+        );
     }
-    let m = node.metrics();
-    assert_eq!(
-        metric_value(
-            &m,
-            "tensorlet_tenant_inferences_waiting",
-            &[("tenant", "one")]
-        ),
-        Some(0.0)
-    );
 }
 
 #[test]

@@ -14,8 +14,8 @@ use http::Method;
 use serde::Serialize;
 
 use crate::api::{
-    Deleted, FunctionList, FunctionView, LiveMoved, Logs, ModelList, ModelVersionView, ModelView,
-    RollbackRequest, VersionView,
+    Deleted, FunctionList, FunctionSummary, FunctionView, LiveMoved, Logs, ModelList, ModelSummary,
+    ModelVersionView, ModelView, RollbackRequest, VersionView,
 };
 use crate::client::{AdminClient, encode};
 use crate::config::Config;
@@ -398,51 +398,65 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
 
 async fn list(node: NodeArgs) -> anyhow::Result<()> {
     let v: FunctionList = node.client()?.send(Method::GET, "functions").await?;
-    node.show(&v, |v| {
-        print_records(v.functions.iter().map(|f| Record {
-            name: &f.name,
-            live: &f.live,
-            versions: f.versions,
-            updated_at: &f.updated_at,
-        }))
-    })
+    node.show(&v, |v| print_records(&v.functions))
 }
 
-/// A row of the functions or models table.
-struct Record<'a> {
-    name: &'a str,
-    live: &'a str,
-    versions: usize,
-    updated_at: &'a str,
+/// A function's or a model's summary: a row of the table [`print_records`] prints.
+trait Record {
+    /// Name, live version, how many versions, when the live version last changed.
+    fn row(&self) -> (&str, &str, usize, &str);
+}
+
+impl Record for FunctionSummary {
+    fn row(&self) -> (&str, &str, usize, &str) {
+        (&self.name, &self.live, self.versions, &self.updated_at)
+    }
+}
+
+impl Record for ModelSummary {
+    fn row(&self) -> (&str, &str, usize, &str) {
+        (&self.name, &self.live, self.versions, &self.updated_at)
+    }
 }
 
 /// The NAME / LIVE / VERSIONS / UPDATED table of functions or models.
-fn print_records<'a>(records: impl Iterator<Item = Record<'a>>) {
+fn print_records(records: &[impl Record]) {
     println!("{:<24} {:<14} {:>8}  UPDATED", "NAME", "LIVE", "VERSIONS");
     for r in records {
-        println!(
-            "{:<24} {:<14} {:>8}  {}",
-            r.name, r.live, r.versions, r.updated_at
-        );
+        let (name, live, versions, updated_at) = r.row();
+        println!("{name:<24} {live:<14} {versions:>8}  {updated_at}");
     }
 }
 
 async fn versions(a: NameArgs) -> anyhow::Result<()> {
     let path = format!("functions/{}/versions", encode(&a.name));
     let v: FunctionView = a.node.client()?.send(Method::GET, &path).await?;
-    a.node.show(&v, |v| {
-        print_versions(
-            v.versions
-                .iter()
-                .map(|v| (v.version.as_str(), v.created_at.as_str(), v.size, v.live)),
-        )
-    })
+    a.node.show(&v, |v| print_versions(&v.versions))
+}
+
+/// A function's or a model's version: a row of the table [`print_versions`] prints.
+trait Version {
+    /// Short id, when it was created, size in bytes, whether it is live.
+    fn row(&self) -> (&str, &str, u64, bool);
+}
+
+impl Version for VersionView {
+    fn row(&self) -> (&str, &str, u64, bool) {
+        (&self.version, &self.created_at, self.size, self.live)
+    }
+}
+
+impl Version for ModelVersionView {
+    fn row(&self) -> (&str, &str, u64, bool) {
+        (&self.version, &self.created_at, self.size, self.live)
+    }
 }
 
 /// The VERSION / CREATED / SIZE / LIVE table (functions and models share it), newest first.
-fn print_versions<'a>(versions: impl Iterator<Item = (&'a str, &'a str, u64, bool)>) {
+fn print_versions(versions: &[impl Version]) {
     println!("{:<14} {:<22} {:>10}  LIVE", "VERSION", "CREATED", "SIZE");
-    for (version, created_at, size, live) in versions {
+    for v in versions {
+        let (version, created_at, size, live) = v.row();
         let live = if live { "*" } else { "" };
         println!("{version:<14} {created_at:<22} {size:>10}  {live}");
     }
@@ -490,24 +504,13 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::List(node) => {
             let v: ModelList = node.client()?.send(Method::GET, "models").await?;
-            node.show(&v, |v| {
-                print_records(v.models.iter().map(|m| Record {
-                    name: &m.name,
-                    live: &m.live,
-                    versions: m.versions,
-                    updated_at: &m.updated_at,
-                }))
-            })
+            node.show(&v, |v| print_records(&v.models))
         }
         ModelCommand::Versions(a) => {
             let path = format!("models/{}/versions", encode(&a.name));
             let v: ModelView = a.node.client()?.send(Method::GET, &path).await?;
             a.node.show(&v, |v| {
-                print_versions(
-                    v.versions
-                        .iter()
-                        .map(|v| (v.version.as_str(), v.created_at.as_str(), v.size, v.live)),
-                );
+                print_versions(&v.versions);
                 for (kind, slots) in [("input", &v.inputs), ("output", &v.outputs)] {
                     for io in slots {
                         // Dimensions as JSON (`[1,3,224,224]`), as `model versions` always showed them.

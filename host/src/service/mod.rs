@@ -134,26 +134,24 @@ fn log_server_error(e: &ApiError, request_id: &str, path: &str, function: Option
     }
     let function = function.map(|f| &*f.function.name);
     let status = e.status.as_u16();
+    // One event, at a level chosen at run time (tracing's levels are fixed per call site).
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                request_id,
+                status,
+                code = e.code,
+                path,
+                function,
+                "{}",
+                e.message
+            )
+        };
+    }
     if e.status == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!(
-            request_id,
-            status,
-            code = e.code,
-            path,
-            function,
-            "{}",
-            e.message
-        );
+        log!(error);
     } else {
         // 503 and 504: load and slow guests, expected in bursts.
-        tracing::warn!(
-            request_id,
-            status,
-            code = e.code,
-            path,
-            function,
-            "{}",
-            e.message
-        );
+        log!(warn);
     }
 }

@@ -124,6 +124,13 @@ impl Answer {
             .to_string()
     }
 
+    /// Asserts a JSON error answer: `status` and the `code` in its body.
+    #[track_caller]
+    fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "{:?}", self.body);
+        assert_eq!(self.code(), code);
+    }
+
     fn header(&self, name: impl header::AsHeaderName) -> &str {
         self.headers
             .get(name)
@@ -143,12 +150,21 @@ impl TestNode {
         }
     }
 
+    /// `METHOD URI` (see [`request`]), answered whole.
+    async fn ask(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        self.call(request(method, uri, token, body)).await
+    }
+
     /// Deploys a built guest fixture as `path` (`functions/NAME/versions?...`).
     async fn deploy(&self, path: &str, fixture: &str, token: Option<&str>) -> Answer {
         let uri = format!("/admin/v1/{path}");
-        let answer = self
-            .call(request(Method::POST, &uri, token, guest(fixture)))
-            .await;
+        let answer = self.ask(Method::POST, &uri, token, guest(fixture)).await;
         assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
         answer
     }
@@ -181,7 +197,7 @@ fn guest(name: &str) -> Vec<u8> {
 #[tokio::test]
 async fn unknown_route_is_a_json_404_with_the_request_id() {
     let node = node("");
-    let answer = node.call(request(Method::GET, "/nowhere", None, "")).await;
+    let answer = node.ask(Method::GET, "/nowhere", None, "").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(answer.header(header::CONTENT_TYPE), "application/json");
     assert_eq!(answer.code(), "not_found");
@@ -189,33 +205,29 @@ async fn unknown_route_is_a_json_404_with_the_request_id() {
     assert!(!id.is_empty());
     assert_eq!(answer.json()["request_id"], id);
     // Every request gets its own id.
-    let again = node.call(request(Method::GET, "/nowhere", None, "")).await;
+    let again = node.ask(Method::GET, "/nowhere", None, "").await;
     assert_ne!(again.header("x-request-id"), id);
 }
 
 #[tokio::test]
 async fn healthz_answers_get_only() {
     let node = node("");
-    let answer = node.call(request(Method::GET, "/healthz", None, "")).await;
+    let answer = node.ask(Method::GET, "/healthz", None, "").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, "ok\n");
     assert!(!answer.header("x-request-id").is_empty());
-    let answer = node.call(request(Method::POST, "/healthz", None, "")).await;
-    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(answer.code(), "method_not_allowed");
+    let answer = node.ask(Method::POST, "/healthz", None, "").await;
+    answer.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
 
 #[tokio::test]
 async fn admin_route_with_the_wrong_method_is_405() {
     let node = node("");
-    let answer = node
-        .call(request(Method::PUT, "/admin/v1/functions", None, ""))
-        .await;
-    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(answer.code(), "method_not_allowed");
+    let answer = node.ask(Method::PUT, "/admin/v1/functions", None, "").await;
+    answer.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     assert_eq!(answer.json()["error"]["message"], "this route accepts GET");
     let answer = node
-        .call(request(Method::POST, "/admin/v1/functions/f", None, ""))
+        .ask(Method::POST, "/admin/v1/functions/f", None, "")
         .await;
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(
@@ -227,26 +239,14 @@ async fn admin_route_with_the_wrong_method_is_405() {
 #[tokio::test]
 async fn deploying_a_non_component_is_400_invalid_component() {
     let node = node("");
+    let deploy = "/admin/v1/functions/f/versions";
     let answer = node
-        .call(request(
-            Method::POST,
-            "/admin/v1/functions/f/versions",
-            None,
-            "not wasm at all",
-        ))
+        .ask(Method::POST, deploy, None, "not wasm at all")
         .await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert_eq!(answer.code(), "invalid_component");
-    let answer = node
-        .call(request(
-            Method::POST,
-            "/admin/v1/functions/f/versions?memroy=1",
-            None,
-            "",
-        ))
-        .await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert_eq!(answer.code(), "invalid_request");
+    answer.assert_error(StatusCode::BAD_REQUEST, "invalid_component");
+    let misspelt = format!("{deploy}?memroy=1");
+    let answer = node.ask(Method::POST, &misspelt, None, "").await;
+    answer.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
 }
 
 #[tokio::test]
@@ -267,31 +267,23 @@ async fn a_deployed_guest_answers_in_process() {
     assert_eq!(node.requests("echo", 200), 1);
     // The same bytes and settings again are the same version.
     let again = node
-        .call(request(
+        .ask(
             Method::POST,
             "/admin/v1/functions/echo/versions",
             None,
             guest("echo"),
-        ))
+        )
         .await;
     assert_eq!(again.status, StatusCode::OK);
-    let answer = node
-        .call(request(Method::GET, "/fn/nobody/", None, ""))
-        .await;
-    assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    assert_eq!(answer.code(), "function_not_found");
+    let answer = node.ask(Method::GET, "/fn/nobody/", None, "").await;
+    answer.assert_error(StatusCode::NOT_FOUND, "function_not_found");
 }
 
 #[tokio::test]
 async fn tenant_functions_need_a_key_and_a_body_under_the_cap() {
     let node = node("tenants = true");
     let created = node
-        .call(request(
-            Method::POST,
-            "/admin/v1/tenants/acme",
-            Some(OPERATOR),
-            "",
-        ))
+        .ask(Method::POST, "/admin/v1/tenants/acme", Some(OPERATOR), "")
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     let token = created.json()["token"].as_str().unwrap().to_string();
@@ -303,16 +295,13 @@ async fn tenant_functions_need_a_key_and_a_body_under_the_cap() {
     .await;
 
     // Private, and no invoke key: 401 with a Bearer challenge, counted once.
-    let answer = node
-        .call(request(Method::POST, "/fn/acme/echo/", None, "hi"))
-        .await;
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(answer.code(), "unauthorized");
+    let answer = node.ask(Method::POST, "/fn/acme/echo/", None, "hi").await;
+    answer.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     assert_eq!(answer.header(header::WWW_AUTHENTICATE), "Bearer");
     assert_eq!(node.requests("acme/echo", 401), 1);
 
     let key = node
-        .call(request(Method::POST, "/admin/v1/keys", Some(&token), ""))
+        .ask(Method::POST, "/admin/v1/keys", Some(&token), "")
         .await;
     assert_eq!(key.status, StatusCode::CREATED, "{:?}", key.body);
     let key = key.json()["key"].as_str().unwrap().to_string();
@@ -322,24 +311,18 @@ async fn tenant_functions_need_a_key_and_a_body_under_the_cap() {
     req.headers_mut()
         .insert(header::CONTENT_LENGTH, http::HeaderValue::from(17));
     let answer = node.call(req).await;
-    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(answer.code(), "payload_too_large");
+    answer.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     assert_eq!(node.requests("acme/echo", 413), 1);
 
     // An undeclared body over the cap is found while the guest reads it: the same 413.
     let answer = node
-        .call(request(
-            Method::POST,
-            "/fn/acme/echo/",
-            Some(&key),
-            vec![b'x'; 17],
-        ))
+        .ask(Method::POST, "/fn/acme/echo/", Some(&key), vec![b'x'; 17])
         .await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(node.requests("acme/echo", 413), 2);
 
     let answer = node
-        .call(request(Method::POST, "/fn/acme/echo/", Some(&key), "hi"))
+        .ask(Method::POST, "/fn/acme/echo/", Some(&key), "hi")
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     assert_eq!(answer.body, "hi");
@@ -348,21 +331,11 @@ async fn tenant_functions_need_a_key_and_a_body_under_the_cap() {
 
     // The admin step records changes, refused ones included, for the operator to read.
     let denied = node
-        .call(request(
-            Method::POST,
-            "/admin/v1/keys",
-            Some("tlt_acme_wrong"),
-            "",
-        ))
+        .ask(Method::POST, "/admin/v1/keys", Some("tlt_acme_wrong"), "")
         .await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
     let audit = node
-        .call(request(
-            Method::GET,
-            "/admin/v1/audit?limit=2",
-            Some(OPERATOR),
-            "",
-        ))
+        .ask(Method::GET, "/admin/v1/audit?limit=2", Some(OPERATOR), "")
         .await;
     assert_eq!(audit.status, StatusCode::OK, "{:?}", audit.body);
     let records = audit.json()["records"].to_string();
@@ -412,27 +385,20 @@ async fn a_5xx_is_counted_once_and_logged_once_with_its_request_id() {
         .handle(request(Method::GET, "/fn/echo/", None, ""))
         .await;
     assert_eq!(first.status(), StatusCode::OK);
-    let answer = node.call(request(Method::GET, "/fn/echo/", None, "")).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(answer.code(), "overloaded");
+    let answer = node.ask(Method::GET, "/fn/echo/", None, "").await;
+    answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
     assert_eq!(answer.header(header::RETRY_AFTER), "1");
     assert_eq!(node.requests("echo", 503), 1);
     drop(first);
     assert_eq!(node.requests("echo", 200), 1);
-    let answer_ok = node.call(request(Method::GET, "/fn/echo/", None, "")).await;
+    let answer_ok = node.ask(Method::GET, "/fn/echo/", None, "").await;
     assert_eq!(answer_ok.status, StatusCode::OK);
 
     // A 5xx of the admin API is logged too.
     let admin = node
-        .call(request(
-            Method::POST,
-            "/admin/v1/models/m/versions",
-            None,
-            "x",
-        ))
+        .ask(Method::POST, "/admin/v1/models/m/versions", None, "x")
         .await;
-    assert_eq!(admin.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(admin.code(), "onnx_unavailable");
+    admin.assert_error(StatusCode::SERVICE_UNAVAILABLE, "onnx_unavailable");
 
     let text = logs.text();
     for (answer, code) in [(&answer, "overloaded"), (&admin, "onnx_unavailable")] {
@@ -443,7 +409,7 @@ async fn a_5xx_is_counted_once_and_logged_once_with_its_request_id() {
         assert!(lines[0].contains(code), "{}", lines[0]);
     }
     // Neither the 200s nor a 4xx are the operator's problem.
-    let not_found = node.call(request(Method::GET, "/nowhere", None, "")).await;
+    let not_found = node.ask(Method::GET, "/nowhere", None, "").await;
     assert!(!logs.text().contains(not_found.header("x-request-id")));
     assert!(!logs.text().contains(answer_ok.header("x-request-id")));
 }
