@@ -3,7 +3,7 @@
 //! at a revision) and the **blobs** (components and models, content-addressed by sha256). The
 //! registry commits every admin change through [`DesiredState::commit`] and stores bytes through
 //! [`BlobStore`], never through files directly, so a fleet backend (NATS JetStream KV, an OCI
-//! registry) plugs in behind the same traits. The data directory ([`crate::store::Store`]) is
+//! registry) plugs in behind the same traits. The data directory ([`crate::store::DataDir`]) is
 //! the first implementation of both.
 //!
 //! Both traits are blocking: callers run them on the blocking pool.

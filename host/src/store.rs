@@ -239,7 +239,7 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 /// Handle on the data directory.
-pub struct Store {
+pub struct DataDir {
     root: PathBuf,
     tmp_counter: AtomicU64,
     /// Digests of blobs being written ahead of the commit that will refer to them (outside the
@@ -267,9 +267,9 @@ impl Drop for Pending {
     }
 }
 
-impl Store {
+impl DataDir {
     /// Opens (creating if needed) the data directory and clears leftovers of interrupted writes.
-    pub fn open(root: &Path) -> anyhow::Result<Store> {
+    pub fn open(root: &Path) -> anyhow::Result<DataDir> {
         for dir in ["blobs/sha256", "cache", "tmp"] {
             fs::create_dir_all(root.join(dir))
                 .with_context(|| format!("creating {}", root.join(dir).display()))?;
@@ -277,7 +277,7 @@ impl Store {
         for entry in fs::read_dir(root.join("tmp"))? {
             let _ = fs::remove_file(entry?.path());
         }
-        Ok(Store {
+        Ok(DataDir {
             root: root.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
             pending: Default::default(),
@@ -401,7 +401,7 @@ impl Store {
     }
 }
 
-impl DesiredState for Store {
+impl DesiredState for DataDir {
     fn load(&self) -> anyhow::Result<(Meta, Revision)> {
         let meta = self.load_meta()?;
         *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = meta.revision;
@@ -425,7 +425,7 @@ impl DesiredState for Store {
     }
 }
 
-impl BlobStore for Store {
+impl BlobStore for DataDir {
     fn put(&self, digest: &str, bytes: &[u8]) -> io::Result<()> {
         self.put_blob(digest, bytes)
     }
@@ -493,7 +493,7 @@ mod tests {
     fn blobs_and_meta_round_trip() {
         let dir = std::env::temp_dir().join(format!("tensorlet-store-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
+        let store = DataDir::open(&dir).unwrap();
         let d = digest(b"abc");
         store.put_blob(&d, b"abc").unwrap();
         assert_eq!(store.read_blob(&d).unwrap(), b"abc");
@@ -515,7 +515,7 @@ mod tests {
         store.collect_garbage(&HashSet::new());
         assert!(store.read_blob(&d).is_err());
         fs::write(dir.join("tmp/leftover"), b"x").unwrap();
-        Store::open(&dir).unwrap();
+        DataDir::open(&dir).unwrap();
         assert!(!dir.join("tmp/leftover").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -534,7 +534,7 @@ mod seam_tests {
     #[test]
     fn commits_move_the_revision_and_refuse_stale_writers() {
         let dir = scratch("desired");
-        let store = Store::open(&dir).unwrap();
+        let store = DataDir::open(&dir).unwrap();
         let (mut meta, rev) = store.load().unwrap();
         assert_eq!(rev, 0);
         meta.tenants.clear();
@@ -551,7 +551,7 @@ mod seam_tests {
         ));
         // Durable: a fresh open sees revision 2.
         drop(store);
-        let (_, rev) = Store::open(&dir).unwrap().load().unwrap();
+        let (_, rev) = DataDir::open(&dir).unwrap().load().unwrap();
         assert_eq!(rev, 2);
         let _ = fs::remove_dir_all(&dir);
     }
@@ -559,7 +559,7 @@ mod seam_tests {
     #[test]
     fn held_blobs_survive_collection() {
         let dir = scratch("blobs");
-        let store = Store::open(&dir).unwrap();
+        let store = DataDir::open(&dir).unwrap();
         let (a, b) = (digest(b"a"), digest(b"b"));
         let hold = store.hold(&a);
         store.put(&a, b"a").unwrap();

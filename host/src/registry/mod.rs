@@ -11,11 +11,13 @@ mod rules;
 mod tenants;
 #[cfg(test)]
 mod tests;
+mod views;
 
 pub use crate::api::QuotaPatch;
 pub use tenants::TenantLive;
 #[cfg(test)]
 pub(crate) use tenants::apply_quotas;
+pub use views::version_view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -30,12 +32,14 @@ use crate::key::{FunctionKey, ModelKey};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
 use crate::nn::onnx::Sessions;
-use crate::runtime::{Function, LogBuffer, LogLine, Prepared, Runtime};
-use crate::store::{self, Meta, Store, VersionRecord};
+use crate::runtime::{Function, LogBuffer, Prepared, Runtime};
+use crate::store::{self, DataDir, Meta, VersionRecord};
 use crate::time::now_rfc3339;
 pub use error::RegistryError;
 use models::{live_key, live_options};
-use rules::{check_tenant_deploy, referenced, resolve, resolve_models};
+use rules::{
+    check_models_exist, check_tenant_deploy, has_version, referenced, resolve, resolve_models,
+};
 
 /// One version of one function, ready to serve requests: what the runtime runs, plus what the
 /// registry and admission keep about it.
@@ -75,7 +79,7 @@ pub struct Registry {
     /// Where components and models are stored, by digest.
     blobs: Arc<dyn BlobStore>,
     /// This node's data directory (the compiled-code cache).
-    local: Arc<Store>,
+    local: Arc<DataDir>,
     metrics: Arc<Metrics>,
     live: RwLock<Arc<LiveMap>>,
     admin: tokio::sync::Mutex<AdminState>,
@@ -100,7 +104,7 @@ impl Registry {
         metrics: Arc<Metrics>,
         nn: Arc<NnNode>,
     ) -> anyhow::Result<Registry> {
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(DataDir::open(&config.data_dir)?);
         let (mut meta, revision) = store.load()?;
         let mut compiled = HashMap::new();
         for (name, f) in meta.functions.iter_mut() {
@@ -218,7 +222,10 @@ impl Registry {
         let settings = {
             let state = self.admin.lock().await;
             let models = resolve_models(&state.meta, name.tenant(), settings.models)?;
-            check_tenant_deploy(&state.meta, name, &settings.limits, bytes.len() as u64)?;
+            // A version it already has stores nothing new: only a new one must fit the quotas.
+            if !has_version(&state.meta, name, &digest) {
+                check_tenant_deploy(&state.meta, name, &settings.limits, bytes.len() as u64)?;
+            }
             DeploySettings {
                 limits: settings.limits,
                 env: settings.env,
@@ -383,12 +390,14 @@ impl Registry {
                     Some(i) => f.versions[i].digest.clone(),
                     None => {
                         return Err(RegistryError::invalid_request(format!(
-                            "the live version of `{name}` is its oldest retained version: name one with --to (see `tensorlet versions {name}`)"
+                            "the live version of `{short}` is its oldest retained version: name one with --to (see `tensorlet versions {short}`)",
+                            short = name.name()
                         )));
                     }
                 }
             }
         };
+        check_models_exist(&state.meta, name, &target)?;
         self.set_live(&mut state, name, &target).await?;
         tracing::info!(
             function = %name,
@@ -418,54 +427,6 @@ impl Registry {
             name: name.name().to_string(),
             deleted: true,
         })
-    }
-
-    /// Summary of every function of `owner` (a tenant, or `None` for the single user's).
-    pub async fn list(&self, owner: Option<&str>) -> api::FunctionList {
-        let state = self.admin.lock().await;
-        let functions = state
-            .meta
-            .functions
-            .iter()
-            .filter(|(name, _)| name.owned_by(owner))
-            .map(|(name, f)| api::FunctionSummary {
-                name: name.name().to_string(),
-                live: store::short_id(&f.live).to_string(),
-                versions: f.versions.len(),
-                updated_at: f.updated_at.clone(),
-            })
-            .collect();
-        api::FunctionList { functions }
-    }
-
-    /// One function with its versions, newest first.
-    pub async fn get(&self, name: &FunctionKey) -> Result<api::FunctionView, RegistryError> {
-        let state = self.admin.lock().await;
-        let f = state
-            .meta
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
-        Ok(api::FunctionView {
-            name: name.name().to_string(),
-            live: store::short_id(&f.live).to_string(),
-            versions: (f.versions.iter().rev())
-                .map(|v| version_view(v, v.digest == f.live))
-                .collect(),
-        })
-    }
-
-    /// The function's recent guest output.
-    pub async fn logs(&self, name: &FunctionKey) -> Result<Vec<LogLine>, RegistryError> {
-        let state = self.admin.lock().await;
-        if !state.meta.functions.contains_key(name) {
-            return Err(RegistryError::function_not_found(name.name()));
-        }
-        Ok(state
-            .logs
-            .get(name)
-            .map(|l| l.snapshot())
-            .unwrap_or_default())
     }
 
     /// The one commit path of every admin change: `change` turns a copy of the current metadata
@@ -579,7 +540,7 @@ pub struct DeploySettings<M = String> {
     pub public: bool,
 }
 
-fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Result<Prepared> {
+fn load_prepared(runtime: &Runtime, store: &DataDir, digest: &str) -> anyhow::Result<Prepared> {
     let cache = store.cache_path(runtime.engine_hash(), digest);
     let component = match runtime.deserialize_file(&cache) {
         Ok(c) => c,
@@ -593,23 +554,4 @@ fn load_prepared(runtime: &Runtime, store: &Store, digest: &str) -> anyhow::Resu
         }
     };
     runtime.prepare(&component).map_err(anyhow::Error::msg)
-}
-
-/// The API's view of a version record.
-pub fn version_view(v: &VersionRecord, live: bool) -> api::VersionView {
-    api::VersionView {
-        version: v.id().to_string(),
-        digest: format!("sha256:{}", v.digest),
-        created_at: v.created_at.clone(),
-        size: v.size,
-        live,
-        memory: v.limits.memory,
-        timeout_ms: v.limits.timeout_ms,
-        max_concurrency: v.limits.max_concurrency,
-        max_request_body: v.limits.max_request_body,
-        max_response_body: v.limits.max_response_body,
-        env: v.env.clone(),
-        models: v.models.iter().map(|m| m.name().to_string()).collect(),
-        public: v.public,
-    }
 }

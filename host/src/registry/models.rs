@@ -74,6 +74,13 @@ impl Registry {
         // Another change may have come in while the sessions were built: check again.
         let existing = self.check_model_add(&state, name, &digest, options, size)?;
         let created = existing.is_none();
+        // The live version added again: nothing to commit.
+        if let Some(v) = existing
+            .as_ref()
+            .filter(|v| (state.meta.models.get(name)).is_some_and(|m| m.live == v.digest))
+        {
+            return Ok(Deploy::Existing(model_version_view(v, true)));
+        }
         // The sessions are there before the version is published (a failed commit leaves them
         // to the next collection).
         state.loaded_models.entry(key).or_insert(sessions);

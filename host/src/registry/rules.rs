@@ -8,7 +8,7 @@ use super::RegistryError;
 use super::tenants;
 use crate::config::FunctionLimits;
 use crate::key::{FunctionKey, Key, ModelKey};
-use crate::store::{FunctionRecord, Meta, TenantRecord, VersionRecord};
+use crate::store::{self, FunctionRecord, Meta, TenantRecord, VersionRecord};
 
 /// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
 /// first, else a shared (operator's) model `{name}`.
@@ -118,6 +118,31 @@ pub(super) fn check_tenant_deploy(
         )));
     }
     Ok(())
+}
+
+/// Whether function `name` has a version with `digest`.
+pub(super) fn has_version(meta: &Meta, name: &FunctionKey, digest: &str) -> bool {
+    (meta.functions.get(name)).is_some_and(|f| f.find(digest).is_some())
+}
+
+/// A version can only go live again if every model it may load still exists (models in use by
+/// a live version cannot be removed, but older versions may name removed ones).
+pub(super) fn check_models_exist(
+    meta: &Meta,
+    name: &FunctionKey,
+    digest: &str,
+) -> Result<(), RegistryError> {
+    let version = (meta.functions.get(name)).and_then(|f| f.find(digest));
+    let missing = version.and_then(|v| v.models.iter().find(|m| !meta.models.contains_key(*m)));
+    match missing {
+        Some(m) => Err(RegistryError::version_conflict(format!(
+            "version {} of `{}` may load model `{}`, which was removed since: add the model again, or roll back to another version",
+            store::short_id(digest),
+            name.name(),
+            m.name()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Every digest the metadata refers to: function versions and model versions.

@@ -32,7 +32,7 @@ async fn a_function_change_that_cannot_be_saved_changes_nothing() {
     let v1 = created(node.deploy("a", guest("echo")).await);
     let v2 = created(node.deploy("a", guest("hello_plain")).await);
     let (get, list, revision) = (
-        r.get("a").await.unwrap(),
+        r.get(&fk("a")).await.unwrap(),
         r.list(None).await,
         node.revision(),
     );
@@ -45,16 +45,16 @@ async fn a_function_change_that_cannot_be_saved_changes_nothing() {
     internal(refused(node.deploy("a", guest("greet_v1")).await));
     // Live moving back, by redeploy or rollback; a delete.
     internal(refused(node.deploy("a", guest("echo")).await));
-    internal(refused(r.rollback("a", None).await));
-    internal(refused(r.delete("a").await));
+    internal(refused(r.rollback(&fk("a"), None).await));
+    internal(refused(r.delete(&fk("a")).await));
 
     assert_eq!(node.revision(), revision);
-    assert_eq!(r.get("a").await.unwrap(), get);
+    assert_eq!(r.get(&fk("a")).await.unwrap(), get);
     assert_eq!(r.list(None).await, list);
     assert_eq!(node.routed("a").as_deref(), Some(v2.version.as_str()));
-    assert!(r.route("b").is_none());
+    assert!(r.route(&fk("b")).is_none());
     assert!(matches!(
-        refused(r.get("b").await),
+        refused(r.get(&fk("b")).await),
         RegistryError::FunctionNotFound(_)
     ));
 
@@ -62,7 +62,7 @@ async fn a_function_change_that_cannot_be_saved_changes_nothing() {
     node.mend_writes();
     created(node.deploy("b", guest("echo")).await);
     assert_eq!(node.revision(), revision + 1);
-    let moved = r.rollback("a", None).await.unwrap();
+    let moved = r.rollback(&fk("a"), None).await.unwrap();
     assert_eq!(moved.live, v1.version);
     assert_eq!(node.revision(), revision + 2);
     assert_eq!(node.routed("a").as_deref(), Some(v1.version.as_str()));
@@ -124,30 +124,32 @@ async fn a_model_change_that_cannot_be_saved_changes_nothing() {
     let node = node_with("", true);
     let r = &node.registry;
     let options = crate::nn::onnx::ModelOptions::default();
-    created(r.add_model("m", model("add_f32"), options).await);
-    let (get, revision) = (r.get_model("m").await.unwrap(), node.revision());
+    created(r.add_model(&mk("m"), model("add_f32"), options).await);
+    let (get, revision) = (r.get_model(&mk("m")).await.unwrap(), node.revision());
     node.break_writes();
 
     // The same bytes under another name: loaded and stored already, only the commit fails.
-    internal(refused(r.add_model("m2", model("add_f32"), options).await));
+    internal(refused(
+        r.add_model(&mk("m2"), model("add_f32"), options).await,
+    ));
     // New bytes: their blob cannot be stored.
-    internal(refused(r.add_model("m", model("mlp"), options).await));
-    internal(refused(r.remove_model("m").await));
+    internal(refused(r.add_model(&mk("m"), model("mlp"), options).await));
+    internal(refused(r.remove_model(&mk("m")).await));
 
     assert_eq!(node.revision(), revision);
-    assert_eq!(r.get_model("m").await.unwrap(), get);
+    assert_eq!(r.get_model(&mk("m")).await.unwrap(), get);
     assert!(matches!(
-        refused(r.get_model("m2").await),
+        refused(r.get_model(&mk("m2")).await),
         RegistryError::ModelNotFound(_)
     ));
-    assert!(r.nn.models.get("m2").is_none() && r.nn.models.get("m").is_some());
+    assert!(r.nn.models.get(&mk("m2")).is_none() && r.nn.models.get(&mk("m")).is_some());
     let names: Vec<_> = (r.list_models(None).await.models.into_iter())
         .map(|m| m.name)
         .collect();
     assert_eq!(names, ["m"]);
 
     node.mend_writes();
-    created(r.add_model("m2", model("add_f32"), options).await);
+    created(r.add_model(&mk("m2"), model("add_f32"), options).await);
     assert_eq!(node.revision(), revision + 1);
-    assert!(r.nn.models.get("m2").is_some());
+    assert!(r.nn.models.get(&mk("m2")).is_some());
 }

@@ -20,7 +20,7 @@ async fn a_deploy_creates_a_live_version_the_request_path_routes() {
 
     assert_eq!(node.routed("echo").as_deref(), Some(v.version.as_str()));
     assert_eq!(node.registry.len(), 1);
-    let got = node.registry.get("echo").await.unwrap();
+    let got = node.registry.get(&fk("echo")).await.unwrap();
     assert_eq!(got.name, "echo");
     assert_eq!(got.live, v.version);
     assert_eq!(got.versions, std::slice::from_ref(&v));
@@ -29,7 +29,7 @@ async fn a_deploy_creates_a_live_version_the_request_path_routes() {
     assert_eq!(list.functions[0].name, "echo");
     assert_eq!(list.functions[0].live, v.version);
     assert_eq!(list.functions[0].versions, 1);
-    assert!(node.registry.logs("echo").await.unwrap().is_empty());
+    assert!(node.registry.logs(&fk("echo")).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -47,7 +47,7 @@ async fn the_same_bytes_and_settings_again_are_the_existing_version_made_live() 
     assert!(again.live);
     assert_eq!(node.revision(), 3);
     assert_eq!(node.routed("f").as_deref(), Some(v1.version.as_str()));
-    let got = node.registry.get("f").await.unwrap();
+    let got = node.registry.get(&fk("f")).await.unwrap();
     assert_eq!(got.live, v1.version);
     let ids: Vec<_> = got
         .versions
@@ -63,7 +63,7 @@ async fn the_same_bytes_and_settings_again_are_the_existing_version_made_live() 
     let same = existing(node.deploy("f", guest("echo")).await);
     assert_eq!(same.version, v1.version);
     assert_eq!(node.revision(), 3);
-    assert_eq!(node.registry.get("f").await.unwrap(), got);
+    assert_eq!(node.registry.get(&fk("f")).await.unwrap(), got);
 }
 
 #[tokio::test]
@@ -73,7 +73,7 @@ async fn the_same_bytes_with_other_settings_are_a_conflict() {
         node.deploy_with("f", guest("echo"), env(&[("A", "1")]), Vec::new())
             .await,
     );
-    let before = node.registry.get("f").await.unwrap();
+    let before = node.registry.get(&fk("f")).await.unwrap();
     let other_env = node
         .deploy_with("f", guest("echo"), env(&[("A", "2")]), Vec::new())
         .await;
@@ -83,30 +83,30 @@ async fn the_same_bytes_with_other_settings_are_a_conflict() {
     let other_limits = node
         .registry
         .deploy(
-            "f",
+            &fk("f"),
             guest("echo"),
-            limits,
-            env(&[("A", "1")]),
-            Vec::new(),
-            false,
+            DeploySettings {
+                limits,
+                ..node.settings(env(&[("A", "1")]), Vec::new())
+            },
         )
         .await;
     assert!(matches!(refused(other_limits), RegistryError::Conflict(_)));
     let public = node
         .registry
         .deploy(
-            "f",
+            &fk("f"),
             guest("echo"),
-            node.limits(),
-            env(&[("A", "1")]),
-            Vec::new(),
-            true,
+            DeploySettings {
+                public: true,
+                ..node.settings(env(&[("A", "1")]), Vec::new())
+            },
         )
         .await;
     assert!(matches!(refused(public), RegistryError::Conflict(_)));
 
     assert_eq!(node.revision(), 1);
-    assert_eq!(node.registry.get("f").await.unwrap(), before);
+    assert_eq!(node.registry.get(&fk("f")).await.unwrap(), before);
     assert_eq!(node.routed("f").as_deref(), Some(v.version.as_str()));
     // The same bytes under another name are another function's first version.
     created(node.deploy("g", guest("echo")).await);
@@ -126,19 +126,19 @@ async fn what_is_not_a_runnable_component_is_refused_and_changes_nothing() {
     }
     assert_eq!(node.revision(), 0);
     assert!(matches!(
-        refused(node.registry.get("f").await),
+        refused(node.registry.get(&fk("f")).await),
         RegistryError::FunctionNotFound(n) if n == "f"
     ));
-    assert!(node.registry.route("f").is_none());
+    assert!(node.registry.route(&fk("f")).is_none());
     assert!(node.registry.list(None).await.functions.is_empty());
 
     // Nor does it touch a function that exists.
     let v = created(node.deploy("f", guest("echo")).await);
-    let before = node.registry.get("f").await.unwrap();
+    let before = node.registry.get(&fk("f")).await.unwrap();
     let e = refused(node.deploy("f", Bytes::from_static(b"\0asm junk")).await);
     assert!(matches!(e, RegistryError::InvalidComponent(_)), "{e:?}");
     assert_eq!(node.revision(), 1);
-    assert_eq!(node.registry.get("f").await.unwrap(), before);
+    assert_eq!(node.registry.get(&fk("f")).await.unwrap(), before);
     assert_eq!(node.routed("f").as_deref(), Some(v.version.as_str()));
 }
 
@@ -150,7 +150,7 @@ async fn a_deploy_naming_no_model_is_invalid() {
         .await;
     assert!(matches!(refused(answer), RegistryError::Invalid(m) if m.contains("`nope`")));
     assert_eq!(node.revision(), 0);
-    assert!(node.registry.route("f").is_none());
+    assert!(node.registry.route(&fk("f")).is_none());
     assert!(node.registry.list(None).await.functions.is_empty());
 }
 
@@ -162,44 +162,48 @@ async fn rollback_moves_live_to_the_previous_or_a_named_version() {
     let v3 = created(node.deploy("f", guest("greet_v1")).await);
     assert_eq!(node.revision(), 3);
 
-    let moved = node.registry.rollback("f", None).await.unwrap();
+    let moved = node.registry.rollback(&fk("f"), None).await.unwrap();
     assert_eq!(
         (moved.name.as_str(), moved.live.as_str()),
         ("f", v2.version.as_str())
     );
     assert_eq!(node.revision(), 4);
     assert_eq!(node.routed("f").as_deref(), Some(v2.version.as_str()));
-    assert_eq!(node.registry.get("f").await.unwrap().live, v2.version);
+    assert_eq!(node.registry.get(&fk("f")).await.unwrap().live, v2.version);
 
     // Again: the one before v2.
-    let moved = node.registry.rollback("f", None).await.unwrap();
+    let moved = node.registry.rollback(&fk("f"), None).await.unwrap();
     assert_eq!(moved.live, v1.version);
     assert_eq!(node.revision(), 5);
 
     // To a prefix, and to a full `sha256:` digest.
     let moved = node
         .registry
-        .rollback("f", Some(&v3.version[..6]))
+        .rollback(&fk("f"), Some(&v3.version[..6]))
         .await
         .unwrap();
     assert_eq!(moved.live, v3.version);
     assert_eq!(node.revision(), 6);
     assert_eq!(node.routed("f").as_deref(), Some(v3.version.as_str()));
-    let moved = node.registry.rollback("f", Some(&v2.digest)).await.unwrap();
+    let moved = node
+        .registry
+        .rollback(&fk("f"), Some(&v2.digest))
+        .await
+        .unwrap();
     assert_eq!(moved.live, v2.version);
     assert_eq!(node.revision(), 7);
 
     // To the live version: nothing to commit.
     let moved = node
         .registry
-        .rollback("f", Some(&v2.version))
+        .rollback(&fk("f"), Some(&v2.version))
         .await
         .unwrap();
     assert_eq!(moved.live, v2.version);
     assert_eq!(node.revision(), 7);
 
     // The versions stay, newest deployed first, whichever is live.
-    let got = node.registry.get("f").await.unwrap();
+    let got = node.registry.get(&fk("f")).await.unwrap();
     let ids: Vec<_> = got
         .versions
         .iter()
@@ -220,12 +224,12 @@ async fn rollback_refusals_change_nothing() {
     let node = node();
     let v1 = created(node.deploy("f", guest("echo")).await);
     let v2 = created(node.deploy("f", guest("hello_plain")).await);
-    node.registry.rollback("f", None).await.unwrap();
+    node.registry.rollback(&fk("f"), None).await.unwrap();
     assert_eq!(node.revision(), 3);
-    let before = node.registry.get("f").await.unwrap();
+    let before = node.registry.get(&fk("f")).await.unwrap();
 
     // Live is the oldest version: nothing before it.
-    let e = refused(node.registry.rollback("f", None).await);
+    let e = refused(node.registry.rollback(&fk("f"), None).await);
     assert!(
         matches!(&e, RegistryError::Invalid(m) if m.contains("oldest")),
         "{e:?}"
@@ -236,23 +240,27 @@ async fn rollback_refusals_change_nothing() {
         .find(|p| !v1.version.starts_with(p) && !v2.version.starts_with(p))
         .unwrap();
     for to in [unknown, &v2.version[..3], "zzzzzz"] {
-        let e = refused(node.registry.rollback("f", Some(to)).await);
+        let e = refused(node.registry.rollback(&fk("f"), Some(to)).await);
         assert!(
             matches!(&e, RegistryError::VersionNotFound { name, version } if name == "f" && version == to),
             "{to}: {e:?}"
         );
     }
     // No such function.
-    let e = refused(node.registry.rollback("nobody", None).await);
+    let e = refused(node.registry.rollback(&fk("nobody"), None).await);
     assert!(
         matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
         "{e:?}"
     );
-    let e = refused(node.registry.rollback("nobody", Some(&v1.version)).await);
+    let e = refused(
+        node.registry
+            .rollback(&fk("nobody"), Some(&v1.version))
+            .await,
+    );
     assert!(matches!(e, RegistryError::FunctionNotFound(_)), "{e:?}");
 
     assert_eq!(node.revision(), 3);
-    assert_eq!(node.registry.get("f").await.unwrap(), before);
+    assert_eq!(node.registry.get(&fk("f")).await.unwrap(), before);
     assert_eq!(node.routed("f").as_deref(), Some(v1.version.as_str()));
 }
 
@@ -262,20 +270,20 @@ async fn versions_past_max_versions_are_dropped_oldest_first_with_their_blobs() 
     let v1 = created(node.deploy("f", guest("echo")).await);
     let v2 = created(node.deploy("f", guest("hello_plain")).await);
     node.registry
-        .rollback("f", Some(&v1.version))
+        .rollback(&fk("f"), Some(&v1.version))
         .await
         .unwrap();
     assert!(node.blob(&v1));
     // A third version is live and pushes out the oldest, even though it was live until now.
     let v3 = created(node.deploy("f", guest("greet_v1")).await);
     assert_eq!(node.revision(), 4);
-    let got = node.registry.get("f").await.unwrap();
+    let got = node.registry.get(&fk("f")).await.unwrap();
     let ids: Vec<_> = got.versions.iter().map(|v| v.version.as_str()).collect();
     assert_eq!(ids, [v3.version.as_str(), v2.version.as_str()]);
     assert!(!node.blob(&v1) && node.blob(&v2) && node.blob(&v3));
-    let e = refused(node.registry.rollback("f", Some(&v1.version)).await);
+    let e = refused(node.registry.rollback(&fk("f"), Some(&v1.version)).await);
     assert!(matches!(e, RegistryError::VersionNotFound { .. }), "{e:?}");
-    let moved = node.registry.rollback("f", None).await.unwrap();
+    let moved = node.registry.rollback(&fk("f"), None).await.unwrap();
     assert_eq!(moved.live, v2.version);
     assert_eq!(node.revision(), 5);
 }
@@ -288,20 +296,20 @@ async fn delete_removes_the_function_and_its_versions() {
     let b = created(node.deploy("b", guest("echo")).await);
     assert_eq!(node.revision(), 3);
 
-    let deleted = node.registry.delete("a").await.unwrap();
+    let deleted = node.registry.delete(&fk("a")).await.unwrap();
     assert_eq!((deleted.name.as_str(), deleted.deleted), ("a", true));
     assert_eq!(node.revision(), 4);
-    assert!(node.registry.route("a").is_none());
+    assert!(node.registry.route(&fk("a")).is_none());
     assert_eq!(node.routed("b").as_deref(), Some(b.version.as_str()));
     assert_eq!(node.registry.len(), 1);
     assert_eq!(node.names(None).await, ["b"]);
     // Its blobs go, but for the bytes `b` still has.
     assert!(!node.blob(&a2) && node.blob(&b));
     for e in [
-        refused(node.registry.get("a").await),
-        refused(node.registry.logs("a").await),
-        refused(node.registry.rollback("a", None).await),
-        refused(node.registry.delete("a").await),
+        refused(node.registry.get(&fk("a")).await),
+        refused(node.registry.logs(&fk("a")).await),
+        refused(node.registry.rollback(&fk("a"), None).await),
+        refused(node.registry.delete(&fk("a")).await),
     ] {
         assert!(
             matches!(&e, RegistryError::FunctionNotFound(n) if n == "a"),
@@ -313,7 +321,7 @@ async fn delete_removes_the_function_and_its_versions() {
     // The name is free again: its old bytes are a new first version.
     let again = created(node.deploy("a", guest("echo")).await);
     assert_eq!(again.version, b.version);
-    assert_eq!(node.registry.get("a").await.unwrap().versions.len(), 1);
+    assert_eq!(node.registry.get(&fk("a")).await.unwrap().versions.len(), 1);
     assert_eq!(node.revision(), 5);
 }
 
@@ -322,17 +330,17 @@ async fn list_get_and_logs_of_what_is_not_there() {
     let node = node();
     assert!(node.registry.list(None).await.functions.is_empty());
     assert!(node.registry.is_empty());
-    let e = refused(node.registry.logs("nobody").await);
+    let e = refused(node.registry.logs(&fk("nobody")).await);
     assert!(
         matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
         "{e:?}"
     );
-    let e = refused(node.registry.get("nobody").await);
+    let e = refused(node.registry.get(&fk("nobody")).await);
     assert!(
         matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
         "{e:?}"
     );
-    let e = refused(node.registry.delete("nobody").await);
+    let e = refused(node.registry.delete(&fk("nobody")).await);
     assert!(
         matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
         "{e:?}"
@@ -342,7 +350,7 @@ async fn list_get_and_logs_of_what_is_not_there() {
     created(node.deploy("zeta", guest("echo")).await);
     let a1 = created(node.deploy("alpha", guest("echo")).await);
     created(node.deploy("alpha", guest("hello_plain")).await);
-    node.registry.rollback("alpha", None).await.unwrap();
+    node.registry.rollback(&fk("alpha"), None).await.unwrap();
     let list = node.registry.list(None).await.functions;
     let rows: Vec<_> = list
         .iter()

@@ -1,5 +1,5 @@
 //! In-process tests of every registry transition: a real [`Registry`] (runtime, metrics, the
-//! data directory's [`crate::store::Store`]) on a temporary data directory, driven through its
+//! data directory's [`crate::store::DataDir`]) on a temporary data directory, driven through its
 //! public operations. Each test checks the answer (or the [`RegistryError`] variant), what the
 //! request path and the admin views show afterwards, and that `DATA/meta.json`'s revision moved
 //! by exactly one per committed change and not at all for a refused one.
@@ -16,9 +16,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use super::{Deploy, Registry, RegistryError};
+use super::{Deploy, DeploySettings, Registry, RegistryError};
 use crate::api;
 use crate::config::{Config, FunctionLimits};
+use crate::key::{FunctionKey, ModelKey};
 use crate::metrics::Metrics;
 use crate::nn::onnx::Onnx;
 use crate::nn::{ModelSet, NnNode};
@@ -119,7 +120,18 @@ impl Node {
         self.config.defaults
     }
 
-    /// Deploys `bytes` as `name` with the default limits and no env, models or `public`.
+    /// The default limits, `env` and `models`, not `public`.
+    fn settings(&self, env: BTreeMap<String, String>, models: Vec<String>) -> DeploySettings {
+        DeploySettings {
+            limits: self.limits(),
+            env,
+            models,
+            public: false,
+        }
+    }
+
+    /// Deploys `bytes` as `name` (`NAME` or `TENANT/NAME`) with the default limits and no env,
+    /// models or `public`.
     async fn deploy(
         &self,
         name: &str,
@@ -136,15 +148,15 @@ impl Node {
         env: BTreeMap<String, String>,
         models: Vec<String>,
     ) -> Result<Deploy<api::VersionView>, RegistryError> {
-        let limits = self.limits();
+        let settings = self.settings(env, models);
         (self.registry)
-            .deploy(name, bytes.into(), limits, env, models, false)
+            .deploy(&fk(name), bytes.into(), settings)
             .await
     }
 
     /// The short id of the version `route(name)` serves, if any.
     fn routed(&self, name: &str) -> Option<String> {
-        self.registry.route(name).map(|d| d.version.to_string())
+        (self.registry.route(&fk(name))).map(|d| d.function.version.to_string())
     }
 
     /// The names `list(owner)` shows.
@@ -152,6 +164,16 @@ impl Node {
         let list = self.registry.list(owner).await;
         list.functions.into_iter().map(|f| f.name).collect()
     }
+}
+
+/// The key of the function `NAME` or `TENANT/NAME`.
+fn fk(s: &str) -> FunctionKey {
+    s.parse().unwrap()
+}
+
+/// The key of the model `NAME` or `TENANT/NAME`.
+fn mk(s: &str) -> ModelKey {
+    s.parse().unwrap()
 }
 
 /// An environment from pairs.

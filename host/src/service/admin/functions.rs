@@ -8,8 +8,7 @@ use serde_json::Value;
 use super::super::HttpService;
 use super::super::body::{BoxBody, RequestBody, json_response, ok, read_body};
 use super::super::query::deploy_settings;
-use super::owner;
-use crate::auth::Caller;
+use super::{Call, Reply, owner};
 use crate::config::format_size;
 use crate::error::ApiError;
 use crate::key::FunctionKey;
@@ -17,12 +16,8 @@ use crate::registry::Deploy;
 
 impl HttpService {
     /// The function routes.
-    pub(super) async fn functions<B: RequestBody>(
-        &self,
-        caller: &Caller,
-        segments: &[&str],
-        req: Request<B>,
-    ) -> Result<Response<BoxBody>, ApiError> {
+    pub(super) async fn functions<B: RequestBody>(&self, call: Call<'_, B>) -> Reply {
+        let Call(caller, segments, req) = call;
         match (segments, req.method()) {
             (["functions"] | ["functions", ""], &Method::GET) => {
                 self.may_manage_functions(caller)?;

@@ -1,22 +1,17 @@
 //! `keys[/{id}]`: a tenant's invoke keys, which callers of its private functions send. Keys
 //! belong to the tenant whose token makes the call; the operator has none.
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
 
 use super::super::HttpService;
-use super::super::body::{BoxBody, RequestBody, json_response, ok};
-use super::owner;
-use crate::auth::Caller;
+use super::super::body::{RequestBody, json_response, ok};
+use super::{Call, Reply, owner};
 use crate::error::ApiError;
 
 impl HttpService {
     /// `keys` (list, create) and `keys/{id}` (remove).
-    pub(super) async fn keys<B: RequestBody>(
-        &self,
-        caller: &Caller,
-        segments: &[&str],
-        req: Request<B>,
-    ) -> Result<Response<BoxBody>, ApiError> {
+    pub(super) async fn keys<B: RequestBody>(&self, call: Call<'_, B>) -> Reply {
+        let Call(caller, segments, req) = call;
         let Some(tenant) = owner(caller) else {
             return Err(ApiError::forbidden(
                 "invoke keys belong to tenants: use a tenant's token",

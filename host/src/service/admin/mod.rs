@@ -20,6 +20,13 @@ use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::key::{FunctionKey, ModelKey};
 
+/// One admin call on its way to its resource's routes: who asks, the path below `/admin/v1/`
+/// split at `/`, and the request.
+pub(super) struct Call<'a, B>(&'a Caller, &'a [&'a str], Request<B>);
+
+/// What a route answers.
+pub(super) type Reply = Result<Response<BoxBody>, ApiError>;
+
 impl HttpService {
     /// The admin API: authenticates the caller, runs the call in the caller's scope, and
     /// records every change in the audit log.
@@ -94,13 +101,14 @@ impl HttpService {
         req: Request<B>,
     ) -> Result<Response<BoxBody>, ApiError> {
         let segments: Vec<&str> = rest.split('/').collect();
+        let call = Call(caller, &segments, req);
         match segments[0] {
-            "tenants" => self.tenants(caller, &segments, req).await,
-            "audit" => self.audit_log(caller, &segments, req).await,
-            "keys" => self.keys(caller, &segments, req).await,
-            "functions" => self.functions(caller, &segments, req).await,
-            "models" => self.models(caller, &segments, req).await,
-            _ => Err(ApiError::not_found(req.uri().path())),
+            "tenants" => self.tenants(call).await,
+            "audit" => self.audit_log(call).await,
+            "keys" => self.keys(call).await,
+            "functions" => self.functions(call).await,
+            "models" => self.models(call).await,
+            _ => Err(ApiError::not_found(call.2.uri().path())),
         }
     }
 

@@ -2,25 +2,20 @@
 //! models have an operator namespace on every node: the operator's models are shared, and a
 //! tenant may read them besides its own.
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
 
 use super::super::HttpService;
-use super::super::body::{BoxBody, RequestBody, json_response, ok, read_body};
+use super::super::body::{RequestBody, json_response, ok, read_body};
 use super::super::query::{check_name, model_options};
-use super::owner;
-use crate::auth::Caller;
+use super::{Call, Reply, owner};
 use crate::error::ApiError;
 use crate::key::ModelKey;
 use crate::registry::Deploy;
 
 impl HttpService {
     /// The model routes.
-    pub(super) async fn models<B: RequestBody>(
-        &self,
-        caller: &Caller,
-        segments: &[&str],
-        req: Request<B>,
-    ) -> Result<Response<BoxBody>, ApiError> {
+    pub(super) async fn models<B: RequestBody>(&self, call: Call<'_, B>) -> Reply {
+        let Call(caller, segments, req) = call;
         match (segments, req.method()) {
             (["models"] | ["models", ""], &Method::GET) => {
                 ok(self.registry.list_models(owner(caller)).await)

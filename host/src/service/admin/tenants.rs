@@ -3,24 +3,20 @@
 //! and only for the operator token, checked before anything else so that neither a tenant nor a
 //! node without tenants learns more than that.
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 
 use super::super::HttpService;
-use super::super::body::{BoxBody, RequestBody, json_response, ok, read_body};
+use super::super::body::{RequestBody, json_response, ok, read_body};
 use super::super::query::{audit_limit, check_name};
-use super::owner;
+use super::{Call, Reply, owner};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::registry::QuotaPatch;
 
 impl HttpService {
     /// `tenants`, `tenants/{name}`, `tenants/{name}/token`.
-    pub(super) async fn tenants<B: RequestBody>(
-        &self,
-        caller: &Caller,
-        segments: &[&str],
-        req: Request<B>,
-    ) -> Result<Response<BoxBody>, ApiError> {
+    pub(super) async fn tenants<B: RequestBody>(&self, call: Call<'_, B>) -> Reply {
+        let Call(caller, segments, req) = call;
         self.operator_of_tenants(caller)?;
         match (segments, req.method()) {
             (["tenants"] | ["tenants", ""], &Method::GET) => ok(self.registry.list_tenants().await),
@@ -49,12 +45,8 @@ impl HttpService {
     }
 
     /// `audit?limit=N`: the newest admin changes.
-    pub(super) async fn audit_log<B: RequestBody>(
-        &self,
-        caller: &Caller,
-        segments: &[&str],
-        req: Request<B>,
-    ) -> Result<Response<BoxBody>, ApiError> {
+    pub(super) async fn audit_log<B: RequestBody>(&self, call: Call<'_, B>) -> Reply {
+        let Call(caller, segments, req) = call;
         if segments != ["audit"] {
             return Err(ApiError::not_found(req.uri().path()));
         }
