@@ -257,7 +257,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         onnx,
         models: ModelSet::default(),
         guest_load_limit: config.guest_model_load,
-        guest_load_metrics: metrics.model("guest-bytes"),
+        guest_load_metrics: metrics.model(crate::nn::GUEST_LOADED),
     });
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn))?);
     let registry = Arc::new(

@@ -138,7 +138,7 @@ impl graph::Host for NnView<'_> {
         }
         let metrics = Arc::clone(&node.guest_load_metrics);
         let built = tokio::task::spawn_blocking(move || {
-            let name = "(guest bytes)";
+            let name = super::GUEST_LOADED;
             let sessions = onnx.sessions(name, &bytes, 1, ModelOptions::default(), &metrics)?;
             Ok::<_, LoadError>(Model::new(name, Arc::new(sessions), metrics))
         })

@@ -75,6 +75,10 @@ impl ModelSet {
     }
 }
 
+/// The `model` label of models guests load from bytes: not a valid model name, so no model
+/// added to the node can share its series.
+pub const GUEST_LOADED: &str = "(guest bytes)";
+
 /// What every request's wasi:nn shares: ONNX Runtime (if it loaded), the node's models, and the
 /// policy for models loaded from guest bytes.
 pub struct NnNode {

@@ -219,21 +219,16 @@ impl Onnx {
             queue: Arc::new(Queue::default()),
         };
         let max_batch = options.max_batch.clamp(1, MAX_BATCH);
-        for (i, mut session) in pool.into_iter().enumerate() {
-            let queue = Arc::clone(&loaded.queue);
-            let started = std::thread::Builder::new()
-                .name(format!("tensorlet-nn-{i}"))
-                .spawn(move || {
-                    queue::serve(&queue, max_batch, |inputs| {
-                        run_session(&mut session, cuda, inputs)
-                    })
-                });
-            if let Err(e) = started {
-                return Err(LoadError::Internal(format!(
-                    "cannot start an inference thread: {e}"
-                )));
-            }
-        }
+        let runners = pool.into_iter().map(|mut session| {
+            move |inputs: CheckedInputs| run_session(&mut session, cuda, inputs)
+        });
+        queue::start_threads(&loaded.queue, runners, max_batch, |name, serve| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(serve)
+                .map(drop)
+        })
+        .map_err(|e| LoadError::Internal(format!("cannot start an inference thread: {e}")))?;
         Ok(loaded)
     }
 }

@@ -157,6 +157,32 @@ pub fn serve(queue: &Queue, max_batch: u32, mut run: impl FnMut(CheckedInputs) -
     }
 }
 
+/// Starts a thread per runner (one per session), each serving `queue`, through `spawn` (a name
+/// and the thread's work). If one cannot start, the queue is closed, so the threads already
+/// started end instead of waiting for jobs that never come, and the error is returned.
+pub fn start_threads<R>(
+    queue: &Arc<Queue>,
+    runners: impl IntoIterator<Item = R>,
+    max_batch: u32,
+    spawn: impl Fn(String, Box<dyn FnOnce() + Send>) -> std::io::Result<()>,
+) -> std::io::Result<()>
+where
+    R: FnMut(CheckedInputs) -> NnResult<Named> + Send + 'static,
+{
+    for (i, run) in runners.into_iter().enumerate() {
+        let q = Arc::clone(queue);
+        let started = spawn(
+            format!("tensorlet-nn-{i}"),
+            Box::new(move || serve(&q, max_batch, run)),
+        );
+        if let Err(e) = started {
+            queue.close();
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 type Reply = (
     Arc<ModelMetrics>,
     tokio::sync::oneshot::Sender<NnResult<Named>>,
@@ -278,6 +304,37 @@ mod tests {
         assert_eq!(next[0].inputs.tensors()[0].1.dims, vec![1, 2]);
         queue.close();
         assert!(queue.take(4).is_none());
+    }
+
+    #[test]
+    fn a_thread_that_cannot_start_ends_the_ones_already_started() {
+        let queue = Arc::new(Queue::default());
+        let (ended, threads_ended) = std::sync::mpsc::channel();
+        let runners = (0..3).map(|_| |_: CheckedInputs| -> NnResult<Named> { Ok(Vec::new()) });
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let result = start_threads(&queue, runners, 1, |name, serve| {
+            if started.fetch_add(1, Ordering::Relaxed) == 1 {
+                return Err(std::io::Error::other("no more threads"));
+            }
+            let ended = ended.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    serve();
+                    let _ = ended.send(());
+                })
+                .map(drop)
+        });
+        assert!(result.is_err());
+        // The one thread that started ends (bounded wait: a parked thread would never send).
+        threads_ended
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the started thread ended");
+        assert_eq!(
+            started.load(Ordering::Relaxed),
+            2,
+            "no thread started after the failure"
+        );
     }
 
     #[test]

@@ -221,7 +221,7 @@ mod tests {
             onnx: None,
             models: ModelSet::default(),
             guest_load_limit: None,
-            guest_load_metrics: Metrics::default().model("guest-bytes"),
+            guest_load_metrics: Metrics::default().model(crate::nn::GUEST_LOADED),
         };
         Runtime::new(&config, Arc::new(nn)).unwrap()
     }

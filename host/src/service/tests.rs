@@ -62,7 +62,7 @@ fn node(toml: &str) -> TestNode {
         onnx: None,
         models: ModelSet::default(),
         guest_load_limit: config.guest_model_load,
-        guest_load_metrics: metrics.model("guest-bytes"),
+        guest_load_metrics: metrics.model(crate::nn::GUEST_LOADED),
     });
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn)).unwrap());
     let registry = Registry::open(

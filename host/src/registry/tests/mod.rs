@@ -60,7 +60,7 @@ fn node_with(toml: &str, onnx: bool) -> Node {
         onnx: if onnx { Some(onnx_runtime()) } else { None },
         models: ModelSet::default(),
         guest_load_limit: config.guest_model_load,
-        guest_load_metrics: metrics.model("guest-bytes"),
+        guest_load_metrics: metrics.model(crate::nn::GUEST_LOADED),
     });
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn)).unwrap());
     let registry = Registry::open(Arc::clone(&config), runtime, metrics, nn).unwrap();
