@@ -349,16 +349,12 @@ impl Registry {
         name: &FunctionKey,
         digest: &str,
     ) -> Result<(), RegistryError> {
-        let f = (state.meta.functions.get(name))
-            .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
+        let f = rules::function(&state.meta, name)?;
         if f.live == digest {
             return Ok(());
         }
         self.commit(state, |meta| {
-            let f = meta
-                .functions
-                .get_mut(name)
-                .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
+            let f = rules::function_mut(meta, name)?;
             f.make_live(digest, now_rfc3339());
             Ok(())
         })
@@ -373,11 +369,7 @@ impl Registry {
         to: Option<&str>,
     ) -> Result<api::LiveMoved, RegistryError> {
         let mut state = self.admin.lock().await;
-        let f = state
-            .meta
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
+        let f = rules::function(&state.meta, name)?;
         let target = match to {
             Some(to) => resolve(name.name(), f, to)?.digest.clone(),
             None => {

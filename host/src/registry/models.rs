@@ -182,11 +182,7 @@ impl Registry {
     /// One model with its versions, newest first, and its declared inputs and outputs.
     pub async fn get_model(&self, name: &ModelKey) -> Result<api::ModelView, RegistryError> {
         let state = self.admin.lock().await;
-        let m = state
-            .meta
-            .models
-            .get(name)
-            .ok_or_else(|| RegistryError::model_not_found(name.name()))?;
+        let m = super::rules::model(&state.meta, name)?;
         let versions = (m.versions.iter().rev())
             .map(|v| model_version_view(v, v.digest == m.live))
             .collect();

@@ -8,7 +8,7 @@ use super::RegistryError;
 use super::tenants;
 use crate::config::FunctionLimits;
 use crate::key::{FunctionKey, Key, ModelKey};
-use crate::store::{self, FunctionRecord, Meta, TenantRecord, VersionRecord};
+use crate::store::{self, FunctionRecord, Meta, ModelRecord, TenantRecord, VersionRecord};
 
 /// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
 /// first, else a shared (operator's) model `{name}`.
@@ -118,6 +118,32 @@ pub(super) fn check_tenant_deploy(
         )));
     }
     Ok(())
+}
+
+/// Function `name`'s record, or why there is none.
+pub(super) fn function<'a>(
+    meta: &'a Meta,
+    name: &FunctionKey,
+) -> Result<&'a FunctionRecord, RegistryError> {
+    (meta.functions.get(name)).ok_or_else(|| RegistryError::function_not_found(name.name()))
+}
+
+/// Function `name`'s record to change, or why there is none.
+pub(super) fn function_mut<'a>(
+    meta: &'a mut Meta,
+    name: &FunctionKey,
+) -> Result<&'a mut FunctionRecord, RegistryError> {
+    (meta.functions.get_mut(name)).ok_or_else(|| RegistryError::function_not_found(name.name()))
+}
+
+/// Model `name`'s record, or why there is none.
+pub(super) fn model<'a>(meta: &'a Meta, name: &ModelKey) -> Result<&'a ModelRecord, RegistryError> {
+    (meta.models.get(name)).ok_or_else(|| RegistryError::model_not_found(name.name()))
+}
+
+/// Tenant `name`'s record, or why there is none.
+pub(super) fn tenant<'a>(meta: &'a Meta, name: &str) -> Result<&'a TenantRecord, RegistryError> {
+    (meta.tenants.get(name)).ok_or_else(|| RegistryError::tenant_not_found(name))
 }
 
 /// Whether function `name` has a version with `digest`.

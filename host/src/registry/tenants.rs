@@ -455,11 +455,7 @@ impl Registry {
     /// The tenant's invoke keys (ids and dates, never the keys).
     pub async fn list_keys(&self, tenant: &str) -> Result<api::KeyList, RegistryError> {
         let state = self.admin.lock().await;
-        let t = state
-            .meta
-            .tenants
-            .get(tenant)
-            .ok_or_else(|| RegistryError::tenant_not_found(tenant))?;
+        let t = super::rules::tenant(&state.meta, tenant)?;
         let keys = (t.keys.iter())
             .map(|(id, k)| api::KeySummary {
                 id: id.clone(),

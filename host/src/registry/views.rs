@@ -29,11 +29,7 @@ impl Registry {
     /// One function with its versions, newest first.
     pub async fn get(&self, name: &FunctionKey) -> Result<api::FunctionView, RegistryError> {
         let state = self.admin.lock().await;
-        let f = state
-            .meta
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::function_not_found(name.name()))?;
+        let f = super::rules::function(&state.meta, name)?;
         Ok(api::FunctionView {
             name: name.name().to_string(),
             live: store::short_id(&f.live).to_string(),
