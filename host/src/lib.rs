@@ -27,3 +27,5 @@ pub mod time;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod test_support;

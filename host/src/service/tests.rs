@@ -5,8 +5,6 @@
 //! same contract through the binary.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,11 +15,8 @@ use serde_json::Value;
 use super::HttpService;
 use crate::audit::Audit;
 use crate::auth;
-use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::nn::{ModelSet, NnNode};
-use crate::registry::Registry;
-use crate::runtime::Runtime;
+use crate::test_support::{TempDir, guest, node_parts};
 
 /// The operator token of the nodes with tenants below.
 const OPERATOR: &str = "tlo_service-tests";
@@ -30,62 +25,29 @@ const OPERATOR: &str = "tlo_service-tests";
 struct TestNode {
     service: HttpService,
     metrics: Arc<Metrics>,
-    dir: PathBuf,
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: TempDir,
 }
 
 /// A node configured by `toml` (plus its data directory); with tenants it takes [`OPERATOR`].
+/// No ONNX Runtime: the functions here do not use wasi:nn, and model uploads then fail with a
+/// 503 the tests use.
 fn node(toml: &str) -> TestNode {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tensorlet-service-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = Config::from_toml(&format!(
-        "data_dir = {:?}\n{toml}",
-        dir.display().to_string()
-    ))
-    .unwrap();
-    let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::default());
-    // No ONNX Runtime: the functions here do not use wasi:nn, and model uploads then fail
-    // with a 503 the tests use.
-    let nn = Arc::new(NnNode {
-        onnx: None,
-        models: ModelSet::default(),
-        guest_load_limit: config.guest_model_load,
-        guest_load_metrics: metrics.model(crate::nn::GUEST_LOADED),
-    });
-    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn)).unwrap());
-    let registry = Registry::open(
-        Arc::clone(&config),
-        Arc::clone(&runtime),
-        Arc::clone(&metrics),
-        nn,
-    )
-    .unwrap();
-    let audit = Audit::open(&dir, config.audit_log_max).unwrap();
+    let parts = node_parts("service", toml, None);
+    let config = parts.config;
+    let audit = Audit::open(&parts.dir, config.audit_log_max).unwrap();
     let operator = config.tenants.then(|| auth::hash(OPERATOR));
     let service = HttpService::new(
         Arc::clone(&config),
-        Arc::new(registry),
-        runtime,
-        Arc::clone(&metrics),
+        Arc::new(parts.registry),
+        parts.runtime,
+        Arc::clone(&parts.metrics),
         operator,
         audit,
     );
     TestNode {
         service,
-        metrics,
-        dir,
+        metrics: parts.metrics,
+        _dir: parts.dir,
     }
 }
 
@@ -179,19 +141,6 @@ impl TestNode {
             .find_map(|l| l.strip_prefix(&series))
             .map_or(0, |n| n.parse().unwrap())
     }
-}
-
-/// The bytes of a guest built by scripts/build-guests.sh (or by the integration tests).
-fn guest(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{} ({e}): build the guests with scripts/build-guests.sh",
-            path.display()
-        )
-    })
 }
 
 #[tokio::test]

@@ -53,10 +53,7 @@ async fn a_function_change_that_cannot_be_saved_changes_nothing() {
     assert_eq!(r.list(None).await, list);
     assert_eq!(node.routed("a").as_deref(), Some(v2.version.as_str()));
     assert!(r.route(&fk("b")).is_none());
-    assert!(matches!(
-        refused(r.get(&fk("b")).await),
-        RegistryError::FunctionNotFound(_)
-    ));
+    assert_refused!(r.get(&fk("b")).await, RegistryError::FunctionNotFound(_));
 
     // Writable again: each change is one commit on top of the last saved one.
     node.mend_writes();
@@ -72,10 +69,7 @@ async fn a_function_change_that_cannot_be_saved_changes_nothing() {
 async fn a_tenant_change_that_cannot_be_saved_changes_nothing() {
     let node = node_with("tenants = true", false);
     let r = &node.registry;
-    let created = r
-        .create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
+    let created = node.create_tenant("acme").await;
     let (_, token) = auth::parse_tenant_token(&created.token).unwrap();
     let key = r.create_key("acme").await.unwrap();
     let (_, id, secret) = auth::parse_key(&key.key).unwrap();
@@ -109,47 +103,36 @@ async fn a_tenant_change_that_cannot_be_saved_changes_nothing() {
     assert!(live.token_matches(token) && live.key_matches(id, secret));
 
     node.mend_writes();
-    r.create_tenant("beta", &QuotaPatch::default())
-        .await
-        .unwrap();
+    node.create_tenant("beta").await;
     assert_eq!(node.revision(), 3);
 }
 
-#[tokio::test]
-#[cfg_attr(
-    not(onnxruntime),
-    ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
-)]
-async fn a_model_change_that_cannot_be_saved_changes_nothing() {
-    let node = node_with("", true);
-    let r = &node.registry;
-    let options = crate::nn::onnx::ModelOptions::default();
-    created(r.add_model(&mk("m"), model("add_f32"), options).await);
-    let (get, revision) = (r.get_model(&mk("m")).await.unwrap(), node.revision());
-    node.break_writes();
+onnx_test! {
+    async fn a_model_change_that_cannot_be_saved_changes_nothing() {
+        let node = node_with_m().await;
+        let r = &node.registry;
+        let options = ModelOptions::default();
+        let (get, revision) = (r.get_model(&mk("m")).await.unwrap(), node.revision());
+        node.break_writes();
 
-    // The same bytes under another name: loaded and stored already, only the commit fails.
-    internal(refused(
-        r.add_model(&mk("m2"), model("add_f32"), options).await,
-    ));
-    // New bytes: their blob cannot be stored.
-    internal(refused(r.add_model(&mk("m"), model("mlp"), options).await));
-    internal(refused(r.remove_model(&mk("m")).await));
+        // The same bytes under another name: loaded and stored already, only the commit fails.
+        internal(refused(r.add_model(&mk("m2"), model("add_f32"), options).await));
+        // New bytes: their blob cannot be stored.
+        internal(refused(r.add_model(&mk("m"), model("mlp"), options).await));
+        internal(refused(r.remove_model(&mk("m")).await));
 
-    assert_eq!(node.revision(), revision);
-    assert_eq!(r.get_model(&mk("m")).await.unwrap(), get);
-    assert!(matches!(
-        refused(r.get_model(&mk("m2")).await),
-        RegistryError::ModelNotFound(_)
-    ));
-    assert!(r.nn.models.get(&mk("m2")).is_none() && r.nn.models.get(&mk("m")).is_some());
-    let names: Vec<_> = (r.list_models(None).await.models.into_iter())
-        .map(|m| m.name)
-        .collect();
-    assert_eq!(names, ["m"]);
+        assert_eq!(node.revision(), revision);
+        assert_eq!(r.get_model(&mk("m")).await.unwrap(), get);
+        assert_refused!(r.get_model(&mk("m2")).await, RegistryError::ModelNotFound(_));
+        assert!(r.nn.models.get(&mk("m2")).is_none() && r.nn.models.get(&mk("m")).is_some());
+        let names: Vec<_> = (r.list_models(None).await.models.into_iter())
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["m"]);
 
-    node.mend_writes();
-    created(r.add_model(&mk("m2"), model("add_f32"), options).await);
-    assert_eq!(node.revision(), revision + 1);
-    assert!(r.nn.models.get(&mk("m2")).is_some());
+        node.mend_writes();
+        created(r.add_model(&mk("m2"), model("add_f32"), options).await);
+        assert_eq!(node.revision(), revision + 1);
+        assert!(r.nn.models.get(&mk("m2")).is_some());
+    }
 }

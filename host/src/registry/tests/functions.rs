@@ -2,6 +2,23 @@
 
 use super::*;
 
+impl Node {
+    /// Rolls `name` back (to the version `to` names, else the one before the live one) and
+    /// returns the short id of the version now live.
+    async fn roll_back(&self, name: &str, to: Option<&str>) -> String {
+        let moved = self.registry.rollback(&fk(name), to).await.unwrap();
+        moved.live
+    }
+}
+
+/// `(version, live)` of each version a function view shows, in its order.
+fn versions(f: &api::FunctionView) -> Vec<(&str, bool)> {
+    f.versions
+        .iter()
+        .map(|v| (v.version.as_str(), v.live))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_deploy_creates_a_live_version_the_request_path_routes() {
     let node = node();
@@ -49,13 +66,8 @@ async fn the_same_bytes_and_settings_again_are_the_existing_version_made_live() 
     assert_eq!(node.routed("f").as_deref(), Some(v1.version.as_str()));
     let got = node.registry.get(&fk("f")).await.unwrap();
     assert_eq!(got.live, v1.version);
-    let ids: Vec<_> = got
-        .versions
-        .iter()
-        .map(|v| (v.version.as_str(), v.live))
-        .collect();
     assert_eq!(
-        ids,
+        versions(&got),
         [(v2.version.as_str(), false), (v1.version.as_str(), true)]
     );
 
@@ -77,7 +89,7 @@ async fn the_same_bytes_with_other_settings_are_a_conflict() {
     let other_env = node
         .deploy_with("f", guest("echo"), env(&[("A", "2")]), Vec::new())
         .await;
-    assert!(matches!(refused(other_env), RegistryError::Conflict(m) if m.contains(&v.version)),);
+    assert_refused!(other_env, RegistryError::Conflict(m) if m.contains(&v.version));
     let mut limits = node.limits();
     limits.timeout_ms += 1;
     let other_limits = node
@@ -91,7 +103,7 @@ async fn the_same_bytes_with_other_settings_are_a_conflict() {
             },
         )
         .await;
-    assert!(matches!(refused(other_limits), RegistryError::Conflict(_)));
+    assert_refused!(other_limits, RegistryError::Conflict(_));
     let public = node
         .registry
         .deploy(
@@ -103,7 +115,7 @@ async fn the_same_bytes_with_other_settings_are_a_conflict() {
             },
         )
         .await;
-    assert!(matches!(refused(public), RegistryError::Conflict(_)));
+    assert_refused!(public, RegistryError::Conflict(_));
 
     assert_eq!(node.revision(), 1);
     assert_eq!(node.registry.get(&fk("f")).await.unwrap(), before);
@@ -121,22 +133,27 @@ async fn what_is_not_a_runnable_component_is_refused_and_changes_nothing() {
         guest("not-handler"),
         guest("unknown-import"),
     ] {
-        let e = refused(node.deploy("f", bad).await);
-        assert!(matches!(e, RegistryError::InvalidComponent(_)), "{e:?}");
+        assert_refused!(
+            node.deploy("f", bad).await,
+            RegistryError::InvalidComponent(_)
+        );
     }
     assert_eq!(node.revision(), 0);
-    assert!(matches!(
-        refused(node.registry.get(&fk("f")).await),
+    assert_refused!(
+        node.registry.get(&fk("f")).await,
         RegistryError::FunctionNotFound(n) if n == "f"
-    ));
+    );
     assert!(node.registry.route(&fk("f")).is_none());
     assert!(node.registry.list(None).await.functions.is_empty());
 
     // Nor does it touch a function that exists.
     let v = created(node.deploy("f", guest("echo")).await);
     let before = node.registry.get(&fk("f")).await.unwrap();
-    let e = refused(node.deploy("f", Bytes::from_static(b"\0asm junk")).await);
-    assert!(matches!(e, RegistryError::InvalidComponent(_)), "{e:?}");
+    let junk = Bytes::from_static(b"\0asm junk");
+    assert_refused!(
+        node.deploy("f", junk).await,
+        RegistryError::InvalidComponent(_)
+    );
     assert_eq!(node.revision(), 1);
     assert_eq!(node.registry.get(&fk("f")).await.unwrap(), before);
     assert_eq!(node.routed("f").as_deref(), Some(v.version.as_str()));
@@ -148,7 +165,7 @@ async fn a_deploy_naming_no_model_is_invalid() {
     let answer = node
         .deploy_with("f", guest("echo"), env(&[]), vec!["nope".into()])
         .await;
-    assert!(matches!(refused(answer), RegistryError::Invalid(m) if m.contains("`nope`")));
+    assert_refused!(answer, RegistryError::Invalid(m) if m.contains("`nope`"));
     assert_eq!(node.revision(), 0);
     assert!(node.registry.route(&fk("f")).is_none());
     assert!(node.registry.list(None).await.functions.is_empty());
@@ -172,45 +189,25 @@ async fn rollback_moves_live_to_the_previous_or_a_named_version() {
     assert_eq!(node.registry.get(&fk("f")).await.unwrap().live, v2.version);
 
     // Again: the one before v2.
-    let moved = node.registry.rollback(&fk("f"), None).await.unwrap();
-    assert_eq!(moved.live, v1.version);
+    assert_eq!(node.roll_back("f", None).await, v1.version);
     assert_eq!(node.revision(), 5);
 
     // To a prefix, and to a full `sha256:` digest.
-    let moved = node
-        .registry
-        .rollback(&fk("f"), Some(&v3.version[..6]))
-        .await
-        .unwrap();
-    assert_eq!(moved.live, v3.version);
+    let prefix = &v3.version[..6];
+    assert_eq!(node.roll_back("f", Some(prefix)).await, v3.version);
     assert_eq!(node.revision(), 6);
     assert_eq!(node.routed("f").as_deref(), Some(v3.version.as_str()));
-    let moved = node
-        .registry
-        .rollback(&fk("f"), Some(&v2.digest))
-        .await
-        .unwrap();
-    assert_eq!(moved.live, v2.version);
+    assert_eq!(node.roll_back("f", Some(&v2.digest)).await, v2.version);
     assert_eq!(node.revision(), 7);
 
     // To the live version: nothing to commit.
-    let moved = node
-        .registry
-        .rollback(&fk("f"), Some(&v2.version))
-        .await
-        .unwrap();
-    assert_eq!(moved.live, v2.version);
+    assert_eq!(node.roll_back("f", Some(&v2.version)).await, v2.version);
     assert_eq!(node.revision(), 7);
 
     // The versions stay, newest deployed first, whichever is live.
     let got = node.registry.get(&fk("f")).await.unwrap();
-    let ids: Vec<_> = got
-        .versions
-        .iter()
-        .map(|v| (v.version.as_str(), v.live))
-        .collect();
     assert_eq!(
-        ids,
+        versions(&got),
         [
             (v3.version.as_str(), false),
             (v2.version.as_str(), true),
@@ -229,10 +226,9 @@ async fn rollback_refusals_change_nothing() {
     let before = node.registry.get(&fk("f")).await.unwrap();
 
     // Live is the oldest version: nothing before it.
-    let e = refused(node.registry.rollback(&fk("f"), None).await);
-    assert!(
-        matches!(&e, RegistryError::Invalid(m) if m.contains("oldest")),
-        "{e:?}"
+    assert_refused!(
+        node.registry.rollback(&fk("f"), None).await,
+        RegistryError::Invalid(m) if m.contains("oldest")
     );
     // No version by that name: unknown hex, too short, not hex.
     let unknown = ["0000", "ffff"]
@@ -247,17 +243,15 @@ async fn rollback_refusals_change_nothing() {
         );
     }
     // No such function.
-    let e = refused(node.registry.rollback(&fk("nobody"), None).await);
-    assert!(
-        matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
-        "{e:?}"
+    assert_refused!(
+        node.registry.rollback(&fk("nobody"), None).await,
+        RegistryError::FunctionNotFound(n) if n == "nobody"
     );
-    let e = refused(
-        node.registry
-            .rollback(&fk("nobody"), Some(&v1.version))
-            .await,
-    );
-    assert!(matches!(e, RegistryError::FunctionNotFound(_)), "{e:?}");
+    let to_v1 = node
+        .registry
+        .rollback(&fk("nobody"), Some(&v1.version))
+        .await;
+    assert_refused!(to_v1, RegistryError::FunctionNotFound(_));
 
     assert_eq!(node.revision(), 3);
     assert_eq!(node.registry.get(&fk("f")).await.unwrap(), before);
@@ -281,8 +275,8 @@ async fn versions_past_max_versions_are_dropped_oldest_first_with_their_blobs() 
     let ids: Vec<_> = got.versions.iter().map(|v| v.version.as_str()).collect();
     assert_eq!(ids, [v3.version.as_str(), v2.version.as_str()]);
     assert!(!node.blob(&v1) && node.blob(&v2) && node.blob(&v3));
-    let e = refused(node.registry.rollback(&fk("f"), Some(&v1.version)).await);
-    assert!(matches!(e, RegistryError::VersionNotFound { .. }), "{e:?}");
+    let to_v1 = node.registry.rollback(&fk("f"), Some(&v1.version)).await;
+    assert_refused!(to_v1, RegistryError::VersionNotFound { .. });
     let moved = node.registry.rollback(&fk("f"), None).await.unwrap();
     assert_eq!(moved.live, v2.version);
     assert_eq!(node.revision(), 5);
@@ -330,21 +324,16 @@ async fn list_get_and_logs_of_what_is_not_there() {
     let node = node();
     assert!(node.registry.list(None).await.functions.is_empty());
     assert!(node.registry.is_empty());
-    let e = refused(node.registry.logs(&fk("nobody")).await);
-    assert!(
-        matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
-        "{e:?}"
-    );
-    let e = refused(node.registry.get(&fk("nobody")).await);
-    assert!(
-        matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
-        "{e:?}"
-    );
-    let e = refused(node.registry.delete(&fk("nobody")).await);
-    assert!(
-        matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
-        "{e:?}"
-    );
+    for e in [
+        refused(node.registry.logs(&fk("nobody")).await),
+        refused(node.registry.get(&fk("nobody")).await),
+        refused(node.registry.delete(&fk("nobody")).await),
+    ] {
+        assert!(
+            matches!(&e, RegistryError::FunctionNotFound(n) if n == "nobody"),
+            "{e:?}"
+        );
+    }
 
     // The list is sorted by name and shows each function's live version and count.
     created(node.deploy("zeta", guest("echo")).await);

@@ -4,6 +4,29 @@
 //! request path and the admin views show afterwards, and that `DATA/meta.json`'s revision moved
 //! by exactly one per committed change and not at all for a refused one.
 
+/// Asserts that `answer` (a `Result<_, RegistryError>`) was refused with an error that matches
+/// `pattern` (against `&RegistryError`, guard and all), and shows the error when it does not.
+macro_rules! assert_refused {
+    ($answer:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {{
+        let e = refused($answer);
+        assert!(matches!(&e, $pattern $(if $guard)?), "{e:?}");
+    }};
+}
+
+/// Declares a `#[tokio::test]` that needs ONNX Runtime: `#[ignore]`d, with the reason, when
+/// host/build.rs did not find it (`cfg(onnxruntime)`), as tests/integration's `nn_test!` does.
+macro_rules! onnx_test {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[tokio::test]
+        #[cfg_attr(
+            not(onnxruntime),
+            ignore = "needs ONNX Runtime: run scripts/fetch-onnxruntime.sh"
+        )]
+        async fn $name() $body
+    };
+}
+
 mod failures;
 mod functions;
 mod models;
@@ -11,7 +34,6 @@ mod tenants;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -20,60 +42,44 @@ use super::{Deploy, DeploySettings, Registry, RegistryError};
 use crate::api;
 use crate::config::{Config, FunctionLimits};
 use crate::key::{FunctionKey, ModelKey};
-use crate::metrics::Metrics;
-use crate::nn::onnx::Onnx;
-use crate::nn::{ModelSet, NnNode};
-use crate::runtime::Runtime;
+use crate::nn::onnx::{ModelOptions, Onnx};
+use crate::test_support::{TempDir, fixture, guest, node_parts};
 
-/// A registry on its own data directory (removed when dropped).
+/// A registry on its own data directory (removed when dropped; the failure tests may leave
+/// `tmp` in it as a file).
 struct Node {
     registry: Registry,
     config: Arc<Config>,
-    dir: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // The failure tests may leave `tmp` as a file; remove_dir_all takes it either way.
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    dir: TempDir,
 }
 
 /// A node configured by `toml` (plus its data directory), with ONNX Runtime when `onnx`.
 fn node_with(toml: &str, onnx: bool) -> Node {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tensorlet-registry-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = Config::from_toml(&format!(
-        "data_dir = {:?}\n{toml}",
-        dir.display().to_string()
-    ))
-    .unwrap();
-    let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::default());
-    let nn = Arc::new(NnNode {
-        onnx: if onnx { Some(onnx_runtime()) } else { None },
-        models: ModelSet::default(),
-        guest_load_limit: config.guest_model_load,
-        guest_load_metrics: metrics.model(crate::nn::GUEST_LOADED),
-    });
-    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn)).unwrap());
-    let registry = Registry::open(Arc::clone(&config), runtime, metrics, nn).unwrap();
+    let parts = node_parts("registry", toml, onnx.then(onnx_runtime));
     Node {
-        registry,
-        config,
-        dir,
+        registry: parts.registry,
+        config: parts.config,
+        dir: parts.dir,
     }
 }
 
 /// A single-user node without ONNX Runtime.
 fn node() -> Node {
     node_with("", false)
+}
+
+/// A single-user node with ONNX Runtime and the model `m` (tests/models/add_f32.onnx, the
+/// default options: CPU, max batch 1) added: revision 1.
+async fn node_with_m() -> Node {
+    let node = node_with("", true);
+    let options = ModelOptions::default();
+    created(
+        node.registry
+            .add_model(&mk("m"), model("add_f32"), options)
+            .await,
+    );
+    assert_eq!(node.revision(), 1);
+    node
 }
 
 /// ONNX Runtime, loaded once per test process (as `tensorlet serve` loads it) from
@@ -154,6 +160,12 @@ impl Node {
             .await
     }
 
+    /// Creates the tenant `name` with the default quotas.
+    async fn create_tenant(&self, name: &str) -> api::CreatedTenant {
+        let patch = api::QuotaPatch::default();
+        self.registry.create_tenant(name, &patch).await.unwrap()
+    }
+
     /// The short id of the version `route(name)` serves, if any.
     fn routed(&self, name: &str) -> Option<String> {
         (self.registry.route(&fk(name))).map(|d| d.function.version.to_string())
@@ -184,26 +196,12 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The bytes of a guest built by scripts/build-guests.sh.
-fn guest(name: &str) -> Bytes {
-    fixture(
-        &format!("../target/wasm/wasm32-wasip2/release/{name}.wasm"),
-        "build the guests with scripts/build-guests.sh",
-    )
-}
-
 /// The bytes of a test model in tests/models.
 fn model(name: &str) -> Bytes {
     fixture(
         &format!("../tests/models/{name}.onnx"),
         "a committed test model",
     )
-}
-
-fn fixture(relative: &str, hint: &str) -> Bytes {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{} ({e}): {hint}", path.display()));
-    Bytes::from(bytes)
 }
 
 /// The view of a deploy or model add that must have created a new version.

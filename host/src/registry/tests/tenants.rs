@@ -8,6 +8,13 @@ fn tenants() -> Node {
     node_with("tenants = true", false)
 }
 
+/// A node with tenants, and `acme` created with the default quotas (revision 1).
+async fn acme() -> (Node, api::CreatedTenant) {
+    let node = tenants();
+    let created = node.create_tenant("acme").await;
+    (node, created)
+}
+
 /// The secret part of a tenant token.
 fn token_secret(token: &str, tenant: &str) -> String {
     let (name, secret) = auth::parse_tenant_token(token).unwrap();
@@ -19,10 +26,7 @@ fn token_secret(token: &str, tenant: &str) -> String {
 async fn a_tenant_is_created_once_with_its_token() {
     let node = tenants();
     let r = &node.registry;
-    let created = r
-        .create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
+    let created = node.create_tenant("acme").await;
     assert_eq!(created.tenant.name, "acme");
     assert_eq!(created.tenant.quotas, node.config.tenant_defaults);
     assert_eq!(
@@ -42,10 +46,9 @@ async fn a_tenant_is_created_once_with_its_token() {
     );
 
     // Twice: refused, and the first token still works.
-    let e = refused(r.create_tenant("acme", &QuotaPatch::default()).await);
-    assert!(
-        matches!(&e, RegistryError::TenantExists(n) if n == "acme"),
-        "{e:?}"
+    assert_refused!(
+        r.create_tenant("acme", &QuotaPatch::default()).await,
+        RegistryError::TenantExists(n) if n == "acme"
     );
     assert_eq!(node.revision(), 1);
     assert!(r.tenant("acme").unwrap().token_matches(&secret));
@@ -63,10 +66,9 @@ async fn a_tenant_is_created_once_with_its_token() {
         max_concurrency: Some(0),
         ..Default::default()
     };
-    let e = refused(r.create_tenant("zero", &zero).await);
-    assert!(
-        matches!(&e, RegistryError::Invalid(m) if m.contains("max_concurrency")),
-        "{e:?}"
+    assert_refused!(
+        r.create_tenant("zero", &zero).await,
+        RegistryError::Invalid(m) if m.contains("max_concurrency")
     );
     assert!(r.tenant("zero").is_none());
     assert_eq!(r.list_tenants().await.tenants.len(), 2);
@@ -75,11 +77,8 @@ async fn a_tenant_is_created_once_with_its_token() {
 
 #[tokio::test]
 async fn quotas_are_updated_and_the_limiters_kept() {
-    let node = tenants();
+    let (node, _) = acme().await;
     let r = &node.registry;
-    r.create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
     let before = r.tenant("acme").unwrap();
     let patch = QuotaPatch {
         max_concurrency: Some(5),
@@ -110,15 +109,13 @@ async fn quotas_are_updated_and_the_limiters_kept() {
         max_concurrency: Some(7),
         ..Default::default()
     };
-    let e = refused(r.update_tenant("acme", &zero).await);
-    assert!(
-        matches!(&e, RegistryError::Invalid(m) if m.contains("max_stored")),
-        "{e:?}"
+    assert_refused!(
+        r.update_tenant("acme", &zero).await,
+        RegistryError::Invalid(m) if m.contains("max_stored")
     );
-    let e = refused(r.update_tenant("nobody", &patch).await);
-    assert!(
-        matches!(&e, RegistryError::TenantNotFound(n) if n == "nobody"),
-        "{e:?}"
+    assert_refused!(
+        r.update_tenant("nobody", &patch).await,
+        RegistryError::TenantNotFound(n) if n == "nobody"
     );
     assert_eq!(node.revision(), 2);
     assert_eq!(r.tenant("acme").unwrap().quotas, view.quotas);
@@ -142,40 +139,30 @@ async fn a_tenants_deploys_must_fit_its_quotas() {
     assert_eq!(node.revision(), 2);
 
     created(node.deploy("acme/a", guest("echo")).await);
-    let e = refused(node.deploy("acme/b", guest("echo")).await);
-    assert!(
-        matches!(&e, RegistryError::QuotaExceeded(m) if m.contains("max_functions")),
-        "{e:?}"
+    assert_refused!(
+        node.deploy("acme/b", guest("echo")).await,
+        RegistryError::QuotaExceeded(m) if m.contains("max_functions")
     );
     // A new version of the function it has is within max_functions.
     created(node.deploy("acme/a", guest("hello_plain")).await);
     created(node.deploy("small/a", guest("echo")).await);
-    let e = refused(node.deploy("small/a", guest("hello_plain")).await);
-    assert!(
-        matches!(&e, RegistryError::QuotaExceeded(m) if m.contains("max_stored")),
-        "{e:?}"
+    assert_refused!(
+        node.deploy("small/a", guest("hello_plain")).await,
+        RegistryError::QuotaExceeded(m) if m.contains("max_stored")
     );
     let mut big = node.limits();
     big.memory = node.config.tenant_defaults.max_memory + 1;
-    let e = refused(
-        r.deploy(
-            &fk("acme/a"),
-            guest("greet_v1"),
-            DeploySettings {
-                limits: big,
-                ..node.settings(env(&[]), Vec::new())
-            },
-        )
-        .await,
+    let settings = DeploySettings {
+        limits: big,
+        ..node.settings(env(&[]), Vec::new())
+    };
+    assert_refused!(
+        r.deploy(&fk("acme/a"), guest("greet_v1"), settings).await,
+        RegistryError::Invalid(m) if m.contains("max_memory")
     );
-    assert!(
-        matches!(&e, RegistryError::Invalid(m) if m.contains("max_memory")),
-        "{e:?}"
-    );
-    let e = refused(node.deploy("nobody/a", guest("echo")).await);
-    assert!(
-        matches!(&e, RegistryError::TenantNotFound(n) if n == "nobody"),
-        "{e:?}"
+    assert_refused!(
+        node.deploy("nobody/a", guest("echo")).await,
+        RegistryError::TenantNotFound(n) if n == "nobody"
     );
     assert_eq!(node.revision(), 5);
     assert!(r.route(&fk("acme/b")).is_none() && r.route(&fk("nobody/a")).is_none());
@@ -211,12 +198,8 @@ async fn a_tenant_at_max_stored_may_redeploy_a_version_it_has() {
 
 #[tokio::test]
 async fn removing_a_tenant_removes_its_functions() {
-    let node = tenants();
+    let (node, first) = acme().await;
     let r = &node.registry;
-    let first = r
-        .create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
     created(node.deploy("acme/a", guest("echo")).await);
     created(node.deploy("acme/b", guest("hello_plain")).await);
     let op = created(node.deploy("op", guest("echo")).await);
@@ -229,27 +212,23 @@ async fn removing_a_tenant_removes_its_functions() {
     assert_eq!(node.revision(), 5);
     assert!(r.tenant("acme").is_none());
     assert!(r.route(&fk("acme/a")).is_none() && r.route(&fk("acme/b")).is_none());
-    assert!(matches!(
-        refused(r.get(&fk("acme/a")).await),
+    assert_refused!(
+        r.get(&fk("acme/a")).await,
         RegistryError::FunctionNotFound(_)
-    ));
+    );
     assert!(node.names(Some("acme")).await.is_empty());
     assert!(r.list_tenants().await.tenants.is_empty());
     assert_eq!(node.routed("op").as_deref(), Some(op.version.as_str()));
     assert_eq!(node.names(None).await, ["op"]);
 
-    let e = refused(r.remove_tenant("acme").await);
-    assert!(
-        matches!(&e, RegistryError::TenantNotFound(n) if n == "acme"),
-        "{e:?}"
+    assert_refused!(
+        r.remove_tenant("acme").await,
+        RegistryError::TenantNotFound(n) if n == "acme"
     );
     assert_eq!(node.revision(), 5);
 
     // The name can be taken again, by someone else: the old token is no good.
-    let second = r
-        .create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
+    let second = node.create_tenant("acme").await;
     let live = r.tenant("acme").unwrap();
     assert!(!live.token_matches(&token_secret(&first.token, "acme")));
     assert!(live.token_matches(&token_secret(&second.token, "acme")));
@@ -258,12 +237,8 @@ async fn removing_a_tenant_removes_its_functions() {
 
 #[tokio::test]
 async fn a_rotated_token_replaces_the_old_one() {
-    let node = tenants();
+    let (node, created) = acme().await;
     let r = &node.registry;
-    let created = r
-        .create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
     let old = token_secret(&created.token, "acme");
     let before = r.tenant("acme").unwrap();
     let rotated = r.rotate_token("acme").await.unwrap();
@@ -276,10 +251,9 @@ async fn a_rotated_token_replaces_the_old_one() {
     assert!(!after.token_matches(&old));
     assert!(Arc::ptr_eq(&before.concurrency, &after.concurrency));
 
-    let e = refused(r.rotate_token("nobody").await);
-    assert!(
-        matches!(&e, RegistryError::TenantNotFound(n) if n == "nobody"),
-        "{e:?}"
+    assert_refused!(
+        r.rotate_token("nobody").await,
+        RegistryError::TenantNotFound(n) if n == "nobody"
     );
     assert_eq!(node.revision(), 2);
     assert!(r.tenant("nobody").is_none());
@@ -287,11 +261,8 @@ async fn a_rotated_token_replaces_the_old_one() {
 
 #[tokio::test]
 async fn invoke_keys_are_created_listed_and_removed() {
-    let node = tenants();
+    let (node, _) = acme().await;
     let r = &node.registry;
-    r.create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
     let before = r.tenant("acme").unwrap();
     let key = r.create_key("acme").await.unwrap();
     let (tenant, id, secret) = auth::parse_key(&key.key).unwrap();
@@ -321,10 +292,9 @@ async fn invoke_keys_are_created_listed_and_removed() {
     assert!(!r.tenant("acme").unwrap().key_matches(id, secret));
     assert!(r.list_keys("acme").await.unwrap().keys.is_empty());
     for gone in [id, "nokey"] {
-        let e = refused(r.remove_key("acme", gone).await);
-        assert!(
-            matches!(&e, RegistryError::KeyNotFound(k) if k == gone),
-            "{e:?}"
+        assert_refused!(
+            r.remove_key("acme", gone).await,
+            RegistryError::KeyNotFound(k) if k == gone
         );
     }
     for e in [
@@ -342,19 +312,15 @@ async fn invoke_keys_are_created_listed_and_removed() {
 
 #[tokio::test]
 async fn a_tenant_has_at_most_100_keys() {
-    let node = tenants();
+    let (node, _) = acme().await;
     let r = &node.registry;
-    r.create_tenant("acme", &QuotaPatch::default())
-        .await
-        .unwrap();
     for _ in 0..100 {
         r.create_key("acme").await.unwrap();
     }
     assert_eq!(node.revision(), 101);
-    let e = refused(r.create_key("acme").await);
-    assert!(
-        matches!(&e, RegistryError::QuotaExceeded(m) if m.contains("100")),
-        "{e:?}"
+    assert_refused!(
+        r.create_key("acme").await,
+        RegistryError::QuotaExceeded(m) if m.contains("100")
     );
     assert_eq!(node.revision(), 101);
     assert_eq!(r.list_keys("acme").await.unwrap().keys.len(), 100);
