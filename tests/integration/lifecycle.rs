@@ -83,6 +83,8 @@ fn deploy_update_rollback_conflict_delete() {
     }
     let r = node.get("/fn/greet");
     assert_eq!((r.status, r.text().as_str()), (200, "v1"), "{r}");
+    // Every function response says which version answered.
+    assert_eq!(r.header("x-tensorlet-version"), Some(id1.as_str()), "{r}");
 
     // Update.
     let r = node.deploy("greet", &v2_path, "");
@@ -90,6 +92,7 @@ fn deploy_update_rollback_conflict_delete() {
     assert_eq!(r.json()["version"], id2.as_str());
     let r = node.get("/fn/greet/x");
     assert_eq!((r.status, r.text().as_str()), (200, "v2"), "{r}");
+    assert_eq!(r.header("x-tensorlet-version"), Some(id2.as_str()), "{r}");
 
     // Versions: newest first, live flags, top-level live.
     let vs = node.versions("greet");
@@ -124,7 +127,9 @@ fn deploy_update_rollback_conflict_delete() {
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(r.json()["live"], id1.as_str(), "{r}");
     assert_eq!(r.json()["name"], "greet", "{r}");
-    assert_eq!(node.get("/fn/greet").text(), "v1");
+    let r = node.get("/fn/greet");
+    assert_eq!(r.text(), "v1");
+    assert_eq!(r.header("x-tensorlet-version"), Some(id1.as_str()), "{r}");
 
     // Rollback to an explicit version, by id and by full digest forms.
     let r = node.rollback("greet", Some(&id2));
