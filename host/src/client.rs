@@ -34,6 +34,8 @@ pub struct AdminClient {
     base: String,
     token: Option<String>,
     client: Client<HttpConnector, RequestBody>,
+    /// `--wait`: sent as `wait=` with every change.
+    wait: Option<String>,
 }
 
 impl AdminClient {
@@ -55,7 +57,28 @@ impl AdminClient {
             base,
             token: token.map(str::to_string),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            wait: None,
         })
+    }
+
+    /// Asks the node, with every change, to answer only once the whole fleet serves it.
+    pub fn waiting(mut self, wait: Option<String>) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// POSTs `bytes` to `/admin/v1/{path}` (an artifact pulled from a registry).
+    pub async fn upload_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> anyhow::Result<T> {
+        let body = Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        self.request(Method::POST, path, Some(content_type), body)
+            .await
     }
 
     /// Sends a request without a body to `/admin/v1/{path}`; see [`AdminClient::request`].
@@ -109,7 +132,11 @@ impl AdminClient {
         content_type: Option<&str>,
         body: RequestBody,
     ) -> anyhow::Result<T> {
-        let uri = format!("{}/admin/v1/{path}", self.base);
+        let mut uri = format!("{}/admin/v1/{path}", self.base);
+        if let Some(wait) = self.wait.as_deref().filter(|_| method != Method::GET) {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            uri = format!("{uri}{sep}wait={}", encode(wait));
+        }
         let mut req = Request::builder().method(method).uri(&uri);
         if let Some(content_type) = content_type {
             req = req.header("content-type", content_type);

@@ -54,6 +54,8 @@ pub struct Config {
     pub operator_token: Option<String>,
     /// Quotas a new tenant gets unless `tenant create` says otherwise.
     pub tenant_defaults: Quotas,
+    /// Fleet mode (`[fleet]`): the engine and registry this node shares with others.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// A tenant's quotas, fixed by the operator (`tenant create/update`) and stored with the tenant.
@@ -161,6 +163,7 @@ struct FileConfig {
     operator_token: Option<String>,
     #[serde(default)]
     tenant_defaults: FileQuotas,
+    fleet: Option<crate::fleet::FileFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,13 +250,18 @@ impl Config {
                 .context("ceilings.timeout")?,
             instances: c.instances.unwrap_or(1000),
         };
+        let data_dir = data_dir
+            .or(f.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./tensorlet-data"));
+        let fleet = f
+            .fleet
+            .map(|fleet| crate::fleet::FleetConfig::from_file(fleet, &data_dir))
+            .transpose()?;
         let config = Config {
             listen: listen
                 .or(f.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            data_dir: data_dir
-                .or(f.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./tensorlet-data")),
+            data_dir,
             max_component_size: opt(&f.max_component_size, parse_size, 64 << 20)
                 .context("max_component_size")?,
             shutdown_grace: opt(&f.shutdown_grace, parse_duration, Duration::from_secs(30))
@@ -301,6 +309,7 @@ impl Config {
             tenants: f.tenants.unwrap_or(false),
             operator_token: f.operator_token,
             tenant_defaults: tenant_defaults(&f.tenant_defaults)?,
+            fleet,
         };
         config.validate()?;
         Ok(config)

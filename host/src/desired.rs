@@ -27,6 +27,9 @@ pub enum CommitError {
         /// What is there now.
         current: Revision,
     },
+    /// The fleet's engine is unreachable or did not confirm the change in time.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store could not be written; nothing changed.
     #[error("cannot save the desired state: {0}")]
     Io(#[from] io::Error),

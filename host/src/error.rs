@@ -32,6 +32,11 @@ impl ApiError {
         }
     }
 
+    /// An error of a status and code that only one place uses.
+    pub fn new_pub(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(status, code, message)
+    }
+
     /// 401: no token, or not a valid one. The same message whatever was wrong with it.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -326,6 +331,19 @@ impl From<crate::registry::RegistryError> for ApiError {
             E::ModelLoad { name, error } => Self::model_load(&name, error),
             E::OnnxUnavailable => Self::onnx_unavailable(),
             E::Internal(message) => Self::internal(message),
+            E::EngineUnavailable(message) => Self::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "engine_unavailable",
+                format!(
+                    "the fleet's engine is unavailable: {message}. Nodes keep serving what they applied; retry when NATS is back"
+                ),
+            ),
+            E::RevisionConflict(message) => Self::conflict("revision_conflict", message),
+            E::BlobStoreUnavailable(message) => Self::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "registry_unavailable",
+                message,
+            ),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod desired;
 pub mod error;
+pub mod fleet;
 pub mod key;
 pub mod manifest;
 pub mod metrics;

@@ -326,6 +326,18 @@ impl DataDir {
         Ok(bytes)
     }
 
+    /// Bytes of blobs held (the fleet's blob cache size).
+    pub fn blob_bytes(&self) -> u64 {
+        let Ok(entries) = fs::read_dir(self.root.join("blobs/sha256")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(digest)
     }

@@ -2,11 +2,12 @@
 //! node's admin API (`tenants.rs`: tenants, invoke keys and the audit log). Answers are read into
 //! the typed bodies of [`crate::api`] and printed as text, or as JSON with `--json`.
 
+mod fleet;
+mod serve;
 mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -18,13 +19,8 @@ use crate::api::{
     ModelVersionView, ModelView, RollbackRequest, VersionView,
 };
 use crate::client::{AdminClient, encode};
-use crate::config::Config;
+use crate::fleet::blobs::Kind;
 use crate::manifest::Manifest;
-use crate::metrics::Metrics;
-use crate::nn::{ModelSet, NnNode, Onnx};
-use crate::registry::Registry;
-use crate::runtime::Runtime;
-use crate::service::HttpService;
 
 /// Tensorlet: deploy WebAssembly HTTP handlers and run each request in a fresh sandbox.
 #[derive(Debug, Parser)]
@@ -61,6 +57,9 @@ enum Command {
     Key(tenants::KeyCommand),
     /// Show the audit log of admin changes (operator token).
     Audit(tenants::AuditArgs),
+    /// See the fleet this node is part of (operator token).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,7 +78,7 @@ enum ModelCommand {
 struct ModelAddArgs {
     /// Model name (a-z, 0-9, '-'); functions load it by this name.
     name: String,
-    /// The .onnx file.
+    /// The .onnx file, or an OCI artifact (oci://HOST/REPO:TAG or oci://HOST/REPO@sha256:...).
     file: PathBuf,
     /// Where the model runs: cpu or gpu (CUDA).
     #[arg(long, default_value = "cpu")]
@@ -93,7 +92,7 @@ struct ModelAddArgs {
 }
 
 #[derive(Debug, Args)]
-struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on (127.0.0.1:0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -116,11 +115,15 @@ struct NodeArgs {
     /// Print the node's JSON answer (one document on stdout) instead of text.
     #[arg(long)]
     json: bool,
+    /// After a change, also wait until every live node of the fleet serves it (default 30s);
+    /// exits non-zero naming the nodes that lag.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, default_missing_value = "30s")]
+    wait: Option<String>,
 }
 
 impl NodeArgs {
     fn client(&self) -> anyhow::Result<AdminClient> {
-        AdminClient::new(&self.node, self.token.as_deref())
+        Ok(AdminClient::new(&self.node, self.token.as_deref())?.waiting(self.wait.clone()))
     }
 
     /// Prints a node's answer: as JSON with `--json` (for scripts), else as `human` words it.
@@ -166,7 +169,8 @@ struct RollbackArgs {
 struct DeployArgs {
     /// Function name (a-z, 0-9, '-'); else the manifest's `name`.
     name: Option<String>,
-    /// The component (.wasm, built for wasm32-wasip2); else the manifest's `component`.
+    /// The component (.wasm, built for wasm32-wasip2), or an OCI artifact
+    /// (oci://HOST/REPO:TAG or oci://HOST/REPO@sha256:...); else the manifest's `component`.
     file: Option<PathBuf>,
     /// A manifest (TOML) with the component and settings; flags win over it.
     #[arg(long)]
@@ -202,6 +206,8 @@ struct DeployArgs {
 impl Cli {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
+        // TLS (the fleet's engine and registry, `oci://` pulls) goes through rustls with ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         // `serve` runs requests on the worker threads of `server::run_workers`; this runtime
         // only waits for signals or runs one client command.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -209,7 +215,7 @@ impl Cli {
             .build()?;
         rt.block_on(async move {
             match self.command {
-                Command::Serve(args) => serve(args).await,
+                Command::Serve(args) => serve::serve(args).await,
                 Command::Deploy(args) => deploy(args).await,
                 Command::List(node) => list(node).await,
                 Command::Versions(a) => versions(a).await,
@@ -220,127 +226,9 @@ impl Cli {
                 Command::Tenant(t) => tenants::tenant(t).await,
                 Command::Key(k) => tenants::key(k).await,
                 Command::Audit(a) => tenants::audit(a).await,
+                Command::Fleet(f) => fleet::fleet(f).await,
             }
         })
-    }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(Config::load(
-        args.config.as_deref(),
-        args.listen,
-        args.data_dir,
-    )?);
-    let metrics = Arc::new(Metrics::default());
-    let onnx = match &config.onnxruntime {
-        Some(path) => match Onnx::load(path, config.gpu_fallback, config.model_memory) {
-            Ok(onnx) => {
-                tracing::info!(library = %path.display(), "ONNX Runtime loaded; wasi:nn is available");
-                Some(Arc::new(onnx))
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "{e:#}; wasi:nn calls will fail, functions without it work as usual"
-                );
-                None
-            }
-        },
-        None => {
-            tracing::warn!(
-                "no ONNX Runtime found (set ORT_DYLIB_PATH or `onnxruntime` in the config, or run \
-                 scripts/fetch-onnxruntime.sh); wasi:nn calls will fail, functions without it work as usual"
-            );
-            None
-        }
-    };
-    let nn = Arc::new(NnNode {
-        onnx,
-        models: ModelSet::default(),
-        guest_load_limit: config.guest_model_load,
-        guest_load_metrics: metrics.model(crate::nn::GUEST_LOADED),
-    });
-    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&nn))?);
-    let registry = Arc::new(
-        Registry::open(
-            Arc::clone(&config),
-            Arc::clone(&runtime),
-            Arc::clone(&metrics),
-            nn,
-        )
-        .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
-    );
-    tracing::info!(
-        functions = registry.len(),
-        pooling = runtime.pooling(),
-        data_dir = %config.data_dir.display(),
-        "node ready"
-    );
-    let operator = crate::auth::operator_token(
-        config.operator_token.as_deref(),
-        config.tenants,
-        &config.data_dir,
-    )?;
-    if operator.is_none() && !config.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {} without tokens: anyone who can reach it could deploy code. \
-             Set `tenants = true` or `operator_token` in the config, or listen on 127.0.0.1",
-            config.listen
-        );
-    }
-    let audit = crate::audit::Audit::open(&config.data_dir, config.audit_log_max)
-        .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let listeners = crate::server::bind(config.listen, workers)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listeners[0].local_addr()?;
-    let node = Arc::new(HttpService::new(
-        Arc::clone(&config),
-        registry,
-        runtime,
-        metrics,
-        operator,
-        audit,
-    ));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let workers = crate::server::run_workers(
-        listeners,
-        node,
-        stopped,
-        config.shutdown_grace,
-        config.max_connections,
-        config.header_read_timeout,
-    )?;
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{addr}")?;
-        out.flush()?;
-    }
-    shutdown_signal().await;
-    let _ = stop.send(true);
-    tokio::task::spawn_blocking(move || {
-        for worker in workers {
-            let _ = worker.join();
-        }
-    })
-    .await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
 
@@ -392,8 +280,21 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     }
     let client = a.node.client()?;
     let path = format!("functions/{}/versions?{}", encode(&name), query.join("&"));
-    let v: VersionView = client.upload(&path, &file, "application/wasm").await?;
+    let v: VersionView = match oci_reference(&file) {
+        Some(reference) => {
+            let bytes = fleet::pull(reference, Kind::Component).await?;
+            client
+                .upload_bytes(&path, bytes, "application/wasm")
+                .await?
+        }
+        None => client.upload(&path, &file, "application/wasm").await?,
+    };
     a.node.show(&v, |v| println!("{}", v.version))
+}
+
+/// The reference of an `oci://` argument.
+fn oci_reference(file: &std::path::Path) -> Option<&str> {
+    file.to_str().filter(|f| f.starts_with("oci://"))
 }
 
 async fn list(node: NodeArgs) -> anyhow::Result<()> {
@@ -497,9 +398,14 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 a.max_batch
             );
             let client = a.node.client()?;
-            let v: ModelVersionView = client
-                .upload(&path, &a.file, "application/octet-stream")
-                .await?;
+            let kind = "application/octet-stream";
+            let v: ModelVersionView = match oci_reference(&a.file) {
+                Some(reference) => {
+                    let bytes = fleet::pull(reference, Kind::Model).await?;
+                    client.upload_bytes(&path, bytes, kind).await?
+                }
+                None => client.upload(&path, &a.file, kind).await?,
+            };
             a.node.show(&v, |v| println!("{}", v.version))
         }
         ModelCommand::List(node) => {

@@ -57,6 +57,16 @@ pub enum RegistryError {
     /// The node failed (storage, a task): not the caller's fault.
     #[error("{0}")]
     Internal(String),
+    /// The fleet's engine is unreachable or did not confirm: nothing was changed (or, when it
+    /// did not confirm, the message says the outcome is unknown).
+    #[error("{0}")]
+    EngineUnavailable(String),
+    /// The fleet's state moved on since this node read it: nothing was changed.
+    #[error("{0}")]
+    RevisionConflict(String),
+    /// The fleet's OCI registry cannot be reached: the new blob could not be pushed.
+    #[error("{0}")]
+    BlobStoreUnavailable(String),
 }
 
 impl RegistryError {
@@ -108,5 +118,17 @@ impl RegistryError {
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
+    }
+
+    /// A blob store failure while storing `what`: the registry being unreachable is the
+    /// operator's outage, not a node fault.
+    pub(crate) fn store_failed(what: &str, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::NotConnected {
+            Self::BlobStoreUnavailable(format!(
+                "cannot store the {what}: {e}; nothing was changed, retry when the registry is back"
+            ))
+        } else {
+            Self::Internal(format!("cannot store the {what}: {e}"))
+        }
     }
 }

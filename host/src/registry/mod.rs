@@ -8,6 +8,7 @@
 mod error;
 mod models;
 mod rules;
+mod sync;
 mod tenants;
 #[cfg(test)]
 mod tests;
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, FunctionLimits};
-use crate::desired::{BlobStore, DesiredState, Revision};
+use crate::desired::{BlobStore, CommitError, DesiredState, Revision};
 use crate::key::{FunctionKey, ModelKey};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
@@ -80,11 +81,39 @@ pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     /// This node's data directory (the compiled-code cache).
     local: Arc<DataDir>,
+    /// Whether the desired state lives elsewhere (a fleet's engine), so that each committed or
+    /// applied state is also saved to the data directory.
+    mirror: bool,
     metrics: Arc<Metrics>,
     live: RwLock<Arc<LiveMap>>,
     admin: tokio::sync::Mutex<AdminState>,
     nn: Arc<NnNode>,
     tenants: RwLock<Arc<HashMap<String, Arc<TenantLive>>>>,
+}
+
+/// Where a registry commits and stores: the data directory alone (one node), or a fleet's
+/// engine and registry with the data directory as the node's copy.
+pub struct Seams {
+    /// The node's data directory.
+    pub local: Arc<DataDir>,
+    /// Where changes are committed.
+    pub desired: Arc<dyn DesiredState>,
+    /// Where blobs are stored.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Whether `desired` is not the data directory (see [`Registry::mirror`]).
+    pub mirror: bool,
+}
+
+impl Seams {
+    /// A single node: the data directory is both.
+    pub fn local(local: Arc<DataDir>) -> Self {
+        Self {
+            desired: Arc::clone(&local) as Arc<dyn DesiredState>,
+            blobs: Arc::clone(&local) as Arc<dyn BlobStore>,
+            local,
+            mirror: false,
+        }
+    }
 }
 
 /// Whether a deploy (or model add) created a new version; `V` is the version's view.
@@ -104,7 +133,20 @@ impl Registry {
         metrics: Arc<Metrics>,
         nn: Arc<NnNode>,
     ) -> anyhow::Result<Registry> {
-        let store = Arc::new(DataDir::open(&config.data_dir)?);
+        let local = Arc::new(DataDir::open(&config.data_dir)?);
+        Self::open_with(config, runtime, metrics, nn, Seams::local(local))
+    }
+
+    /// [`Registry::open`] with the desired state and blobs kept by `seams`; the node still
+    /// starts from (and serves) what its data directory holds.
+    pub fn open_with(
+        config: Arc<Config>,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        nn: Arc<NnNode>,
+        seams: Seams,
+    ) -> anyhow::Result<Registry> {
+        let store = Arc::clone(&seams.local);
         let (mut meta, revision) = store.load()?;
         let mut compiled = HashMap::new();
         for (name, f) in meta.functions.iter_mut() {
@@ -112,7 +154,7 @@ impl Registry {
                 if compiled.contains_key(&v.digest) {
                     return true;
                 }
-                match load_prepared(&runtime, &store, &v.digest) {
+                match load_prepared(&runtime, &store, &*store, &v.digest) {
                     Ok(pre) => {
                         compiled.insert(v.digest.clone(), pre);
                         true
@@ -162,9 +204,10 @@ impl Registry {
         let registry = Registry {
             config,
             runtime,
-            desired: Arc::clone(&store) as Arc<dyn DesiredState>,
-            blobs: Arc::clone(&store) as Arc<dyn BlobStore>,
+            desired: seams.desired,
+            blobs: seams.blobs,
             local: store,
+            mirror: seams.mirror,
             metrics,
             live: RwLock::new(Arc::default()),
             admin: tokio::sync::Mutex::new(AdminState {
@@ -282,7 +325,7 @@ impl Registry {
             move || {
                 blobs
                     .put(&d, &bytes)
-                    .map_err(|e| RegistryError::internal(format!("cannot store the version: {e}")))
+                    .map_err(|e| RegistryError::store_failed("version", e))
             }
         })
         .await?;
@@ -433,15 +476,41 @@ impl Registry {
     ) -> Result<T, RegistryError> {
         let mut next = state.meta.clone();
         let out = change(&mut next)?;
+        // In a fleet, the change may make live what this node has not compiled or loaded yet
+        // (a rollback to a version it never served): ready it first, or refuse.
+        self.prepare(state, &next).await?;
         let (desired, expected, to_commit) =
             (Arc::clone(&self.desired), state.revision, next.clone());
-        let revision = blocking(move || {
-            desired
-                .commit(expected, &to_commit)
-                .map_err(|e| RegistryError::internal(e.to_string()))
-        })
-        .await?;
+        let committed = blocking(move || Ok(desired.commit(expected, &to_commit))).await?;
+        let revision = match committed {
+            Ok(revision) => revision,
+            Err(CommitError::Conflict { current, .. }) => {
+                // Another node's change got in first. Catch up now, so that a retry starts
+                // from the current state, and let the caller decide again.
+                self.catch_up(state).await;
+                return Err(RegistryError::RevisionConflict(format!(
+                    "another change was committed to the fleet (revision {current}) while this one                      was made from revision {expected}: nothing was changed. Check the current state                      and retry"
+                )));
+            }
+            Err(CommitError::Unavailable(message)) => {
+                return Err(RegistryError::EngineUnavailable(message));
+            }
+            Err(e @ CommitError::Io(_)) => return Err(RegistryError::internal(e.to_string())),
+        };
         next.revision = revision;
+        if self.mirror {
+            // The node's own copy, which it serves from after a restart.
+            let (local, saved) = (Arc::clone(&self.local), next.clone());
+            if let Err(e) = blocking(move || {
+                local
+                    .save_meta(&saved)
+                    .map_err(|e| RegistryError::internal(e.to_string()))
+            })
+            .await
+            {
+                tracing::warn!("committed revision {revision}, but cannot save it locally: {e}");
+            }
+        }
         state.revision = revision;
         state.meta = next;
         // Collect first: the published model set counts what stays loaded.
@@ -532,12 +601,19 @@ pub struct DeploySettings<M = String> {
     pub public: bool,
 }
 
-fn load_prepared(runtime: &Runtime, store: &DataDir, digest: &str) -> anyhow::Result<Prepared> {
+/// Compiled code for `digest`: from the node's cache, else compiled from the blob (which
+/// `blobs` may have to fetch) and cached.
+fn load_prepared(
+    runtime: &Runtime,
+    store: &DataDir,
+    blobs: &dyn BlobStore,
+    digest: &str,
+) -> anyhow::Result<Prepared> {
     let cache = store.cache_path(runtime.engine_hash(), digest);
     let component = match runtime.deserialize_file(&cache) {
         Ok(c) => c,
         Err(_) => {
-            let bytes = store.read_blob(digest)?;
+            let bytes = blobs.get(digest)?;
             let c = runtime.compile(&bytes).map_err(anyhow::Error::msg)?;
             if let Ok(code) = runtime.serialize(&c) {
                 let _ = store.put_cache(runtime.engine_hash(), digest, &code);

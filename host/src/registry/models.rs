@@ -65,7 +65,7 @@ impl Registry {
             super::blocking(move || {
                 blobs
                     .put(&d, &bytes)
-                    .map_err(|e| RegistryError::internal(format!("cannot store the model: {e}")))
+                    .map_err(|e| RegistryError::store_failed("model", e))
             })
             .await?;
         }

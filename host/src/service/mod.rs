@@ -31,6 +31,7 @@ pub(crate) use query::{check_name, deploy_settings, model_options, pairs};
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::registry::{Deployed, Registry};
 use crate::runtime::Runtime;
@@ -47,6 +48,10 @@ pub struct HttpService {
     /// Hash of the operator token; `None` on a node without tokens.
     operator: Option<String>,
     audit: Audit,
+    /// This node's fleet, in fleet mode.
+    fleet: Option<Arc<Fleet>>,
+    /// `x-tensorlet-node`, in fleet mode.
+    node_header: Option<HeaderValue>,
 }
 
 impl HttpService {
@@ -72,7 +77,16 @@ impl HttpService {
             next_id: AtomicU64::new(1),
             operator,
             audit,
+            fleet: None,
+            node_header: None,
         }
+    }
+
+    /// Runs the service as a node of `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.node_header = HeaderValue::from_str(fleet.node_id()).ok();
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Handles one request. Never fails: errors become JSON error responses.
@@ -107,6 +121,12 @@ impl HttpService {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }
+        // Which node answered: what a client behind a load balancer needs to tell nodes apart.
+        if let Some(node) = &self.node_header {
+            response
+                .headers_mut()
+                .insert("x-tensorlet-node", node.clone());
+        }
         response
     }
 
@@ -116,7 +136,11 @@ impl HttpService {
             (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
             (&Method::GET, "/readyz") => Ok(text(StatusCode::OK, "ready\n")),
             (&Method::GET, "/metrics") => {
-                let mut r = text(StatusCode::OK, self.metrics.render());
+                let mut metrics = self.metrics.render();
+                if let Some(fleet) = &self.fleet {
+                    fleet.state.render(&mut metrics);
+                }
+                let mut r = text(StatusCode::OK, metrics);
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

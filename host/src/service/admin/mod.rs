@@ -3,6 +3,7 @@
 //! every change (anything but GET and HEAD, refused ones included) in the audit log. The routes
 //! of each resource live in their own file; they share the namespace rules below.
 
+mod fleet;
 mod functions;
 mod keys;
 mod models;
@@ -38,11 +39,22 @@ impl HttpService {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let caller = self.authenticate(req.headers());
+        let changing = method != Method::GET && method != Method::HEAD;
         let result = match &caller {
+            Ok(caller) if changing => match fleet::take_wait(req) {
+                Ok((req, wait)) => match self.admin_as(caller, rest, req).await {
+                    Ok(response) => self
+                        .wait_for_fleet(response.status(), wait)
+                        .await
+                        .map(|()| response),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
             Ok(caller) => self.admin_as(caller, rest, req).await,
             Err(e) => Err(e.clone()),
         };
-        if method != Method::GET && method != Method::HEAD {
+        if changing {
             let who = match &caller {
                 Ok(Caller::Operator) => "operator".to_string(),
                 Ok(Caller::Tenant(t)) => format!("tenant:{t}"),
@@ -108,6 +120,7 @@ impl HttpService {
             "keys" => self.keys(call).await,
             "functions" => self.functions(call).await,
             "models" => self.models(call).await,
+            "fleet" => self.fleet_status(call).await,
             _ => Err(ApiError::not_found(call.2.uri().path())),
         }
     }
