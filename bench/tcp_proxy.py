@@ -39,7 +39,10 @@ class Proxy:
             c_writer.close()
             return
         self.writers |= {c_writer, u_writer}
-        await asyncio.gather(self.pump(c_reader, u_writer), self.pump(u_reader, c_writer))
+        try:
+            await asyncio.gather(self.pump(c_reader, u_writer), self.pump(u_reader, c_writer))
+        except asyncio.CancelledError:
+            pass  # shutting down
         for w in (c_writer, u_writer):
             self.writers.discard(w)
             w.close()

@@ -26,7 +26,8 @@ fn fleet(tools: &Tools, dir: &TestDir, extra: &str) -> Fleet {
             };
             fleet_node(dir, section, extra)
         })
-        .collect();
+        .collect::<Vec<Node>>();
+    wait_reporting(&nodes[0], 3);
     Fleet {
         nats,
         registry,
@@ -62,15 +63,30 @@ fn a_change_through_any_node_reaches_every_node() {
     // Another function through another node, a new version and a rollback through a third.
     b.deploy_ok("echo", "echo", "");
     let v2 = version_id(&fixture("greet-v2"));
-    cli_ok(&c.cli(&["deploy", "greet", fixture("greet-v2").to_str().unwrap(), "--wait=10s"]), "deploy v2");
+    cli_ok(
+        &c.cli(&[
+            "deploy",
+            "greet",
+            fixture("greet-v2").to_str().unwrap(),
+            "--wait=10s",
+        ]),
+        "deploy v2",
+    );
     wait_serving(&f.all(), "greet", &v2);
     let out = a.cli(&["rollback", "greet", "--wait"]);
-    assert_eq!(cli_ok(&out, "rollback").trim(), format!("{v1} is live for greet"));
+    assert_eq!(
+        cli_ok(&out, "rollback").trim(),
+        format!("{v1} is live for greet")
+    );
     wait_serving(&f.all(), "greet", &v1);
     for n in f.all() {
         assert_eq!(n.get("/fn/echo/").status, 200);
         let versions = n.versions("greet");
-        assert_eq!(versions["versions"].as_array().unwrap().len(), 2, "{versions}");
+        assert_eq!(
+            versions["versions"].as_array().unwrap().len(),
+            2,
+            "{versions}"
+        );
     }
 
     // The fleet as each node sees it: everyone at the engine's revision.
@@ -85,7 +101,9 @@ fn a_change_through_any_node_reaches_every_node() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|n| n["applied_revision"] == engine && n["lag"] == 0 && n["engine_connected"] == true)
+            .all(|n| {
+                n["applied_revision"] == engine && n["lag"] == 0 && n["engine_connected"] == true
+            })
             .then_some(())
     });
     let me = node_in(&fleet_view(c), "edge-3");
@@ -95,11 +113,23 @@ fn a_change_through_any_node_reaches_every_node() {
     let json: serde_json::Value = serde_json::from_str(&cli_ok(&out, "fleet status")).unwrap();
     assert_eq!(json["engine_revision"], engine);
     let text = cli_ok(&c.cli(&["fleet", "status"]), "fleet status");
-    assert!(text.contains("edge-1") && text.contains(&format!("engine revision {engine}")), "{text}");
+    assert!(
+        text.contains("edge-1") && text.contains(&format!("engine revision {engine}")),
+        "{text}"
+    );
     let metrics = c.metrics();
-    assert_eq!(metric_value(&metrics, "tensorlet_fleet_applied_revision", &[]), Some(engine as f64));
-    assert_eq!(metric_value(&metrics, "tensorlet_fleet_engine_connected", &[]), Some(1.0));
-    assert_eq!(metric_value(&metrics, "tensorlet_fleet_lag", &[]), Some(0.0));
+    assert_eq!(
+        metric_value(&metrics, "tensorlet_fleet_applied_revision", &[]),
+        Some(engine as f64)
+    );
+    assert_eq!(
+        metric_value(&metrics, "tensorlet_fleet_engine_connected", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, "tensorlet_fleet_lag", &[]),
+        Some(0.0)
+    );
     // edge-3 never had greet's bytes uploaded to it: it pulled them.
     assert!(metric_value(&metrics, "tensorlet_fleet_blob_fetches_total", &[]).unwrap() >= 2.0);
     assert!(metric_value(&metrics, "tensorlet_fleet_blob_fetch_bytes_total", &[]).unwrap() > 0.0);
@@ -161,7 +191,10 @@ fn racing_changes_never_lose_an_acknowledged_one() {
         });
         // What was refused was not kept either.
         assert_eq!(
-            n.get("/admin/v1/functions").json()["functions"].as_array().unwrap().len(),
+            n.get("/admin/v1/functions").json()["functions"]
+                .as_array()
+                .unwrap()
+                .len(),
             acked.len()
         );
     }
@@ -179,7 +212,13 @@ fn engine_down_changes_fail_with_503_nodes_keep_serving_and_catch_up() {
     f.nats.kill();
     let r = f.nodes[1].deploy("greet", &fixture("greet-v2"), "");
     let body = assert_error(&r, 503, "engine_unavailable");
-    assert!(body["error"]["message"].as_str().unwrap().contains("engine"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("engine"),
+        "{body}"
+    );
     for n in f.all() {
         assert_eq!(serving(n, "greet").as_deref(), Some(v1.as_str()));
         wait_for("the node to notice the engine is gone", || {
@@ -208,14 +247,30 @@ fn registry_down_rollbacks_work_and_new_versions_wait_with_a_reason() {
     let mut registry = registry(&tools, &dir);
     // edge-3 reaches the registry through a proxy, to take the registry away from it alone.
     let link = Proxy::to(registry.port);
-    let nodes: Vec<Node> = [("edge-1", registry.port), ("edge-2", registry.port), ("edge-3", link.port)]
-        .into_iter()
-        .map(|(id, port)| {
-            fleet_node(&dir, FleetSection { nats: vec![nats.port], registry: port, node_id: id }, "")
-        })
-        .collect();
+    let nodes: Vec<Node> = [
+        ("edge-1", registry.port),
+        ("edge-2", registry.port),
+        ("edge-3", link.port),
+    ]
+    .into_iter()
+    .map(|(id, port)| {
+        fleet_node(
+            &dir,
+            FleetSection {
+                nats: vec![nats.port],
+                registry: port,
+                node_id: id,
+            },
+            "",
+        )
+    })
+    .collect();
     let all: Vec<&Node> = nodes.iter().collect();
-    let (v1, v2) = (version_id(&fixture("greet-v1")), version_id(&fixture("greet-v2")));
+    wait_reporting(&nodes[0], 3);
+    let (v1, v2) = (
+        version_id(&fixture("greet-v1")),
+        version_id(&fixture("greet-v2")),
+    );
     nodes[0].deploy_ok("greet", "greet-v1", "");
     nodes[0].deploy_ok("greet", "greet-v2", "wait=10s");
     wait_serving(&all, "greet", &v2);
@@ -229,13 +284,25 @@ fn registry_down_rollbacks_work_and_new_versions_wait_with_a_reason() {
         let me = node_in(&fleet_view(&nodes[0]), "edge-3");
         (me["lag"].as_u64() >= Some(1) && me["lag_reason"].is_string()).then_some(me)
     });
-    assert!(why["lag_reason"].as_str().unwrap().contains("registry"), "{why}");
+    assert!(
+        why["lag_reason"].as_str().unwrap().contains("registry"),
+        "{why}"
+    );
     assert_eq!(why["registry_reachable"], false, "{why}");
     assert_eq!(serving(&nodes[2], "greet").as_deref(), Some(v2.as_str()));
     // `--wait` says which node lags, and fails.
-    let r = nodes[0].post(&format!("/admin/v1/functions/greet/rollback?wait=1s"), format!("{{\"to\":\"{v3}\"}}").as_bytes());
+    let r = nodes[0].post(
+        &format!("/admin/v1/functions/greet/rollback?wait=1s"),
+        format!("{{\"to\":\"{v3}\"}}").as_bytes(),
+    );
     let body = assert_error(&r, 504, "fleet_lagging");
-    assert!(body["error"]["message"].as_str().unwrap().contains("edge-3"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("edge-3"),
+        "{body}"
+    );
     let out = nodes[0].cli(&["rollback", "greet", "--to", &v3, "--wait=1s"]);
     assert!(!out.status.success());
     assert!(out_text(&out).1.contains("edge-3"), "{out:?}");

@@ -16,7 +16,9 @@ fn runtime() -> tokio::runtime::Runtime {
 /// The engine's desired-state bucket, as another writer (or an attacker) sees it.
 fn bucket(rt: &tokio::runtime::Runtime, port: u16) -> async_nats::jetstream::kv::Store {
     rt.block_on(async {
-        let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+        let client = async_nats::connect(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
         async_nats::jetstream::new(client)
             .get_key_value("tensorlet")
             .await
@@ -31,13 +33,18 @@ fn a_cut_off_node_serves_stale_and_catches_up_after_a_reset_or_a_blackhole() {
     let nats = nats(&tools, &dir);
     let registry = registry(&tools, &dir);
     let link = Proxy::to(nats.port);
-    let section = |id, port| FleetSection { nats: vec![port], registry: registry.port, node_id: id };
+    let section = |id, port| FleetSection {
+        nats: vec![port],
+        registry: registry.port,
+        node_id: id,
+    };
     let a = fleet_node(&dir, section("edge-1", nats.port), "");
     let c = fleet_node(&dir, section("edge-3", link.port), "");
     let versions: Vec<String> = ["greet-v1", "greet-v2", "hello-plain"]
         .iter()
         .map(|f| version_id(&fixture(f)))
         .collect();
+    wait_reporting(&a, 2);
     a.deploy_ok("greet", "greet-v1", "wait=10s");
     wait_serving(&[&a, &c], "greet", &versions[0]);
 
@@ -75,10 +82,17 @@ fn a_restarted_node_serves_from_disk_without_the_engine_then_resumes() {
     let nats = nats(&tools, &dir);
     let registry = registry(&tools, &dir);
     let link = Proxy::to(nats.port);
-    let section = |id, port| FleetSection { nats: vec![port], registry: registry.port, node_id: id };
+    let section = |id, port| FleetSection {
+        nats: vec![port],
+        registry: registry.port,
+        node_id: id,
+    };
     let a = fleet_node(&dir, section("edge-1", nats.port), "");
     let mut b = fleet_node(&dir, section("edge-2", link.port), "");
-    let (v1, v2) = (version_id(&fixture("greet-v1")), version_id(&fixture("greet-v2")));
+    let (v1, v2) = (
+        version_id(&fixture("greet-v1")),
+        version_id(&fixture("greet-v2")),
+    );
     a.deploy_ok("greet", "greet-v1", "wait=10s");
     wait_serving(&[&b], "greet", &v1);
 
@@ -100,16 +114,37 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
     let nats = nats(&tools, &dir);
     let registry = registry(&tools, &dir);
     let link = Proxy::to(registry.port);
-    let a = fleet_node(&dir, FleetSection { nats: vec![nats.port], registry: registry.port, node_id: "edge-1" }, "");
-    let b = fleet_node(&dir, FleetSection { nats: vec![nats.port], registry: link.port, node_id: "edge-2" }, "");
+    let a = fleet_node(
+        &dir,
+        FleetSection {
+            nats: vec![nats.port],
+            registry: registry.port,
+            node_id: "edge-1",
+        },
+        "",
+    );
+    let b = fleet_node(
+        &dir,
+        FleetSection {
+            nats: vec![nats.port],
+            registry: link.port,
+            node_id: "edge-2",
+        },
+        "",
+    );
     let lag_reason = |what: &str| {
         wait_for(what, || {
             let me = node_in(&fleet_view(&a), "edge-2");
             me["lag_reason"].as_str().map(str::to_string)
         })
     };
-    let (v1, v2) = (version_id(&fixture("greet-v1")), version_id(&fixture("greet-v2")));
+    let (v1, v2) = (
+        version_id(&fixture("greet-v1")),
+        version_id(&fixture("greet-v2")),
+    );
+    wait_reporting(&a, 2);
     a.deploy_ok("greet", "greet-v1", "wait=10s");
+    wait_serving(&[&b], "greet", &v1);
 
     // A corrupt blob: edge-2 never serves it, says why, and takes it once it is whole.
     link.cut();
@@ -124,7 +159,11 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
     let why = lag_reason("edge-2 to refuse the corrupt blob");
     assert!(why.contains(&hex), "{why}");
     assert_eq!(serving(&b, "greet").as_deref(), Some(v1.as_str()));
-    assert!(b.metric("tensorlet_fleet_blob_fetch_failures_total", &[]).unwrap() >= 1.0);
+    assert!(
+        b.metric("tensorlet_fleet_blob_fetch_failures_total", &[])
+            .unwrap()
+            >= 1.0
+    );
     std::fs::write(&file, &good).unwrap();
     wait_serving(&[&b], "greet", &v2);
 
@@ -134,7 +173,8 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
     let good_record = entry.value.to_vec();
 
     // A record that does not parse: kept out, reported; the nodes serve on.
-    rt.block_on(kv.put("desired", b"{\"format\":1,\"functions\":".to_vec().into())).unwrap();
+    rt.block_on(kv.put("desired", b"{\"format\":1,\"functions\":".to_vec().into()))
+        .unwrap();
     let why = lag_reason("edge-2 to refuse a record that does not parse");
     assert!(why.contains("does not parse"), "{why}");
     for n in [&a, &b] {
@@ -143,12 +183,18 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
 
     // A record naming a blob that exists nowhere, or a path instead of a digest.
     let missing = "ab".repeat(32);
-    let text = String::from_utf8(good_record.clone()).unwrap().replace(&hex, &missing);
-    rt.block_on(kv.put("desired", text.into_bytes().into())).unwrap();
+    let text = String::from_utf8(good_record.clone())
+        .unwrap()
+        .replace(&hex, &missing);
+    rt.block_on(kv.put("desired", text.into_bytes().into()))
+        .unwrap();
     let why = lag_reason("edge-2 to refuse a blob nobody has");
     assert!(why.contains(&missing), "{why}");
-    let text = String::from_utf8(good_record.clone()).unwrap().replace(&hex, "../../../../etc/passwd");
-    rt.block_on(kv.put("desired", text.into_bytes().into())).unwrap();
+    let text = String::from_utf8(good_record.clone())
+        .unwrap()
+        .replace(&hex, "../../../../etc/passwd");
+    rt.block_on(kv.put("desired", text.into_bytes().into()))
+        .unwrap();
     let why = lag_reason("edge-2 to refuse a path for a digest");
     assert!(why.contains("digest"), "{why}");
     for n in [&a, &b] {
@@ -169,7 +215,11 @@ fn acknowledged_deploys_survive_killing_the_stream_leader() {
     let mut servers = nats_cluster(&tools, &dir);
     let registry = registry(&tools, &dir);
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
-    let section = |id| FleetSection { nats: ports.clone(), registry: registry.port, node_id: id };
+    let section = |id| FleetSection {
+        nats: ports.clone(),
+        registry: registry.port,
+        node_id: id,
+    };
     let a = fleet_node(&dir, section("edge-1"), "");
     let b = fleet_node(&dir, section("edge-2"), "");
     let echo = std::fs::read(fixture("echo")).unwrap();
@@ -190,7 +240,9 @@ fn acknowledged_deploys_survive_killing_the_stream_leader() {
     // The bucket is replicated three times; kill whichever server leads its stream.
     let rt = runtime();
     let leader = rt.block_on(async {
-        let client = async_nats::connect(format!("127.0.0.1:{}", ports[0])).await.unwrap();
+        let client = async_nats::connect(format!("127.0.0.1:{}", ports[0]))
+            .await
+            .unwrap();
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream("KV_tensorlet").await.unwrap();
         let info = stream.info().await.unwrap();
@@ -205,7 +257,10 @@ fn acknowledged_deploys_survive_killing_the_stream_leader() {
     let mut after = 0;
     let mut i = 5;
     while after < 5 {
-        assert!(resumed.elapsed() < std::time::Duration::from_secs(60), "writes did not resume");
+        assert!(
+            resumed.elapsed() < std::time::Duration::from_secs(60),
+            "writes did not resume"
+        );
         if deploy(&format!("f{i}"), &mut acked) == 201 {
             after += 1;
         }
@@ -221,7 +276,10 @@ fn acknowledged_deploys_survive_killing_the_stream_leader() {
                 .iter()
                 .filter_map(|f| f["name"].as_str())
                 .collect();
-            acked.iter().all(|f| names.contains(&f.as_str())).then_some(())
+            acked
+                .iter()
+                .all(|f| names.contains(&f.as_str()))
+                .then_some(())
         });
     }
 }

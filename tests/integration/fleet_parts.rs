@@ -46,7 +46,9 @@ pub fn tools() -> Option<Tools> {
             panic!("nats-server or docker-registry is missing: run scripts/fetch-fleet-tools.sh")
         }
         _ => {
-            eprintln!("skipped: nats-server or docker-registry missing (scripts/fetch-fleet-tools.sh)");
+            eprintln!(
+                "skipped: nats-server or docker-registry missing (scripts/fetch-fleet-tools.sh)"
+            );
             None
         }
     }
@@ -69,7 +71,10 @@ fn wait_listening(port: u16, what: &str, child: &mut Child) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited ({status}) before listening on {port}");
         }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port} in time");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} in time"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -177,7 +182,12 @@ pub fn nats_cluster(tools: &Tools, dir: &TestDir) -> Vec<Server> {
                 "-c".into(),
                 conf.display().to_string(),
             ];
-            Server::spawn(cmd, clients[i], &format!("nats-server n{i}"), &dir.path().join(format!("nats-{i}.log")))
+            Server::spawn(
+                cmd,
+                clients[i],
+                &format!("nats-server n{i}"),
+                &dir.path().join(format!("nats-{i}.log")),
+            )
         })
         .collect()
 }
@@ -198,7 +208,12 @@ pub fn registry(tools: &Tools, dir: &TestDir) -> Server {
         "serve".into(),
         conf.display().to_string(),
     ];
-    Server::spawn(cmd, port, "docker-registry", &dir.path().join("registry.log"))
+    Server::spawn(
+        cmd,
+        port,
+        "docker-registry",
+        &dir.path().join("registry.log"),
+    )
 }
 
 /// Where the registry keeps the bytes of blob `hex` (to damage it).
@@ -245,7 +260,11 @@ impl Proxy {
                     list.push(client.try_clone().unwrap());
                     list.push(server.try_clone().unwrap());
                 }
-                pump(client.try_clone().unwrap(), server.try_clone().unwrap(), Arc::clone(&m));
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Arc::clone(&m),
+                );
                 pump(server, client, Arc::clone(&m));
             }
         });
@@ -355,6 +374,22 @@ pub fn fleet_view(node: &Node) -> serde_json::Value {
     let r = node.get("/admin/v1/fleet");
     assert_eq!(r.status, 200, "fleet status: {r}");
     r.json()
+}
+
+/// Waits until `node` sees `n` nodes reporting (each reaches the engine): `--wait` counts the
+/// nodes that report.
+#[track_caller]
+pub fn wait_reporting(node: &Node, n: usize) {
+    wait_for(&format!("{n} nodes reporting"), || {
+        let view = fleet_view(node);
+        let live = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["engine_connected"] == true)
+            .count();
+        (live == n).then_some(())
+    });
 }
 
 /// A node's view of one node in the fleet.

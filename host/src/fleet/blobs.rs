@@ -1,5 +1,5 @@
 //! Blobs in an OCI registry. Each component or model is pushed as a one-layer OCI artifact
-//! (layer media types below; config: the OCI empty descriptor) into `{repository}/blobs`, tagged
+//! (layer media types below; config: the OCI empty descriptor) into `{repository}/artifacts`, tagged
 //! `sha256-{hex}`, and nodes pull the layer **by digest**: what a node runs is named by content,
 //! never by a tag that could move, and a blob it already has needs no network at all.
 //!
@@ -107,7 +107,7 @@ impl tokio::io::AsyncWrite for Capped {
 }
 
 impl OciRegistry {
-    /// A client for `{url}/{repository}/blobs`.
+    /// A client for `{url}/{repository}/artifacts`.
     pub fn new(
         url: &RegistryUrl,
         repository: &str,
@@ -118,7 +118,7 @@ impl OciRegistry {
             client: client(url.plain_http),
             auth: auth(credentials),
             host: url.host.clone(),
-            repository: format!("{repository}/blobs"),
+            repository: format!("{repository}/artifacts"),
             max_blob,
         }
     }

@@ -27,6 +27,9 @@ pub const KEY: &str = "desired";
 /// How long one engine request may take: short, so that an outage fails changes quickly.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a change waits for a connection being made.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
+
 /// Nodes whose report is older than this count as gone (in `--wait`) and not reaching the
 /// engine (in `fleet status`). Nodes report every second.
 pub const LIVE_WINDOW: Duration = Duration::from_secs(5);
@@ -135,8 +138,19 @@ impl Engine {
         &self.fleet.node_id
     }
 
-    fn check_connected(&self) -> Result<(), Unavailable> {
-        if self.connected() {
+    /// Fails at once if the engine is known to be gone; a connection being (re)made right now
+    /// (a node just started) gets a moment.
+    async fn check_connected(&self) -> Result<(), Unavailable> {
+        let mut connections = self.connections.clone();
+        let connected = tokio::time::timeout(CONNECT_GRACE, async {
+            while !self.connected() {
+                if connections.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if connected.is_ok() && self.connected() {
             Ok(())
         } else {
             Err(Unavailable(format!(
@@ -148,7 +162,7 @@ impl Engine {
 
     /// Opens the buckets, creating them the first time a fleet starts.
     async fn buckets(&self) -> Result<Buckets, Unavailable> {
-        self.check_connected()?;
+        self.check_connected().await?;
         let mut slot = self.buckets.lock().await;
         if let Some(b) = &*slot {
             return Ok(b.clone());

@@ -38,8 +38,14 @@ pub fn start(fleet: Arc<Fleet>, registry: Arc<Registry>, config: Arc<Config>) {
 
 async fn report_loop(fleet: Arc<Fleet>) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut connections = fleet.engine.connections();
     loop {
-        tick.tick().await;
+        // Every second, and at once on each (re)connection: a node joins the fleet's view (and
+        // `--wait`) as soon as it reaches the engine.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = connections.changed() => {}
+        }
         let connected = fleet.engine.connected();
         fleet
             .state
@@ -156,8 +162,11 @@ async fn apply(fleet: &Fleet, registry: &Registry, config: &Config, pending: &mu
     };
     let revision = p.revision;
     let outcome = match record::decode(&p.bytes, config) {
-        // A bad record never gets better: wait for the next one.
-        Err(refusal) => Err((format!("revision {revision}: {refusal}"), false)),
+        // A bad record never gets better: wait for the next one (or write over it).
+        Err(refusal) => {
+            registry.refuse(revision);
+            Err((format!("revision {revision}: {refusal}"), false))
+        }
         Ok(meta) => registry
             .apply(meta, revision)
             .await

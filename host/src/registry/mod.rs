@@ -84,6 +84,8 @@ pub struct Registry {
     /// Whether the desired state lives elsewhere (a fleet's engine), so that each committed or
     /// applied state is also saved to the data directory.
     mirror: bool,
+    /// The newest engine revision refused as malformed ([`Registry::refuse`]).
+    refused: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
     live: RwLock<Arc<LiveMap>>,
     admin: tokio::sync::Mutex<AdminState>,
@@ -208,6 +210,7 @@ impl Registry {
             blobs: seams.blobs,
             local: store,
             mirror: seams.mirror,
+            refused: Default::default(),
             metrics,
             live: RwLock::new(Arc::default()),
             admin: tokio::sync::Mutex::new(AdminState {
@@ -479,8 +482,11 @@ impl Registry {
         // In a fleet, the change may make live what this node has not compiled or loaded yet
         // (a rollback to a version it never served): ready it first, or refuse.
         self.prepare(state, &next).await?;
-        let (desired, expected, to_commit) =
-            (Arc::clone(&self.desired), state.revision, next.clone());
+        let (desired, expected, to_commit) = (
+            Arc::clone(&self.desired),
+            self.base_revision(state),
+            next.clone(),
+        );
         let committed = blocking(move || Ok(desired.commit(expected, &to_commit))).await?;
         let revision = match committed {
             Ok(revision) => revision,
@@ -489,7 +495,9 @@ impl Registry {
                 // from the current state, and let the caller decide again.
                 self.catch_up(state).await;
                 return Err(RegistryError::RevisionConflict(format!(
-                    "another change was committed to the fleet (revision {current}) while this one                      was made from revision {expected}: nothing was changed. Check the current state                      and retry"
+                    "another change was committed to the fleet (revision {current}) while this one \
+                     was made from revision {expected}: nothing was changed. Check the current state \
+                     and retry"
                 )));
             }
             Err(CommitError::Unavailable(message)) => {

@@ -17,6 +17,22 @@ impl Registry {
         self.admin.lock().await.revision
     }
 
+    /// Notes that the engine's record at `revision` is malformed (see [`crate::fleet`]'s record
+    /// checks): the next change made through this node is committed over it, from the state the
+    /// node serves, instead of conflicting with it forever.
+    pub fn refuse(&self, revision: Revision) {
+        self.refused
+            .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The revision a change made now must replace: the node's own, or a newer one that it
+    /// refused as malformed.
+    pub(super) fn base_revision(&self, state: &AdminState) -> Revision {
+        state
+            .revision
+            .max(self.refused.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// Makes `meta`, the engine's state at `revision`, this node's: `Ok(false)` when the node
     /// is there already (or further). On error nothing changed.
     pub async fn apply(&self, meta: Meta, revision: Revision) -> Result<bool, RegistryError> {
