@@ -292,7 +292,7 @@ fn registry_down_rollbacks_work_and_new_versions_wait_with_a_reason() {
     assert_eq!(serving(&nodes[2], "greet").as_deref(), Some(v2.as_str()));
     // `--wait` says which node lags, and fails.
     let r = nodes[0].post(
-        &format!("/admin/v1/functions/greet/rollback?wait=1s"),
+        "/admin/v1/functions/greet/rollback?wait=1s",
         format!("{{\"to\":\"{v3}\"}}").as_bytes(),
     );
     let body = assert_error(&r, 504, "fleet_lagging");
