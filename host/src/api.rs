@@ -348,6 +348,9 @@ pub struct AuditRecord {
     pub action: String,
     /// The HTTP status it got.
     pub status: u16,
+    /// In a fleet, the node that took the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `GET /audit?limit=N`.

@@ -21,6 +21,8 @@ pub struct Audit {
     path: PathBuf,
     max: u64,
     file: Arc<Mutex<File>>,
+    /// In a fleet, the fleet-wide log in the engine, which every node appends to.
+    fleet: Option<Arc<crate::fleet::engine::Engine>>,
 }
 
 impl Audit {
@@ -32,7 +34,14 @@ impl Audit {
             path,
             max,
             file: Arc::new(Mutex::new(file)),
+            fleet: None,
         })
+    }
+
+    /// Also records every call in the fleet's log (a JetStream stream), and reads from it.
+    pub fn with_fleet(mut self, engine: Arc<crate::fleet::engine::Engine>) -> Self {
+        self.fleet = Some(engine);
+        self
     }
 
     /// Records one admin call.
@@ -46,7 +55,14 @@ impl Audit {
             who: who.to_string(),
             action: format!("{method} {shown}"),
             status,
+            node: self.fleet.as_ref().map(|e| e.node_id().to_string()),
         };
+        if let Some(engine) = &self.fleet
+            && let Err(e) = engine.audit_append(&record).await
+        {
+            // The local line below still holds it.
+            tracing::warn!("cannot add to the fleet's audit log: {e}");
+        }
         let Ok(mut line) = serde_json::to_string(&record) else {
             return;
         };
@@ -72,8 +88,15 @@ impl Audit {
         }
     }
 
-    /// The last `n` records, oldest first.
+    /// The last `n` records, oldest first: the fleet's when in a fleet and the engine answers,
+    /// else this node's.
     pub async fn tail(&self, n: usize) -> Vec<AuditRecord> {
+        if let Some(engine) = &self.fleet {
+            match engine.audit_tail(n).await {
+                Ok(records) => return records,
+                Err(e) => tracing::warn!("fleet audit log unreadable, showing this node's: {e}"),
+            }
+        }
         let path = self.path.clone();
         let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
             .await

@@ -14,6 +14,11 @@ struct Fleet {
 }
 
 fn fleet(tools: &Tools, dir: &TestDir, extra: &str) -> Fleet {
+    fleet_as(tools, dir, extra, None)
+}
+
+/// [`fleet`], for nodes whose admin API needs the operator token.
+fn fleet_as(tools: &Tools, dir: &TestDir, extra: &str, operator: Option<&str>) -> Fleet {
     let nats = nats(tools, dir);
     let registry = registry(tools, dir);
     let nodes = (1..=3)
@@ -27,7 +32,7 @@ fn fleet(tools: &Tools, dir: &TestDir, extra: &str) -> Fleet {
             fleet_node(dir, section, extra)
         })
         .collect::<Vec<Node>>();
-    wait_reporting(&nodes[0], 3);
+    wait_reporting_as(&nodes[0], 3, operator);
     Fleet {
         nats,
         registry,
@@ -172,7 +177,7 @@ fn racing_changes_never_lose_an_acknowledged_one() {
                     assert_error(&r, 409, "revision_conflict");
                     conflicts += 1;
                 }
-                _ => panic!("deploy of {name}: {r}"),
+                status => panic!("deploy of {name}: HTTP {status}: {}", r.text()),
             }
         }
     }
@@ -320,4 +325,95 @@ fn registry_down_rollbacks_work_and_new_versions_wait_with_a_reason() {
     let r = nodes[1].deploy("fresh", &fixture("echo"), "");
     assert_error(&r, 503, "registry_unavailable");
     assert_eq!(nodes[0].get("/fn/fresh/").status, 404);
+}
+
+#[test]
+fn tenants_tokens_and_keys_are_fleet_wide() {
+    let Some(tools) = tools() else { return };
+    let dir = TestDir::new();
+    let operator = format!("tlo_{}", "f".repeat(40));
+    let extra = format!("tenants = true\noperator_token = \"{operator}\"");
+    let f = fleet_as(&tools, &dir, &extra, Some(&operator));
+    let [a, b, c] = [&f.nodes[0], &f.nodes[1], &f.nodes[2]];
+    let as_operator = |node: &Node, args: &[&str]| {
+        let mut cmd = cli_command(args);
+        cmd.arg("--node")
+            .arg(node.url())
+            .env("TENSORLET_TOKEN", &operator);
+        run_cli(cmd)
+    };
+    let token = cli_ok(
+        &as_operator(a, &["tenant", "create", "acme", "--wait=10s"]),
+        "tenant create",
+    );
+    let token = token.trim();
+    let as_tenant = |node: &Node, args: &[&str]| {
+        let mut cmd = cli_command(args);
+        cmd.arg("--node")
+            .arg(node.url())
+            .env("TENSORLET_TOKEN", token);
+        run_cli(cmd)
+    };
+    // Made through three different nodes, used through a fourth path.
+    cli_ok(
+        &as_tenant(
+            b,
+            &[
+                "deploy",
+                "hello",
+                fixture("hello-plain").to_str().unwrap(),
+                "--wait=10s",
+            ],
+        ),
+        "deploy",
+    );
+    let key = cli_ok(
+        &as_tenant(c, &["key", "create", "--wait=10s"]),
+        "key create",
+    );
+    let r = Request::get("/fn/acme/hello/")
+        .header("authorization", &format!("Bearer {}", key.trim()))
+        .send(a.addr());
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(Request::get("/fn/acme/hello/").send(a.addr()).status, 401);
+    // A quota set through one node holds on another.
+    cli_ok(
+        &as_operator(
+            c,
+            &[
+                "tenant",
+                "update",
+                "acme",
+                "--max-functions",
+                "1",
+                "--wait=10s",
+            ],
+        ),
+        "update",
+    );
+    let out = as_tenant(a, &["deploy", "second", fixture("echo").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(out_text(&out).1.contains("quota_exceeded"), "{out:?}");
+    // One audit log for the fleet: every node's calls, from any node.
+    let out = as_operator(b, &["audit", "--json"]);
+    let log: serde_json::Value = serde_json::from_str(&cli_ok(&out, "audit")).unwrap();
+    let records = log["records"].as_array().unwrap();
+    for (node, action) in [
+        ("edge-1", "POST /admin/v1/tenants/acme"),
+        ("edge-2", "POST /admin/v1/functions/hello/versions"),
+        ("edge-3", "POST /admin/v1/keys"),
+        ("edge-1", "POST /admin/v1/functions/second/versions"),
+    ] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r["node"] == node && r["action"] == action),
+            "{node} {action} in {log}"
+        );
+    }
+    let refused = records
+        .iter()
+        .find(|r| r["action"] == "POST /admin/v1/functions/second/versions")
+        .unwrap();
+    assert_eq!(refused["status"], 403, "{refused}");
 }

@@ -371,7 +371,16 @@ pub fn wait_serving(nodes: &[&Node], name: &str, version: &str) {
 
 /// `GET /admin/v1/fleet` of a node, asserted 200.
 pub fn fleet_view(node: &Node) -> serde_json::Value {
-    let r = node.get("/admin/v1/fleet");
+    fleet_view_as(node, None)
+}
+
+/// `GET /admin/v1/fleet` with a token, asserted 200.
+pub fn fleet_view_as(node: &Node, token: Option<&str>) -> serde_json::Value {
+    let mut req = crate::support::Request::get("/admin/v1/fleet");
+    if let Some(token) = token {
+        req = req.header("authorization", &format!("Bearer {token}"));
+    }
+    let r = req.send(node.addr());
     assert_eq!(r.status, 200, "fleet status: {r}");
     r.json()
 }
@@ -380,8 +389,14 @@ pub fn fleet_view(node: &Node) -> serde_json::Value {
 /// nodes that report.
 #[track_caller]
 pub fn wait_reporting(node: &Node, n: usize) {
+    wait_reporting_as(node, n, None)
+}
+
+/// [`wait_reporting`] with a token.
+#[track_caller]
+pub fn wait_reporting_as(node: &Node, n: usize, token: Option<&str>) {
     wait_for(&format!("{n} nodes reporting"), || {
-        let view = fleet_view(node);
+        let view = fleet_view_as(node, token);
         let live = view["nodes"]
             .as_array()
             .unwrap()

@@ -16,6 +16,7 @@ mod example_detect_speech;
 mod example_embed_text;
 mod fleet;
 mod fleet_faults;
+mod fleet_oci;
 mod fleet_parts;
 mod hostile;
 mod lifecycle;

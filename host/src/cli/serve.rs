@@ -151,8 +151,11 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.listen
         );
     }
-    let audit = crate::audit::Audit::open(&config.data_dir, config.audit_log_max)
+    let mut audit = crate::audit::Audit::open(&config.data_dir, config.audit_log_max)
         .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?;
+    if let Some(f) = &fleet {
+        audit = audit.with_fleet(Arc::clone(&f.engine));
+    }
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

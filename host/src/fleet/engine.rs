@@ -56,6 +56,7 @@ pub struct Engine {
     client: async_nats::Client,
     js: jetstream::Context,
     buckets: tokio::sync::Mutex<Option<Buckets>>,
+    audit: tokio::sync::Mutex<Option<jetstream::stream::Stream>>,
     connected: Arc<AtomicBool>,
     /// Counts (re)connections: the syncer reopens its watch on each.
     connections: tokio::sync::watch::Receiver<u64>,
@@ -116,6 +117,7 @@ impl Engine {
             client,
             js,
             buckets: tokio::sync::Mutex::new(None),
+            audit: tokio::sync::Mutex::new(None),
             connected,
             connections,
             rt: Handle::current(),
@@ -167,9 +169,7 @@ impl Engine {
         if let Some(b) = &*slot {
             return Ok(b.clone());
         }
-        let info = self.client.server_info();
-        let cluster = self.fleet.nats.len() > 1 || !info.connect_urls.is_empty();
-        let replicas = self.fleet.replicas.unwrap_or(if cluster { 3 } else { 1 });
+        let replicas = self.replicas();
         let open = |name: String, history: i64, max_age: Duration| async move {
             match self.js.get_key_value(name.clone()).await {
                 Ok(store) => Ok(store),
@@ -313,6 +313,92 @@ impl Engine {
 
 fn to_commit_error(e: Unavailable) -> CommitError {
     CommitError::Unavailable(e.0)
+}
+
+impl Engine {
+    /// The fleet's audit log: a stream of JSON records, the newest 100,000 kept.
+    async fn audit_stream(&self) -> Result<jetstream::stream::Stream, Unavailable> {
+        self.check_connected().await?;
+        let mut slot = self.audit.lock().await;
+        if let Some(stream) = &*slot {
+            return Ok(stream.clone());
+        }
+        let name = format!("{}_audit", self.fleet.bucket);
+        let stream = self
+            .js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{}.audit", self.fleet.bucket)],
+                max_messages: 100_000,
+                num_replicas: self.replicas(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&format!("opening the stream `{name}`"), e))?;
+        *slot = Some(stream.clone());
+        Ok(stream)
+    }
+
+    /// Appends one record to the fleet's audit log.
+    pub async fn audit_append(&self, record: &crate::api::AuditRecord) -> Result<(), Unavailable> {
+        self.audit_stream().await?;
+        let bytes = serde_json::to_vec(record).map_err(|e| unavailable("audit record", e))?;
+        self.js
+            .publish(format!("{}.audit", self.fleet.bucket), bytes.into())
+            .await
+            .map_err(|e| unavailable("adding to the audit log", e))?
+            .await
+            .map_err(|e| unavailable("adding to the audit log", e))?;
+        Ok(())
+    }
+
+    /// The last `n` records of the fleet's audit log, oldest first.
+    pub async fn audit_tail(&self, n: usize) -> Result<Vec<crate::api::AuditRecord>, Unavailable> {
+        use futures_util::StreamExt;
+        let mut stream = self.audit_stream().await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("reading the audit log", e))?
+            .state
+            .clone();
+        if state.messages == 0 || n == 0 {
+            return Ok(Vec::new());
+        }
+        let start = state
+            .last_sequence
+            .saturating_sub(n as u64 - 1)
+            .max(state.first_sequence);
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("reading the audit log", e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("reading the audit log", e))?;
+        let mut records = Vec::new();
+        let want = (state.last_sequence - start + 1) as usize;
+        for _ in 0..want {
+            let next = tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await;
+            let Ok(Some(Ok(message))) = next else { break };
+            if let Ok(r) = serde_json::from_slice(&message.payload) {
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+
+    fn replicas(&self) -> usize {
+        let cluster =
+            self.fleet.nats.len() > 1 || !self.client.server_info().connect_urls.is_empty();
+        self.fleet.replicas.unwrap_or(if cluster { 3 } else { 1 })
+    }
 }
 
 /// The engine as the registry's blocking commit seam.
