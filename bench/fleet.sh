@@ -31,54 +31,12 @@ fi
 BIN=$(realpath "$BIN")
 W=$ROOT/target/wasm/wasm32-wasip2/release
 
-DIR=$(mktemp -d -t tensorlet-fleet-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  trap - EXIT INT TERM
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM   # the EXIT trap does the stopping
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_for() { # FILE PATTERN PID WHAT: until FILE holds PATTERN, or the process died
-  for _ in $(seq 1 300); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || { echo "$4 failed to start:" >&2; tail -20 "$1" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "$4 did not start in 30s" >&2; exit 1
-}
-start_node() { # NAME CONFIG -> sets URL
-  "$BIN" serve --config "$2" > "$DIR/$1.out" 2> "$DIR/$1.log" &
-  PIDS+=($!)
-  wait_for "$DIR/$1.out" '^listening on' $! "$1"
-  URL=$(sed -n 's/^listening on //p' "$DIR/$1.out")
-}
-
-# The engine; sync_interval always, so an acknowledged change is on disk (what production runs).
-NATS_PORT=$(free_port)
-printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s", sync_interval: always }\n' \
-  "$NATS_PORT" "$DIR/jetstream" > "$DIR/nats.conf"
-nats-server -c "$DIR/nats.conf" > "$DIR/nats.log" 2>&1 &
-PIDS+=($!)
-wait_for "$DIR/nats.log" "Server is ready" $! nats-server
-
-REG_PORT=$(free_port)
-cat > "$DIR/registry.yml" <<EOF
-version: 0.1
-log: {level: warn, accesslog: {disabled: true}}
-storage:
-  filesystem: {rootdirectory: $DIR/registry}
-  delete: {enabled: true}
-http: {addr: 127.0.0.1:$REG_PORT}
-EOF
-docker-registry serve "$DIR/registry.yml" > "$DIR/registry.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$REG_PORT/v2/" && break; sleep 0.1; done
+# The temp dir, the traps that stop everything on exit, and the fleet's parts.
+source scripts/fleet-lib.sh
+fleet_init tensorlet-fleet-bench
+start_nats
+# No access log: a line per blob pull is noise here.
+start_registry '{level: warn, accesslog: {disabled: true}}'
 
 PROXY_PORT=$(free_port)
 python3 bench/tcp_proxy.py "$PROXY_PORT" "$NATS_PORT" > "$DIR/proxy.log" 2>&1 &
@@ -89,26 +47,14 @@ wait_for "$DIR/proxy.log" '^ready' $PROXY tcp_proxy
 URLS=()
 for i in 1 2 3; do
   port=$NATS_PORT; [ $i = 3 ] && port=$PROXY_PORT
-  cat > "$DIR/edge-$i.toml" <<EOF
-listen = "127.0.0.1:$(free_port)"
-data_dir = "$DIR/edge-$i"
-[fleet]
-nats = ["nats://127.0.0.1:$port"]
-registry = "http://127.0.0.1:$REG_PORT"
-node_id = "edge-$i"
-ping_interval = "500ms"
-EOF
+  fleet_toml "edge-$i" "$port"
   start_node "edge-$i" "$DIR/edge-$i.toml"
   URLS+=("$URL")
 done
 printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s"\n' "$(free_port)" "$DIR/plain" > "$DIR/plain.toml"
 start_node plain "$DIR/plain.toml"
 PLAIN=$URL
-for u in "${URLS[@]}"; do  # every node in the fleet before the first deploy
-  for _ in $(seq 1 100); do
-    curl -s "$u/metrics" | grep -q '^tensorlet_fleet_engine_connected 1' && break; sleep 0.1
-  done
-done
+wait_connected "${URLS[@]}"   # every node in the fleet before the first deploy
 echo "nodes: ${URLS[*]} (edge-3 via proxy :$PROXY_PORT), plain: $PLAIN" >&2
 
 # a and b: Python, for millisecond timing and keep-alive polling.

@@ -161,6 +161,9 @@ fn racing_changes_never_lose_an_acknowledged_one() {
     let (a, b) = (&f.nodes[0], &f.nodes[1]);
     let echo = std::fs::read(fixture("echo")).unwrap();
     let mut acked = Vec::new();
+    // Answered 503 (the engine did not confirm in time, as can happen on a loaded machine): the
+    // outcome is unknown, and the message says so.
+    let mut unknown = Vec::new();
     let mut conflicts = 0;
     for round in 0..12 {
         let names = [format!("a{round}"), format!("b{round}")];
@@ -177,12 +180,30 @@ fn racing_changes_never_lose_an_acknowledged_one() {
                     assert_error(&r, 409, "revision_conflict");
                     conflicts += 1;
                 }
+                503 => {
+                    let body = assert_error(&r, 503, "engine_unavailable");
+                    assert!(
+                        body["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("may or may not"),
+                        "{body}"
+                    );
+                    unknown.push(name.clone());
+                }
                 status => panic!("deploy of {name}: HTTP {status}: {}", r.text()),
             }
         }
     }
-    eprintln!("{} acknowledged, {conflicts} conflicts", acked.len());
-    assert!(acked.len() >= 12, "at least one deploy of each round wins");
+    eprintln!(
+        "{} acknowledged, {conflicts} conflicts, {} unknown",
+        acked.len(),
+        unknown.len()
+    );
+    assert!(
+        acked.len() + unknown.len() >= 12,
+        "at least one deploy of each round wins"
+    );
     for n in f.all() {
         wait_for("every acknowledged function on every node", || {
             let list = n.get("/admin/v1/functions").json();
@@ -192,16 +213,17 @@ fn racing_changes_never_lose_an_acknowledged_one() {
                 .iter()
                 .map(|f| f["name"].as_str().unwrap().to_string())
                 .collect();
-            acked.iter().all(|a| names.contains(a)).then_some(())
+            acked.iter().all(|a| names.contains(a)).then_some(names)
         });
         // What was refused was not kept either.
-        assert_eq!(
-            n.get("/admin/v1/functions").json()["functions"]
-                .as_array()
-                .unwrap()
-                .len(),
-            acked.len()
-        );
+        let list = n.get("/admin/v1/functions").json();
+        for f in list["functions"].as_array().unwrap() {
+            let name = f["name"].as_str().unwrap().to_string();
+            assert!(
+                acked.contains(&name) || unknown.contains(&name),
+                "{name} was refused but kept"
+            );
+        }
     }
 }
 

@@ -30,34 +30,27 @@ fn bucket(rt: &tokio::runtime::Runtime, port: u16) -> async_nats::jetstream::kv:
 fn a_cut_off_node_serves_stale_and_catches_up_after_a_reset_or_a_blackhole() {
     let Some(tools) = tools() else { return };
     let dir = TestDir::new();
-    let nats = nats(&tools, &dir);
-    let registry = registry(&tools, &dir);
-    let link = Proxy::to(nats.port);
-    let section = |id, port| FleetSection {
-        nats: vec![port],
-        registry: registry.port,
-        node_id: id,
-    };
-    let a = fleet_node(&dir, section("edge-1", nats.port), "");
-    let c = fleet_node(&dir, section("edge-3", link.port), "");
+    // Bound whole: the engine and registry live as long as the pair.
+    let pair = Pair::start(&tools, &dir, "edge-3", Through::Engine);
+    let Pair { link, a, b, .. } = &pair;
+    let c = b;
     let versions: Vec<String> = ["greet-v1", "greet-v2", "hello-plain"]
         .iter()
         .map(|f| version_id(&fixture(f)))
         .collect();
-    wait_reporting(&a, 2);
     a.deploy_ok("greet", "greet-v1", "wait=10s");
-    wait_serving(&[&a, &c], "greet", &versions[0]);
+    wait_serving(&[a, c], "greet", &versions[0]);
 
     // Reset: edge-3 notices, keeps serving v1 while edge-1 serves v2, then catches up.
     link.cut();
     a.deploy_ok("greet", "greet-v2", "");
-    wait_serving(&[&a], "greet", &versions[1]);
+    wait_serving(&[a], "greet", &versions[1]);
     wait_for("edge-3 to notice the reset", || {
         (c.metric("tensorlet_fleet_engine_connected", &[]) == Some(0.0)).then_some(())
     });
-    assert_eq!(serving(&c, "greet").as_deref(), Some(versions[0].as_str()));
+    assert_eq!(serving(c, "greet").as_deref(), Some(versions[0].as_str()));
     link.heal();
-    wait_serving(&[&c], "greet", &versions[1]);
+    wait_serving(&[c], "greet", &versions[1]);
 
     // Blackhole: nothing arrives and nothing fails; the pings tell.
     link.blackhole();
@@ -65,45 +58,36 @@ fn a_cut_off_node_serves_stale_and_catches_up_after_a_reset_or_a_blackhole() {
     wait_for("edge-3 to notice the blackhole", || {
         (c.metric("tensorlet_fleet_engine_connected", &[]) == Some(0.0)).then_some(())
     });
-    assert_eq!(serving(&c, "greet").as_deref(), Some(versions[1].as_str()));
+    assert_eq!(serving(c, "greet").as_deref(), Some(versions[1].as_str()));
     // Seen from the rest of the fleet, edge-3 stopped reporting.
     wait_for("edge-1 to see edge-3 gone quiet", || {
-        let me = node_in(&fleet_view(&a), "edge-3");
+        let me = node_in(&fleet_view(a), "edge-3");
         (me["engine_connected"] == false).then_some(())
     });
     link.heal();
-    wait_serving(&[&c], "greet", &versions[2]);
+    wait_serving(&[c], "greet", &versions[2]);
 }
 
 #[test]
 fn a_restarted_node_serves_from_disk_without_the_engine_then_resumes() {
     let Some(tools) = tools() else { return };
     let dir = TestDir::new();
-    let nats = nats(&tools, &dir);
-    let registry = registry(&tools, &dir);
-    let link = Proxy::to(nats.port);
-    let section = |id, port| FleetSection {
-        nats: vec![port],
-        registry: registry.port,
-        node_id: id,
-    };
-    let a = fleet_node(&dir, section("edge-1", nats.port), "");
-    let mut b = fleet_node(&dir, section("edge-2", link.port), "");
+    let mut pair = Pair::start(&tools, &dir, "edge-2", Through::Engine);
     let (v1, v2) = (
         version_id(&fixture("greet-v1")),
         version_id(&fixture("greet-v2")),
     );
-    a.deploy_ok("greet", "greet-v1", "wait=10s");
-    wait_serving(&[&b], "greet", &v1);
+    pair.a.deploy_ok("greet", "greet-v1", "wait=10s");
+    wait_serving(&[&pair.b], "greet", &v1);
 
-    b.kill9();
-    a.deploy_ok("greet", "greet-v2", "");
-    link.cut();
-    let b = fleet_node(&dir, section("edge-2", link.port), "");
+    pair.b.kill9();
+    pair.a.deploy_ok("greet", "greet-v2", "");
+    pair.link.cut();
+    let b = pair.restart_b(&dir);
     // At once, from its own disk, with the engine unreachable.
     assert_eq!(serving(&b, "greet").as_deref(), Some(v1.as_str()));
     assert_eq!(b.metric("tensorlet_fleet_applied_revision", &[]), Some(1.0));
-    link.heal();
+    pair.link.heal();
     wait_serving(&[&b], "greet", &v2);
 }
 
@@ -111,31 +95,14 @@ fn a_restarted_node_serves_from_disk_without_the_engine_then_resumes() {
 fn bad_blobs_and_bad_records_are_refused_and_reported() {
     let Some(tools) = tools() else { return };
     let dir = TestDir::new();
-    let nats = nats(&tools, &dir);
-    let registry = registry(&tools, &dir);
-    let link = Proxy::to(registry.port);
-    let a = fleet_node(
-        &dir,
-        FleetSection {
-            nats: vec![nats.port],
-            registry: registry.port,
-            node_id: "edge-1",
-        },
-        "",
-    );
-    let b = fleet_node(
-        &dir,
-        FleetSection {
-            nats: vec![nats.port],
-            registry: link.port,
-            node_id: "edge-2",
-        },
-        "",
-    );
+    let pair = Pair::start(&tools, &dir, "edge-2", Through::Registry);
+    let Pair {
+        nats, link, a, b, ..
+    } = &pair;
     // Waits until edge-2 reports a lag whose reason says `expected`.
     let lag_reason = |what: &str, expected: &str| {
         wait_for(what, || {
-            let me = node_in(&fleet_view(&a), "edge-2");
+            let me = node_in(&fleet_view(a), "edge-2");
             let why = me["lag_reason"].as_str()?;
             why.contains(expected).then(|| why.to_string())
         })
@@ -144,9 +111,8 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
         version_id(&fixture("greet-v1")),
         version_id(&fixture("greet-v2")),
     );
-    wait_reporting(&a, 2);
     a.deploy_ok("greet", "greet-v1", "wait=10s");
-    wait_serving(&[&b], "greet", &v1);
+    wait_serving(&[b], "greet", &v1);
 
     // A corrupt blob: edge-2 never serves it, says why, and takes it once it is whole.
     link.cut();
@@ -159,14 +125,14 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
     std::fs::write(&file, &bad).unwrap();
     link.heal();
     lag_reason("edge-2 to refuse the corrupt blob", &hex);
-    assert_eq!(serving(&b, "greet").as_deref(), Some(v1.as_str()));
+    assert_eq!(serving(b, "greet").as_deref(), Some(v1.as_str()));
     assert!(
         b.metric("tensorlet_fleet_blob_fetch_failures_total", &[])
             .unwrap()
             >= 1.0
     );
     std::fs::write(&file, &good).unwrap();
-    wait_serving(&[&b], "greet", &v2);
+    wait_serving(&[b], "greet", &v2);
 
     let rt = runtime();
     let kv = bucket(&rt, nats.port);
@@ -180,7 +146,7 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
         "edge-2 to refuse a record that does not parse",
         "does not parse",
     );
-    for n in [&a, &b] {
+    for n in [a, b] {
         assert_eq!(serving(n, "greet").as_deref(), Some(v2.as_str()));
     }
 
@@ -198,7 +164,7 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
     rt.block_on(kv.put("desired", text.into_bytes().into()))
         .unwrap();
     lag_reason("edge-2 to refuse a path for a digest", "not sha256 hex");
-    for n in [&a, &b] {
+    for n in [a, b] {
         assert_eq!(serving(n, "greet").as_deref(), Some(v2.as_str()));
         assert!(n.stderr_text().find("panicked").is_none());
     }
@@ -206,7 +172,7 @@ fn bad_blobs_and_bad_records_are_refused_and_reported() {
     // A change made through a node writes over the refused record, from the state it serves.
     let r = b.rollback("greet", Some(&v1));
     assert_eq!(r.status, 200, "{r}");
-    wait_serving(&[&a, &b], "greet", &v1);
+    wait_serving(&[a, b], "greet", &v1);
 }
 
 #[test]

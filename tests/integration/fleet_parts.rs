@@ -420,3 +420,79 @@ pub fn node_in(view: &serde_json::Value, id: &str) -> serde_json::Value {
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// Which link of the second node of a [`Pair`] goes through its proxy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Through {
+    /// Its link to NATS.
+    Engine,
+    /// Its link to the registry.
+    Registry,
+}
+
+/// An engine, a registry and two nodes: `a` (edge-1) reaches both directly, `b` reaches one of
+/// them through `link`, a proxy the test can cut.
+pub struct Pair {
+    pub nats: Server,
+    pub registry: Server,
+    pub link: Proxy,
+    pub a: Node,
+    pub b: Node,
+    b_id: &'static str,
+    through: Through,
+}
+
+impl Pair {
+    pub fn start(tools: &Tools, dir: &TestDir, b_id: &'static str, through: Through) -> Pair {
+        let nats = nats(tools, dir);
+        let registry = registry(tools, dir);
+        let link = Proxy::to(match through {
+            Through::Engine => nats.port,
+            Through::Registry => registry.port,
+        });
+        let a = fleet_node(
+            dir,
+            FleetSection {
+                nats: vec![nats.port],
+                registry: registry.port,
+                node_id: "edge-1",
+            },
+            "",
+        );
+        let b = b_node(dir, b_id, through, (nats.port, registry.port, link.port));
+        wait_reporting(&a, 2);
+        Pair {
+            nats,
+            registry,
+            link,
+            a,
+            b,
+            b_id,
+            through,
+        }
+    }
+
+    /// Starts `b` again, on the same data directory.
+    pub fn restart_b(&self, dir: &TestDir) -> Node {
+        let ports = (self.nats.port, self.registry.port, self.link.port);
+        b_node(dir, self.b_id, self.through, ports)
+    }
+}
+
+fn b_node(
+    dir: &TestDir,
+    id: &str,
+    through: Through,
+    (nats, registry, link): (u16, u16, u16),
+) -> Node {
+    let (nats, registry) = match through {
+        Through::Engine => (link, registry),
+        Through::Registry => (nats, link),
+    };
+    let section = FleetSection {
+        nats: vec![nats],
+        registry,
+        node_id: id,
+    };
+    fleet_node(dir, section, "")
+}

@@ -24,8 +24,9 @@ use crate::store::Meta;
 /// The key of the desired-state document.
 pub const KEY: &str = "desired";
 
-/// How long one engine request may take: short, so that an outage fails changes quickly.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one engine request may take: short, so that an outage fails changes quickly (a
+/// known outage fails them at once; this bounds a link that died unnoticed).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a change waits for a connection being made.
 const CONNECT_GRACE: Duration = Duration::from_secs(2);

@@ -8,6 +8,7 @@
 mod error;
 mod models;
 mod rules;
+mod seams;
 mod sync;
 mod tenants;
 #[cfg(test)]
@@ -41,6 +42,8 @@ use models::{live_key, live_options};
 use rules::{
     check_models_exist, check_tenant_deploy, has_version, referenced, resolve, resolve_models,
 };
+pub use seams::Seams;
+use seams::load_prepared;
 
 /// One version of one function, ready to serve requests: what the runtime runs, plus what the
 /// registry and admission keep about it.
@@ -91,31 +94,6 @@ pub struct Registry {
     admin: tokio::sync::Mutex<AdminState>,
     nn: Arc<NnNode>,
     tenants: RwLock<Arc<HashMap<String, Arc<TenantLive>>>>,
-}
-
-/// Where a registry commits and stores: the data directory alone (one node), or a fleet's
-/// engine and registry with the data directory as the node's copy.
-pub struct Seams {
-    /// The node's data directory.
-    pub local: Arc<DataDir>,
-    /// Where changes are committed.
-    pub desired: Arc<dyn DesiredState>,
-    /// Where blobs are stored.
-    pub blobs: Arc<dyn BlobStore>,
-    /// Whether `desired` is not the data directory (see [`Registry::mirror`]).
-    pub mirror: bool,
-}
-
-impl Seams {
-    /// A single node: the data directory is both.
-    pub fn local(local: Arc<DataDir>) -> Self {
-        Self {
-            desired: Arc::clone(&local) as Arc<dyn DesiredState>,
-            blobs: Arc::clone(&local) as Arc<dyn BlobStore>,
-            local,
-            mirror: false,
-        }
-    }
 }
 
 /// Whether a deploy (or model add) created a new version; `V` is the version's view.
@@ -607,27 +585,4 @@ pub struct DeploySettings<M = String> {
     pub models: Vec<M>,
     /// Whether callers need no invoke key (`public`, `public=true`).
     pub public: bool,
-}
-
-/// Compiled code for `digest`: from the node's cache, else compiled from the blob (which
-/// `blobs` may have to fetch) and cached.
-fn load_prepared(
-    runtime: &Runtime,
-    store: &DataDir,
-    blobs: &dyn BlobStore,
-    digest: &str,
-) -> anyhow::Result<Prepared> {
-    let cache = store.cache_path(runtime.engine_hash(), digest);
-    let component = match runtime.deserialize_file(&cache) {
-        Ok(c) => c,
-        Err(_) => {
-            let bytes = blobs.get(digest)?;
-            let c = runtime.compile(&bytes).map_err(anyhow::Error::msg)?;
-            if let Ok(code) = runtime.serialize(&c) {
-                let _ = store.put_cache(runtime.engine_hash(), digest, &code);
-            }
-            c
-        }
-    };
-    runtime.prepare(&component).map_err(anyhow::Error::msg)
 }
