@@ -38,6 +38,10 @@ pub struct Meta {
     /// Committed changes so far ([`DesiredState`]).
     #[serde(default)]
     pub revision: Revision,
+    /// In fleet mode, the engine whose revisions `revision` counts (`nats:{bucket}`); absent on
+    /// a single node, and in the engine's own copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     /// Functions by key.
     pub functions: BTreeMap<FunctionKey, FunctionRecord>,
     /// ONNX models by key.

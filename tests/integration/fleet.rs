@@ -439,3 +439,41 @@ fn tenants_tokens_and_keys_are_fleet_wide() {
         .unwrap();
     assert_eq!(refused["status"], 403, "{refused}");
 }
+
+#[test]
+fn a_node_that_ran_alone_seeds_an_empty_fleet_or_takes_the_fleets_state() {
+    let Some(tools) = tools() else { return };
+    let dir = TestDir::new();
+    let nats = nats(&tools, &dir);
+    let registry = registry(&tools, &dir);
+    let section = |id| FleetSection {
+        nats: vec![nats.port],
+        registry: registry.port,
+        node_id: id,
+    };
+    let v1 = version_id(&fixture("greet-v1"));
+    {
+        let alone = Node::start(&dir.path().join("edge-1"), None);
+        alone.deploy_ok("greet", "greet-v1", "");
+    }
+    // The fleet is empty: the node's state becomes the fleet's, blobs and all.
+    let a = fleet_node(&dir, section("edge-1"), "");
+    let b = fleet_node(&dir, section("edge-2"), "");
+    wait_serving(&[&a, &b], "greet", &v1);
+
+    // Another node ran alone, further along (more revisions) and with other functions: in a
+    // fleet that has a state, it takes the fleet's.
+    {
+        let alone = Node::start(&dir.path().join("edge-3"), None);
+        alone.deploy_ok("mine", "echo", "");
+        alone.deploy_ok("greet", "greet-v2", "");
+        alone.deploy_ok("greet", "hello-plain", "");
+    }
+    let c = fleet_node(&dir, section("edge-3"), "");
+    wait_serving(&[&c], "greet", &v1);
+    assert_eq!(c.get("/fn/mine/").status, 404);
+    // And changes made through it count in the fleet's revisions.
+    let r = c.deploy("greet", &fixture("greet-v2"), "wait=10s");
+    assert_eq!(r.status, 201, "{r}");
+    wait_serving(&[&a, &b, &c], "greet", &version_id(&fixture("greet-v2")));
+}

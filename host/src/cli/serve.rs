@@ -74,6 +74,7 @@ impl FleetNode {
             desired: Arc::new(EngineState(Arc::clone(&self.engine))),
             blobs: Arc::clone(&self.blobs) as _,
             mirror: true,
+            engine: Some(self.engine.id()),
         }
     }
 }

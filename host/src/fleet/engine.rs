@@ -141,6 +141,11 @@ impl Engine {
         &self.fleet.node_id
     }
 
+    /// What a node's data directory records as the engine its revision counts in.
+    pub fn id(&self) -> String {
+        format!("nats:{}", self.fleet.bucket)
+    }
+
     /// Fails at once if the engine is known to be gone; a connection being (re)made right now
     /// (a node just started) gets a moment.
     async fn check_connected(&self) -> Result<(), Unavailable> {
@@ -231,6 +236,7 @@ impl Engine {
         let b = self.buckets().await.map_err(to_commit_error)?;
         let mut doc = next.clone();
         doc.revision = 0;
+        doc.engine = None;
         let bytes = Bytes::from(serde_json::to_vec(&doc).map_err(std::io::Error::other)?);
         let max = self.client.server_info().max_payload;
         if max > 0 && bytes.len() > max.saturating_sub(1024) {

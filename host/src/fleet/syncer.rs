@@ -81,6 +81,13 @@ async fn sync_loop(fleet: Arc<Fleet>, registry: Arc<Registry>, config: Arc<Confi
         let watch = match fleet.engine.watch().await {
             Ok(w) => {
                 failures = 0;
+                // An empty engine and a node that ran alone: its state becomes the fleet's.
+                if let Ok(None) = fleet.engine.latest().await {
+                    match registry.seed().await {
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("fleet: cannot seed the empty engine: {e}"),
+                    }
+                }
                 w
             }
             Err(e) => {

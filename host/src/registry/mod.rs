@@ -87,6 +87,8 @@ pub struct Registry {
     /// Whether the desired state lives elsewhere (a fleet's engine), so that each committed or
     /// applied state is also saved to the data directory.
     mirror: bool,
+    /// In a fleet, the engine's id, recorded with the state saved locally.
+    engine_id: Option<String>,
     /// The newest engine revision refused as malformed ([`Registry::refuse`]).
     refused: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
@@ -127,7 +129,18 @@ impl Registry {
         seams: Seams,
     ) -> anyhow::Result<Registry> {
         let store = Arc::clone(&seams.local);
-        let (mut meta, revision) = store.load()?;
+        let (mut meta, mut revision) = store.load()?;
+        if seams.engine.is_some() && meta.engine != seams.engine {
+            // Revisions of another store (this node ran alone, or in another fleet): serve what
+            // is here until the fleet's state arrives, which replaces it (or seeds an empty one).
+            if revision > 0 {
+                tracing::warn!(
+                    "this data directory's state was not made in this fleet: it is served until \
+                     the fleet's state arrives (an empty fleet is seeded with it)"
+                );
+            }
+            revision = 0;
+        }
         let mut compiled = HashMap::new();
         for (name, f) in meta.functions.iter_mut() {
             f.versions.retain(|v| {
@@ -188,6 +201,7 @@ impl Registry {
             blobs: seams.blobs,
             local: store,
             mirror: seams.mirror,
+            engine_id: seams.engine,
             refused: Default::default(),
             metrics,
             live: RwLock::new(Arc::default()),
@@ -484,6 +498,7 @@ impl Registry {
             Err(e @ CommitError::Io(_)) => return Err(RegistryError::internal(e.to_string())),
         };
         next.revision = revision;
+        next.engine = self.engine_id.clone();
         if self.mirror {
             // The node's own copy, which it serves from after a restart.
             let (local, saved) = (Arc::clone(&self.local), next.clone());

@@ -17,6 +17,9 @@ pub struct Seams {
     pub blobs: Arc<dyn BlobStore>,
     /// Whether `desired` is not the data directory (see [`Registry::mirror`]).
     pub mirror: bool,
+    /// In a fleet, the engine's id (`nats:{bucket}`): a data directory whose revision counts in
+    /// another (a node that ran alone) starts from revision 0 there.
+    pub engine: Option<String>,
 }
 
 impl Seams {
@@ -27,6 +30,7 @@ impl Seams {
             blobs: Arc::clone(&local) as Arc<dyn BlobStore>,
             local,
             mirror: false,
+            engine: None,
         }
     }
 }

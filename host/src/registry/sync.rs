@@ -60,6 +60,40 @@ impl Registry {
         }
     }
 
+    /// A node that ran alone, first in an empty fleet: makes its state the fleet's (its blobs
+    /// pushed to the registry first). `Ok(false)` when there is nothing to seed.
+    pub async fn seed(&self) -> Result<bool, RegistryError> {
+        let mut state = self.admin.lock().await;
+        let m = &state.meta;
+        if self.base_revision(&state) != 0
+            || (m.functions.is_empty() && m.models.is_empty() && m.tenants.is_empty())
+        {
+            return Ok(false);
+        }
+        let digests: Vec<String> = super::referenced(&state.meta)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        for digest in digests {
+            let (local, blobs) = (Arc::clone(&self.local), Arc::clone(&self.blobs));
+            blocking(move || {
+                let bytes = local
+                    .read_blob(&digest)
+                    .map_err(|e| RegistryError::internal(format!("{e:#}")))?;
+                blobs
+                    .put(&digest, &bytes)
+                    .map_err(|e| RegistryError::store_failed("blob", e))
+            })
+            .await?;
+        }
+        self.commit(&mut state, |_| Ok(())).await?;
+        tracing::info!(
+            revision = state.revision,
+            "fleet: seeded the empty engine with this node's state"
+        );
+        Ok(true)
+    }
+
     async fn adopt(
         &self,
         state: &mut AdminState,
@@ -71,6 +105,7 @@ impl Registry {
         }
         self.prepare(state, &meta).await?;
         meta.revision = revision;
+        meta.engine = self.engine_id.clone();
         let (local, saved) = (Arc::clone(&self.local), meta.clone());
         blocking(move || {
             local
