@@ -1,5 +1,7 @@
-//! `oci://` references (README "Running a fleet"): artifacts already in a registry, in the wasm
-//! OCI layout that `wkg oci push` writes, deployed and added as models on a single node.
+//! Models and artifacts in a fleet's registry (README "Running a fleet"): `oci://` references to
+//! artifacts already in a registry, in the wasm OCI layout that `wkg oci push` writes, deployed
+//! and added as models on a single node; and a model added through one fleet node serving
+//! inferences on another.
 
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
@@ -79,5 +81,23 @@ nn_test! {
         cli_ok(&out, "model add oci");
         let models = node.get("/admin/v1/models").json();
         assert_eq!(models["models"][0]["name"], "add", "{models}");
+    }
+}
+
+nn_test! {
+    fn models_added_through_one_node_serve_inferences_on_every_node() {
+        let Some(tools) = tools() else { return };
+        let dir = TestDir::new();
+        let pair = Pair::start(&tools, &dir, "edge-2", Through::Engine);
+        let (a, b) = (&pair.a, &pair.b);
+        let r = a.add_model("add", "add_f32.onnx");
+        assert_eq!(r.status, 201, "{r}");
+        // A function deployed through the other node, naming the model it pulled.
+        b.deploy_ok("nn", "nn-probe", "model=add&wait=10s");
+        for n in [a, b] {
+            assert_eq!(n.get("/fn/nn/add").text(), "2 3 4 5 6 7");
+        }
+        let models = b.get("/admin/v1/models").json();
+        assert_eq!(models["models"][0]["loaded"], true, "{models}");
     }
 }

@@ -49,9 +49,10 @@ impl FleetNode {
             fleet.registry_auth.clone(),
             max_blob,
         );
+        let registry = Arc::new(registry);
         let blobs = Arc::new(FleetBlobs {
             local: Arc::clone(&local),
-            registry: Arc::new(registry),
+            registry: Arc::clone(&registry),
             state: Arc::clone(&state),
             rt: rt.handle().clone(),
         });
@@ -59,6 +60,7 @@ impl FleetNode {
             engine: Arc::clone(&engine),
             state,
             local,
+            registry,
         });
         Ok(Self {
             fleet,

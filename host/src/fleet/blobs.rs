@@ -181,6 +181,20 @@ impl OciRegistry {
         Ok(())
     }
 
+    /// Whether the registry answers at all (a blob lookup that may well find nothing).
+    pub async fn reachable(&self) -> bool {
+        let probe = self.by_digest(&"0".repeat(64));
+        self.client
+            .store_auth_if_needed(&self.host, &self.auth)
+            .await;
+        !matches!(
+            self.client
+                .blob_exists(&probe, &format!("sha256:{}", "0".repeat(64)))
+                .await,
+            Err(oci_client::errors::OciDistributionError::RequestError(_))
+        )
+    }
+
     /// Pulls the blob `hex`, checked against its digest.
     pub async fn pull(&self, hex: &str) -> anyhow::Result<Vec<u8>> {
         let reference = self.by_digest(hex);

@@ -15,6 +15,8 @@ pub struct Fleet {
     pub state: Arc<status::NodeState>,
     /// This node's data directory.
     pub local: Arc<crate::store::DataDir>,
+    /// The fleet's registry.
+    pub registry: Arc<super::blobs::OciRegistry>,
 }
 
 fn now_ms() -> u64 {

@@ -25,6 +25,8 @@ use crate::registry::Registry;
 
 /// How often a node reports to the engine.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often the node checks that the registry answers.
+const PROBE_REGISTRY_EVERY: Duration = Duration::from_secs(5);
 /// How often the node checks that it is not silently behind.
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a failed apply or watch.
@@ -39,12 +41,20 @@ pub fn start(fleet: Arc<Fleet>, registry: Arc<Registry>, config: Arc<Config>) {
 async fn report_loop(fleet: Arc<Fleet>) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     let mut connections = fleet.engine.connections();
+    let mut probe = tokio::time::interval(PROBE_REGISTRY_EVERY);
     loop {
         // Every second, and at once on each (re)connection: a node joins the fleet's view (and
         // `--wait`) as soon as it reaches the engine.
         tokio::select! {
             _ = tick.tick() => {}
             _ = connections.changed() => {}
+            _ = probe.tick() => {
+                // Pushes and pulls tell too, but a node with nothing to fetch would otherwise
+                // report an outage long after it ended.
+                let up = fleet.registry.reachable().await;
+                fleet.state.registry_ok.store(up, Ordering::Relaxed);
+                continue;
+            }
         }
         let connected = fleet.engine.connected();
         fleet

@@ -100,3 +100,26 @@ pub(super) fn take_wait<B>(
         .map_err(|_| ApiError::invalid_request("bad query string"))?;
     Ok((req, wait))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(uri: &str) -> Result<(String, Option<Duration>), ApiError> {
+        let req = Request::post(uri).body(()).unwrap();
+        take_wait(req).map(|(req, wait)| (req.uri().to_string(), wait))
+    }
+
+    #[test]
+    fn wait_is_taken_out_of_the_query() {
+        let (uri, wait) =
+            taken("/admin/v1/functions/f/versions?memory=1MiB&wait=5s&env=A%3Db").unwrap();
+        assert_eq!(uri, "/admin/v1/functions/f/versions?memory=1MiB&env=A%3Db");
+        assert_eq!(wait, Some(Duration::from_secs(5)));
+        assert_eq!(taken("/x?wait").unwrap(), ("/x".into(), Some(DEFAULT_WAIT)));
+        assert_eq!(taken("/x?wait=2h").unwrap().1, Some(MAX_WAIT));
+        assert_eq!(taken("/x?memory=1").unwrap(), ("/x?memory=1".into(), None));
+        assert_eq!(taken("/x").unwrap(), ("/x".into(), None));
+        assert_eq!(taken("/x?wait=soon").unwrap_err().code, "invalid_request");
+    }
+}
