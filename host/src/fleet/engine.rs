@@ -175,6 +175,7 @@ impl Engine {
         if let Some(b) = &*slot {
             return Ok(b.clone());
         }
+        check_server_version(&self.client.server_info().version)?;
         let replicas = self.replicas();
         let open = |name: String, history: i64, max_age: Duration| async move {
             match self.js.get_key_value(name.clone()).await {
@@ -318,6 +319,23 @@ impl Engine {
     }
 }
 
+/// nats-server before 2.10.23 could lose whole streams on a crash (Jepsen): a fleet refuses it.
+fn check_server_version(version: &str) -> Result<(), Unavailable> {
+    let parts: Vec<u64> = version
+        .split(['.', '-'])
+        .take(3)
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    if parts.as_slice() >= [2, 10, 23].as_slice() {
+        Ok(())
+    } else {
+        Err(Unavailable(format!(
+            "nats-server {version} can lose acknowledged writes on a crash: the fleet needs \
+             2.10.23 or later (with `jetstream {{ sync_interval: always }}`)"
+        )))
+    }
+}
+
 fn to_commit_error(e: Unavailable) -> CommitError {
     CommitError::Unavailable(e.0)
 }
@@ -434,5 +452,18 @@ impl DesiredState for EngineState {
 
     fn commit(&self, expected: Revision, next: &Meta) -> Result<Revision, CommitError> {
         self.0.rt.block_on(self.0.commit(expected, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn old_servers_are_refused() {
+        for ok in ["2.10.23", "2.11.0", "2.15.1", "3.0.0-beta"] {
+            assert!(super::check_server_version(ok).is_ok(), "{ok}");
+        }
+        for old in ["2.10.22", "2.9.10", "1.0", "", "x"] {
+            assert!(super::check_server_version(old).is_err(), "{old}");
+        }
     }
 }
