@@ -313,6 +313,12 @@ impl From<crate::registry::RegistryError> for ApiError {
             E::FunctionNotFound(name) => Self::function_not_found(&name),
             E::VersionNotFound { name, version } => Self::version_not_found(&name, &version),
             E::ModelNotFound(name) => Self::model_not_found(&name),
+            E::ModelVersionNotFound { name, version } => Self::not_found_code(
+                "version_not_found",
+                format!(
+                    "model `{name}` has no version `{version}`: see `tensorlet model versions {name}`"
+                ),
+            ),
             E::TenantNotFound(name) => Self::tenant_not_found(&name),
             E::TenantExists(name) => Self::conflict(
                 "tenant_exists",

@@ -134,3 +134,66 @@ mod tests {
         assert_eq!(serde_json::to_string(&map).unwrap(), r#"{"g":2,"a/f":1}"#);
     }
 }
+
+/// A model a function version loads, and which of its versions: one pinned by digest, or
+/// whichever is live (`None`, asked for with `NAME@live`). Stored `{key}@{hex digest}` or
+/// `{key}@live`; a bare key (records from before versions pinned their models) follows live.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
+pub struct ModelPin {
+    /// The model.
+    pub model: ModelKey,
+    /// The pinned version's full hex digest; `None` follows the model's live version.
+    pub version: Option<String>,
+}
+
+impl ModelPin {
+    /// Follows `model`'s live version.
+    pub fn live(model: ModelKey) -> Self {
+        Self {
+            model,
+            version: None,
+        }
+    }
+
+    /// How users see it: `name@{short id}` or `name@live`.
+    pub fn shown(&self) -> String {
+        let at = self
+            .version
+            .as_deref()
+            .map_or("live", |d| &d[..d.len().min(12)]);
+        format!("{}@{at}", self.model.name())
+    }
+}
+
+impl From<ModelPin> for String {
+    fn from(p: ModelPin) -> String {
+        format!("{}@{}", p.model, p.version.as_deref().unwrap_or("live"))
+    }
+}
+
+impl TryFrom<String> for ModelPin {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let (key, at) = match s.split_once('@') {
+            Some((key, at)) => (key, Some(at)),
+            None => (s.as_str(), None),
+        };
+        let version = match at {
+            None | Some("live") => None,
+            Some(d)
+                if d.len() == 64 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                Some(d.to_string())
+            }
+            Some(other) => return Err(format!("`{other}` is not a model version digest")),
+        };
+        Ok(Self {
+            model: key.parse().map_err(|e| format!("{e}"))?,
+            version,
+        })
+    }
+}

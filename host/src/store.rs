@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::FunctionLimits;
 use crate::desired::{BlobHold, BlobStore, CommitError, DesiredState, Revision};
-use crate::key::{FunctionKey, ModelKey};
+use crate::key::{FunctionKey, ModelKey, ModelPin};
 
 /// All persisted metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -112,13 +112,20 @@ impl<V: Version> Versioned<V> {
     /// Adds `version` (unless one with its digest is kept already) and makes it live; then drops
     /// the oldest versions but the live one while more than `max` are kept.
     pub fn push_live(&mut self, version: V, max: usize) {
+        self.push_live_keeping(version, max, |_| false)
+    }
+
+    /// [`Versioned::push_live`], never dropping a version `keep` holds on to (a model version
+    /// that a function version pins).
+    pub fn push_live_keeping(&mut self, version: V, max: usize, keep: impl Fn(&V) -> bool) {
         self.live = version.digest().to_string();
         self.updated_at = version.created_at().to_string();
         if self.find(&self.live).is_none() {
             self.versions.push(version);
         }
         while self.versions.len() > max {
-            let Some(oldest) = self.versions.iter().position(|v| v.digest() != self.live) else {
+            let droppable = |v: &V| v.digest() != self.live && !keep(v);
+            let Some(oldest) = self.versions.iter().position(droppable) else {
                 break;
             };
             self.versions.remove(oldest);
@@ -197,6 +204,10 @@ pub type FunctionRecord = Versioned<VersionRecord>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VersionRecord {
+    /// The version's identity when it is not the component's digest: a sha256 over the
+    /// component and every setting, pinned models included (see `registry::rules::identity`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
     /// Lowercase hex sha256 of the component.
     pub digest: String,
     /// When it was deployed.
@@ -207,9 +218,9 @@ pub struct VersionRecord {
     pub limits: FunctionLimits,
     /// Environment the guest sees.
     pub env: BTreeMap<String, String>,
-    /// Models the function may load by name (their keys: `{tenant}/{name}`, or a shared name).
+    /// Models the function may load by name, each pinned to a version or following live.
     #[serde(default)]
-    pub models: Vec<ModelKey>,
+    pub models: Vec<ModelPin>,
     /// Whether anyone may invoke it; otherwise (on a node with tenants) callers need one of
     /// its tenant's invoke keys.
     #[serde(default)]
@@ -218,7 +229,7 @@ pub struct VersionRecord {
 
 impl Version for VersionRecord {
     fn digest(&self) -> &str {
-        &self.digest
+        self.key()
     }
     fn created_at(&self) -> &str {
         &self.created_at
@@ -226,9 +237,18 @@ impl Version for VersionRecord {
 }
 
 impl VersionRecord {
-    /// The short id users see: the first 12 hex digits of the digest.
+    /// The version's full identity: what `live` names.
+    pub fn key(&self) -> &str {
+        if self.version.is_empty() {
+            &self.digest
+        } else {
+            &self.version
+        }
+    }
+
+    /// The short id users see: the first 12 hex digits of [`VersionRecord::key`].
     pub fn id(&self) -> &str {
-        short_id(&self.digest)
+        short_id(self.key())
     }
 }
 

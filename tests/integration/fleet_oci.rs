@@ -90,7 +90,10 @@ nn_test! {
         let dir = TestDir::new();
         let pair = Pair::start(&tools, &dir, "edge-2", Through::Engine);
         let (a, b) = (&pair.a, &pair.b);
-        let r = a.add_model("add", "add_f32.onnx");
+        let bytes = std::fs::read(repo_root().join("tests/models/add_f32.onnx")).unwrap();
+        let r = Request::new("POST", "/admin/v1/models/add/versions?wait=10s")
+            .body(bytes)
+            .send(a.addr());
         assert_eq!(r.status, 201, "{r}");
         // A function deployed through the other node, naming the model it pulled.
         b.deploy_ok("nn", "nn-probe", "model=add&wait=10s");

@@ -162,10 +162,18 @@ fn deploy_update_rollback_conflict_delete() {
         "no new version may appear"
     );
 
-    // Same component, other settings: refused, nothing changes.
+    // Same component, other settings: a version of its own (its id covers the settings), live;
+    // the identical combination again is that version, not another.
     let r = node.deploy("greet", &v1_path, "timeout=5s");
-    assert_error(&r, 409, "version_conflict");
-    assert_eq!(node.versions("greet")["live"], id2.as_str());
+    assert_eq!(r.status, 201, "{r}");
+    let id3 = r.json()["version"].as_str().unwrap().to_string();
+    assert!(id3 != id1 && id3 != id2, "{r}");
+    assert_eq!(r.json()["digest"], format!("sha256:{full1}"), "{r}");
+    assert_eq!(node.deploy("greet", &v1_path, "timeout=5s").status, 200);
+    assert_eq!(node.get("/fn/greet").text(), "v1");
+    assert_eq!(version_ids(&node.versions("greet")).len(), 3);
+    let r = node.rollback("greet", Some(&id2));
+    assert_eq!(r.status, 200, "{r}");
     assert_eq!(node.get("/fn/greet").text(), "v2");
 
     // Unknown version.
@@ -282,11 +290,13 @@ fn in_flight_requests_finish_on_their_version() {
 fn cli_commands() {
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
-    let [(v1, id1), (v2, id2)] = greet_fixtures();
+    let [(v1, id1), (v2, component2)] = greet_fixtures();
 
-    // deploy prints exactly the version id.
+    // deploy prints exactly the version id (which covers the settings).
     node.cli_deploy("greet", &v1, &[]);
-    node.cli_deploy("greet", &v2, &["--timeout", "5s", "--memory", "32MiB"]);
+    let out = node.cli_deploy("greet", &v2, &["--timeout", "5s", "--memory", "32MiB"]);
+    let id2 = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(id2, component2);
     assert_eq!(node.get("/fn/greet").text(), "v2");
     let rec2 = node.versions("greet")["versions"][0].clone();
     assert_eq!(rec2["version"], id2.as_str());

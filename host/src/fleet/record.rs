@@ -51,7 +51,13 @@ pub fn check_meta(meta: &Meta, config: &Config) -> Result<(), Refusal> {
     let tenant_exists = |t: Option<&str>| t.is_none_or(|t| meta.tenants.contains_key(t));
     for (key, f) in &meta.functions {
         let what = format!("function `{key}`");
-        check_versioned(&what, f, |v| &v.digest)?;
+        check_versioned(&what, f, |v| v.key())?;
+        if let Some(v) = f.versions.iter().find(|v| !is_digest(&v.digest)) {
+            return Err(format!(
+                "{what} version {} names a component digest that is not sha256 hex",
+                v.id()
+            ));
+        }
         if !tenant_exists(key.tenant()) {
             return Err(format!("{what} belongs to no tenant"));
         }
@@ -59,10 +65,15 @@ pub fn check_meta(meta: &Meta, config: &Config) -> Result<(), Refusal> {
             config
                 .check_limits(&v.limits)
                 .map_err(|e| format!("{what} version {}: {e}", v.id()))?;
-            if let Some(m) = v.models.iter().find(|m| !meta.models.contains_key(*m)) {
+            if let Some(p) = v
+                .models
+                .iter()
+                .find(|p| !crate::registry::pin_exists(meta, p))
+            {
                 return Err(format!(
-                    "{what} version {} names model `{m}`, which does not exist",
-                    v.id()
+                    "{what} version {} names model {}, which does not exist",
+                    v.id(),
+                    p.shown()
                 ));
             }
         }

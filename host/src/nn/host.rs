@@ -161,7 +161,7 @@ impl graph::Host for NnView<'_> {
         if ctx.node.onnx.is_none() {
             return self.fail(not_loaded());
         }
-        let Some(key) = ctx.allowed.iter().find(|k| k.name() == name) else {
+        let Some(pin) = ctx.allowed.iter().find(|p| p.model.name() == name) else {
             let f = Failure::new(
                 ErrorCode::Security,
                 format!(
@@ -171,7 +171,7 @@ impl graph::Host for NnView<'_> {
             );
             return self.fail(f);
         };
-        match ctx.node.models.get(key) {
+        match ctx.node.models.get(pin) {
             Some(model) => Ok(Ok(self.table.push(model)?)),
             None => {
                 let f = Failure::new(

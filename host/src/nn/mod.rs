@@ -22,7 +22,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use bindings::wasi::nn::errors::ErrorCode;
 pub use onnx::{Model, Onnx};
 
-use crate::key::ModelKey;
+use crate::key::ModelPin;
 use crate::metrics::ModelMetrics;
 
 /// The host side of a `wasi:nn/errors.error` resource.
@@ -53,15 +53,16 @@ pub struct ExecutionContext {
     model: Arc<Model>,
 }
 
-/// Models loaded on this node, by name. Swapped as a whole when models change.
+/// Models loaded on this node: each model's live version (`name@live`) and the versions live
+/// functions pin. Swapped as a whole when models change.
 #[derive(Default)]
 pub struct ModelSet {
-    models: RwLock<Arc<HashMap<ModelKey, Arc<Model>>>>,
+    models: RwLock<Arc<HashMap<ModelPin, Arc<Model>>>>,
 }
 
 impl ModelSet {
-    /// The model `key`, if loaded.
-    pub fn get(&self, key: &ModelKey) -> Option<Arc<Model>> {
+    /// The model `pin` names, if loaded.
+    pub fn get(&self, key: &ModelPin) -> Option<Arc<Model>> {
         self.models
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -70,7 +71,7 @@ impl ModelSet {
     }
 
     /// Replaces the whole set.
-    pub fn replace(&self, models: HashMap<ModelKey, Arc<Model>>) {
+    pub fn replace(&self, models: HashMap<ModelPin, Arc<Model>>) {
         *self.models.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(models);
     }
 }
@@ -97,7 +98,7 @@ pub struct NnNode {
 /// tensor budget.
 pub struct NnCtx {
     node: Arc<NnNode>,
-    allowed: Arc<[ModelKey]>,
+    allowed: Arc<[ModelPin]>,
     function: Arc<str>,
     deadline: Instant,
     inferences: Option<InferenceQuota>,
@@ -166,7 +167,7 @@ impl NnCtx {
     /// State for one request of `function`.
     pub fn new(
         node: Arc<NnNode>,
-        allowed: Arc<[ModelKey]>,
+        allowed: Arc<[ModelPin]>,
         function: Arc<str>,
         deadline: Instant,
         inferences: Option<InferenceQuota>,

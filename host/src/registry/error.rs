@@ -19,6 +19,14 @@ pub enum RegistryError {
         /// The version asked for.
         version: String,
     },
+    /// The model has no such version.
+    #[error("model `{name}` has no version `{version}`")]
+    ModelVersionNotFound {
+        /// Model name.
+        name: String,
+        /// The version asked for.
+        version: String,
+    },
     /// No model by this name.
     #[error("no model named `{0}`")]
     ModelNotFound(String),

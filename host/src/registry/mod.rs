@@ -16,6 +16,7 @@ mod tests;
 mod views;
 
 pub use crate::api::QuotaPatch;
+pub(crate) use rules::pin_exists;
 pub use tenants::TenantLive;
 #[cfg(test)]
 pub(crate) use tenants::apply_quotas;
@@ -30,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, FunctionLimits};
 use crate::desired::{BlobStore, CommitError, DesiredState, Revision};
-use crate::key::{FunctionKey, ModelKey};
+use crate::key::{FunctionKey, ModelPin};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
 use crate::nn::onnx::Sessions;
@@ -50,8 +51,8 @@ use seams::load_prepared;
 pub struct Deployed {
     /// What the runtime runs: one `Arc` that each request shares instead of copying its fields.
     pub function: Arc<Function>,
-    /// Full hex digest.
-    pub digest: String,
+    /// The version's full identity ([`VersionRecord::key`]).
+    pub version: String,
     /// `max_concurrency` permits.
     pub permits: Arc<Semaphore>,
     /// Metrics of the function.
@@ -257,23 +258,25 @@ impl Registry {
             move || Ok(store::digest(&bytes))
         })
         .await?;
-        let settings = {
+        let (settings, version) = {
             let state = self.admin.lock().await;
             let models = resolve_models(&state.meta, name.tenant(), settings.models)?;
-            // A version it already has stores nothing new: only a new one must fit the quotas.
-            if !has_version(&state.meta, name, &digest) {
-                check_tenant_deploy(&state.meta, name, &settings.limits, bytes.len() as u64)?;
-            }
-            DeploySettings {
+            let settings = DeploySettings {
                 limits: settings.limits,
                 env: settings.env,
                 models,
                 public: settings.public,
+            };
+            let version = rules::identity(&digest, &settings, &self.config.defaults);
+            // A version it already has stores nothing new: only a new one must fit the quotas.
+            if !has_version(&state.meta, name, &version) {
+                check_tenant_deploy(&state.meta, name, &settings.limits, bytes.len() as u64)?;
             }
+            (settings, version)
         };
         let compiled = {
             let mut state = self.admin.lock().await;
-            let found = self.existing_locked(&mut state, name, &digest, &settings);
+            let found = self.existing_locked(&mut state, name, &version, &settings);
             if let Some(existing) = found.await? {
                 return Ok(existing);
             }
@@ -328,13 +331,19 @@ impl Registry {
         let mut state = self.admin.lock().await;
         // Another deploy may have raced us while we compiled.
         if let Some(existing) = self
-            .existing_locked(&mut state, name, &digest, &settings)
+            .existing_locked(&mut state, name, &version, &settings)
             .await?
         {
             return Ok(existing);
         }
         check_tenant_deploy(&state.meta, name, &settings.limits, size)?;
         let record = VersionRecord {
+            // Empty when it is the component's digest: records stay as they were.
+            version: if version == digest {
+                String::new()
+            } else {
+                version
+            },
             digest: digest.clone(),
             created_at: now_rfc3339(),
             size,
@@ -357,15 +366,17 @@ impl Registry {
         Ok(Deploy::Created(version_view(&record, true)))
     }
 
-    /// A deploy of bytes this function already has: same settings make it live, others conflict.
+    /// A deploy of a version this function already has (the same component and settings) makes
+    /// it live. A record from before versions covered their settings may share the identity
+    /// with other settings: that conflicts.
     async fn existing_locked(
         &self,
         state: &mut AdminState,
         name: &FunctionKey,
-        digest: &str,
-        s: &DeploySettings<ModelKey>,
+        version: &str,
+        s: &DeploySettings<ModelPin>,
     ) -> Result<Option<Deploy<api::VersionView>>, RegistryError> {
-        let Some(v) = state.meta.functions.get(name).and_then(|f| f.find(digest)) else {
+        let Some(v) = state.meta.functions.get(name).and_then(|f| f.find(version)) else {
             return Ok(None);
         };
         if v.limits != s.limits || v.env != s.env || v.models != s.models || v.public != s.public {
@@ -377,7 +388,7 @@ impl Registry {
             )));
         }
         let record = v.clone();
-        self.set_live(state, name, digest).await?;
+        self.set_live(state, name, version).await?;
         Ok(Some(Deploy::Existing(version_view(&record, true))))
     }
 
@@ -409,15 +420,15 @@ impl Registry {
         let mut state = self.admin.lock().await;
         let f = rules::function(&state.meta, name)?;
         let target = match to {
-            Some(to) => resolve(name.name(), f, to)?.digest.clone(),
+            Some(to) => resolve(name.name(), f, to)?.key().to_string(),
             None => {
                 let live = f
                     .versions
                     .iter()
-                    .position(|v| v.digest == f.live)
+                    .position(|v| v.key() == f.live)
                     .unwrap_or(0);
                 match live.checked_sub(1) {
-                    Some(i) => f.versions[i].digest.clone(),
+                    Some(i) => f.versions[i].key().to_string(),
                     None => {
                         return Err(RegistryError::invalid_request(format!(
                             "the live version of `{short}` is its oldest retained version: name one with --to (see `tensorlet versions {short}`)",
@@ -527,11 +538,14 @@ impl Registry {
         let current = Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()));
         let mut next = LiveMap::new();
         for (name, f) in &state.meta.functions {
-            if let Some(d) = current.get(name).filter(|d| d.digest == f.live) {
+            if let Some(d) = current.get(name).filter(|d| d.version == f.live) {
                 next.insert(name.clone(), Arc::clone(d));
                 continue;
             }
-            let (Some(v), Some(pre)) = (f.live_version(), state.compiled.get(&f.live)) else {
+            let Some(v) = f.live_version() else {
+                continue;
+            };
+            let Some(pre) = state.compiled.get(&v.digest) else {
                 continue;
             };
             let logs = Arc::clone(state.logs.entry(name.clone()).or_default());
@@ -547,7 +561,7 @@ impl Registry {
                         logs,
                         models: v.models.iter().cloned().collect(),
                     }),
-                    digest: v.digest.clone(),
+                    version: v.key().to_string(),
                     permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
                     metrics: self.metrics.function(&name.to_string()),
                     public: v.public,
@@ -565,7 +579,16 @@ impl Registry {
             .map(str::to_string)
             .collect();
         state.compiled.retain(|d, _| referenced.contains(d));
-        let live: HashSet<String> = state.meta.models.values().map(live_key).collect();
+        let pinned = models::pinned_by_live(&state.meta)
+            .into_iter()
+            .map(|(_, key)| key);
+        let live: HashSet<String> = state
+            .meta
+            .models
+            .values()
+            .map(live_key)
+            .chain(pinned)
+            .collect();
         state.loaded_models.retain(|key, _| live.contains(key));
         let blobs = Arc::clone(&self.blobs);
         let collected = blocking(move || {

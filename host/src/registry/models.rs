@@ -2,6 +2,7 @@
 //! list, inspect and remove, persisted with the functions; the live set is swapped into
 //! [`crate::nn::ModelSet`] after each change.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,9 +12,9 @@ use bytes::Bytes;
 use super::RegistryError;
 use super::rules::check_tenant_model;
 use super::{AdminState, Deploy, Registry};
-use crate::key::ModelKey;
+use crate::key::{ModelKey, ModelPin};
 use crate::nn::onnx::{Model, ModelOptions};
-use crate::store::{self, ModelRecord, ModelVersion};
+use crate::store::{self, Meta, ModelRecord, ModelVersion};
 use crate::time::now_rfc3339;
 
 impl Registry {
@@ -104,10 +105,14 @@ impl Registry {
                             target: options.target,
                             max_batch: options.max_batch,
                         };
+                        // Versions a function version pins stay (a rollback brings them back).
+                        let pinned = pinned_versions(meta, name);
                         meta.models
                             .entry(name.clone())
                             .or_default()
-                            .push_live(record.clone(), max_versions);
+                            .push_live_keeping(record.clone(), max_versions, |v| {
+                                pinned.contains(&v.digest)
+                            });
                         record
                     }
                 })
@@ -222,7 +227,7 @@ impl Registry {
             .iter()
             .filter(|(_, f)| {
                 f.live_version()
-                    .is_some_and(|v| v.models.iter().any(|m| m == name))
+                    .is_some_and(|v| v.models.iter().any(|p| p.model == *name))
             })
             .map(|(n, _)| n.name())
             .collect();
@@ -244,19 +249,26 @@ impl Registry {
         })
     }
 
-    /// Swaps in the set of live models.
+    /// Swaps in the set of models: each one's live version, and the versions that live function
+    /// versions pin.
     pub(super) fn publish_models(&self, state: &AdminState) {
-        let set = state
-            .meta
-            .models
-            .iter()
-            .filter_map(|(name, m)| {
-                let sessions = state.loaded_models.get(&live_key(m))?;
-                let label = name.to_string();
-                let model = Model::new(&label, Arc::clone(sessions), self.metrics.model(&label));
-                Some((name.clone(), Arc::new(model)))
-            })
-            .collect();
+        let model = |pin: ModelPin, key: String| {
+            let sessions = state.loaded_models.get(&key)?;
+            let label = pin.model.to_string();
+            let model = Model::new(&label, Arc::clone(sessions), self.metrics.model(&label));
+            Some((pin, Arc::new(model)))
+        };
+        let live = state.meta.models.iter().filter_map(|(name, m)| {
+            let pin = ModelPin {
+                model: name.clone(),
+                version: None,
+            };
+            model(pin, live_key(m))
+        });
+        let pinned = pinned_by_live(&state.meta)
+            .into_iter()
+            .filter_map(|(pin, key)| model(pin, key));
+        let set = live.chain(pinned).collect();
         self.nn.models.replace(set);
         self.metrics
             .models_loaded
@@ -268,6 +280,35 @@ impl Registry {
 /// many names they are added under.
 pub(super) fn sessions_key(digest: &str, options: ModelOptions) -> String {
     format!("{digest}/{:?}/{}", options.target, options.max_batch)
+}
+
+/// Every model version a live function version pins, with its sessions key.
+pub(super) fn pinned_by_live(meta: &Meta) -> Vec<(ModelPin, String)> {
+    let mut pins: Vec<(ModelPin, String)> = meta
+        .functions
+        .values()
+        .filter_map(|f| f.live_version())
+        .flat_map(|v| v.models.iter())
+        .filter_map(|pin| {
+            let digest = pin.version.as_deref()?;
+            let v = meta.models.get(&pin.model)?.find(digest)?;
+            Some((pin.clone(), sessions_key(digest, v.options())))
+        })
+        .collect();
+    pins.sort();
+    pins.dedup();
+    pins
+}
+
+/// The versions of model `name` that any function version pins.
+fn pinned_versions(meta: &Meta, name: &ModelKey) -> HashSet<String> {
+    meta.functions
+        .values()
+        .flat_map(|f| f.versions.iter())
+        .flat_map(|v| v.models.iter())
+        .filter(|p| p.model == *name)
+        .filter_map(|p| p.version.clone())
+        .collect()
 }
 
 /// The sessions key of a model's live version.

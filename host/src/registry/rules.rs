@@ -7,20 +7,25 @@ use std::collections::HashSet;
 use super::RegistryError;
 use super::tenants;
 use crate::config::FunctionLimits;
-use crate::key::{FunctionKey, Key, ModelKey};
+use crate::key::{FunctionKey, Key, ModelKey, ModelPin};
 use crate::store::{self, FunctionRecord, Meta, ModelRecord, TenantRecord, VersionRecord};
 
-/// Turns the model names of a deploy into model keys: a tenant's own model `{tenant}/{name}`
-/// first, else a shared (operator's) model `{name}`.
+/// Turns the models of a deploy into pins: `NAME` pins the model's live version now,
+/// `NAME@VERSION` that version (id, digest or unique prefix), `NAME@live` follows live on
+/// purpose. `NAME` is a tenant's own model `{tenant}/{name}` first, else a shared one.
 pub(super) fn resolve_models(
     meta: &Meta,
     owner: Option<&str>,
     names: Vec<String>,
-) -> Result<Vec<ModelKey>, RegistryError> {
-    let mut keys = Vec::with_capacity(names.len());
-    for name in names {
-        let own = owner.map(|t| ModelKey::new(Some(t), &name));
-        let shared = ModelKey::new(None, &name);
+) -> Result<Vec<ModelPin>, RegistryError> {
+    let mut pins: Vec<ModelPin> = Vec::with_capacity(names.len());
+    for asked in names {
+        let (name, at) = match asked.split_once('@') {
+            Some((name, at)) => (name, Some(at)),
+            None => (asked.as_str(), None),
+        };
+        let own = owner.map(|t| ModelKey::new(Some(t), name));
+        let shared = ModelKey::new(None, name);
         let key = match own {
             Some(own) if meta.models.contains_key(&own) => own,
             _ if meta.models.contains_key(&shared) => shared,
@@ -30,11 +35,86 @@ pub(super) fn resolve_models(
                 )));
             }
         };
-        keys.push(key);
+        let m = &meta.models[&key];
+        let version = match at {
+            None => Some(m.live.clone()),
+            Some("live") => None,
+            Some(v) => Some(resolve_model_version(name, m, v)?),
+        };
+        pins.push(ModelPin {
+            model: key,
+            version,
+        });
     }
-    keys.sort();
-    keys.dedup();
-    Ok(keys)
+    pins.sort();
+    pins.dedup();
+    if let Some(w) = pins.windows(2).find(|w| w[0].model == w[1].model) {
+        return Err(RegistryError::invalid_request(format!(
+            "model `{}` is named twice with different versions: pin one",
+            w[0].model.name()
+        )));
+    }
+    Ok(pins)
+}
+
+/// A model's version by id, full digest, `sha256:` digest or unique prefix.
+pub(super) fn resolve_model_version(
+    name: &str,
+    m: &ModelRecord,
+    to: &str,
+) -> Result<String, RegistryError> {
+    let digests: Vec<&str> = m.versions.iter().map(|v| v.digest.as_str()).collect();
+    match by_prefix(&digests, to) {
+        Ok(d) => Ok(d.to_string()),
+        Err(true) => Err(RegistryError::invalid_request(format!(
+            "`{to}` matches several versions of model `{name}`: give more digits"
+        ))),
+        Err(false) => Err(RegistryError::ModelVersionNotFound {
+            name: name.to_string(),
+            version: to.to_string(),
+        }),
+    }
+}
+
+/// The one of `keys` that `to` (an id, digest, `sha256:` digest or prefix of 4+ hex digits)
+/// names; `Err(true)` when several match.
+fn by_prefix<'a>(keys: &[&'a str], to: &str) -> Result<&'a str, bool> {
+    let key = to
+        .strip_prefix("sha256:")
+        .unwrap_or(to)
+        .to_ascii_lowercase();
+    if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(false);
+    }
+    let mut matches = keys.iter().filter(|k| k.starts_with(&key));
+    match (matches.next(), matches.next()) {
+        (Some(k), None) => Ok(k),
+        (Some(_), Some(_)) => Err(true),
+        (None, _) => Err(false),
+    }
+}
+
+/// A version's identity: the component's digest when every setting is the node's default and it
+/// loads no models (so a plain deploy's id is its component's), else a sha256 over the
+/// component and all its settings. The same combination always gets the same identity, and any
+/// change of setting or pinned model makes a new one.
+pub(crate) fn identity(
+    digest: &str,
+    settings: &super::DeploySettings<ModelPin>,
+    defaults: &FunctionLimits,
+) -> String {
+    let s = settings;
+    if s.limits == *defaults && s.env.is_empty() && s.models.is_empty() && !s.public {
+        return digest.to_string();
+    }
+    let doc = serde_json::json!({
+        "component": digest,
+        "limits": s.limits,
+        "env": s.env,
+        "models": s.models,
+        "public": s.public,
+    });
+    store::digest(format!("tensorlet.version.v1\n{doc}").as_bytes())
 }
 
 /// The tenant owning `name` and its record; `None` for the operator's (no quotas).
@@ -151,24 +231,35 @@ pub(super) fn has_version(meta: &Meta, name: &FunctionKey, digest: &str) -> bool
     (meta.functions.get(name)).is_some_and(|f| f.find(digest).is_some())
 }
 
-/// A version can only go live again if every model it may load still exists (models in use by
-/// a live version cannot be removed, but older versions may name removed ones).
+/// A version can only go live again if every model (and pinned model version) it may load still
+/// exists (models in use by a live version cannot be removed, but older versions may name
+/// removed ones).
 pub(super) fn check_models_exist(
     meta: &Meta,
     name: &FunctionKey,
     digest: &str,
 ) -> Result<(), RegistryError> {
     let version = (meta.functions.get(name)).and_then(|f| f.find(digest));
-    let missing = version.and_then(|v| v.models.iter().find(|m| !meta.models.contains_key(*m)));
+    let missing = version.and_then(|v| v.models.iter().find(|p| !pin_exists(meta, p)));
     match missing {
-        Some(m) => Err(RegistryError::version_conflict(format!(
-            "version {} of `{}` may load model `{}`, which was removed since: add the model again, or roll back to another version",
+        Some(p) => Err(RegistryError::version_conflict(format!(
+            "version {} of `{}` loads model {}, which was removed since: add the model again, or roll back to another version",
             store::short_id(digest),
             name.name(),
-            m.name()
+            p.shown()
         ))),
         None => Ok(()),
     }
+}
+
+/// Whether the model (and the version) a pin names exists.
+pub(crate) fn pin_exists(meta: &Meta, pin: &ModelPin) -> bool {
+    meta.models
+        .get(&pin.model)
+        .is_some_and(|m| match &pin.version {
+            None => true,
+            Some(d) => m.find(d).is_some(),
+        })
 }
 
 /// Every digest the metadata refers to: function versions and model versions.
@@ -184,26 +275,35 @@ pub(super) fn referenced(meta: &Meta) -> HashSet<&str> {
     functions.chain(models).collect()
 }
 
-/// Finds a version by id, full digest, `sha256:` digest or unique prefix.
+/// Finds a version by id, full identity, `sha256:` digest or unique prefix; failing that, by
+/// its component's digest (when one version has it).
 pub(super) fn resolve<'a>(
     name: &str,
     f: &'a FunctionRecord,
     to: &str,
 ) -> Result<&'a VersionRecord, RegistryError> {
-    let key = to
-        .strip_prefix("sha256:")
-        .unwrap_or(to)
-        .to_ascii_lowercase();
-    if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(RegistryError::version_not_found(name, to));
-    }
-    let mut matches = f.versions.iter().filter(|v| v.digest.starts_with(&key));
-    match (matches.next(), matches.next()) {
-        (Some(v), None) => Ok(v),
-        (Some(_), Some(_)) => Err(RegistryError::invalid_request(format!(
+    let keys: Vec<&str> = f.versions.iter().map(|v| v.key()).collect();
+    let found = match by_prefix(&keys, to) {
+        Err(false) => {
+            let components: Vec<&str> = f.versions.iter().map(|v| v.digest.as_str()).collect();
+            by_prefix(&components, to).and_then(|d| {
+                let mut with = f.versions.iter().filter(|v| v.digest == d);
+                match (with.next(), with.next()) {
+                    (Some(v), None) => Ok(v.key()),
+                    _ => Err(true),
+                }
+            })
+        }
+        other => other,
+    };
+    match found {
+        Ok(key) => f
+            .find(key)
+            .ok_or_else(|| RegistryError::version_not_found(name, to)),
+        Err(true) => Err(RegistryError::invalid_request(format!(
             "`{to}` matches several versions of `{name}`: give more digits"
         ))),
-        (None, _) => Err(RegistryError::version_not_found(name, to)),
+        Err(false) => Err(RegistryError::version_not_found(name, to)),
     }
 }
 
@@ -218,6 +318,7 @@ mod tests {
 
     fn version(digest: &str, size: u64) -> VersionRecord {
         VersionRecord {
+            version: String::new(),
             digest: digest.into(),
             created_at: String::new(),
             size,
@@ -269,12 +370,20 @@ mod tests {
         meta.models.insert("shared".parse().unwrap(), model("cc"));
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
         assert_eq!(
-            resolve_models(&meta, Some("t"), names(&["m", "shared", "m"])).unwrap(),
-            [k("shared"), k("t/m")]
+            resolve_models(
+                &meta,
+                Some("t"),
+                names(&["m@live", "shared@live", "m@live"])
+            )
+            .unwrap(),
+            [ModelPin::live(k("shared")), ModelPin::live(k("t/m"))]
         );
         assert_eq!(
             resolve_models(&meta, None, names(&["m"])).unwrap(),
-            [k("m")]
+            [ModelPin {
+                model: k("m"),
+                version: Some("aa".into())
+            }]
         );
         let missing = resolve_models(&meta, Some("t"), names(&["nope"])).unwrap_err();
         assert!(matches!(missing, RegistryError::Invalid(m) if m.contains("model add nope")));

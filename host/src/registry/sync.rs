@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::models::{live_key, live_options};
+use super::models::{live_key, live_options, pinned_by_live};
 use super::{AdminState, Registry, RegistryError, blocking, load_prepared};
 use crate::desired::Revision;
 use crate::store::Meta;
@@ -131,7 +131,12 @@ impl Registry {
         state: &mut AdminState,
         meta: &Meta,
     ) -> Result<(), RegistryError> {
-        let live: HashSet<&str> = meta.functions.values().map(|f| f.live.as_str()).collect();
+        let live: HashSet<&str> = meta
+            .functions
+            .values()
+            .filter_map(|f| f.live_version())
+            .map(|v| v.digest.as_str())
+            .collect();
         let mut wanted: Vec<String> = meta
             .functions
             .values()
@@ -168,21 +173,25 @@ impl Registry {
                 ),
             }
         }
-        for (name, m) in &meta.models {
-            let key = live_key(m);
+        // Each model's live version, and each version a live function version pins.
+        let live_models = meta
+            .models
+            .iter()
+            .map(|(name, m)| (name.clone(), m.live.clone(), live_key(m), live_options(m)));
+        let pinned = pinned_by_live(meta).into_iter().filter_map(|(pin, key)| {
+            let digest = pin.version?;
+            let options = meta.models.get(&pin.model)?.find(&digest)?.options();
+            Some((pin.model, digest, key, options))
+        });
+        for (name, digest, key, options) in live_models.chain(pinned).collect::<Vec<_>>() {
             if state.loaded_models.contains_key(&key) {
                 continue;
             }
             let Some(onnx) = self.nn.onnx.clone() else {
                 return Err(RegistryError::onnx_unavailable());
             };
-            let (blobs, digest, label) =
-                (Arc::clone(&self.blobs), m.live.clone(), name.to_string());
-            let (count, options, metrics) = (
-                self.config.model_sessions,
-                live_options(m),
-                self.metrics.model(&label),
-            );
+            let (blobs, label) = (Arc::clone(&self.blobs), name.to_string());
+            let (count, metrics) = (self.config.model_sessions, self.metrics.model(&label));
             let sessions = blocking(move || {
                 let bytes = blobs
                     .get(&digest)

@@ -34,7 +34,7 @@ impl Registry {
             name: name.name().to_string(),
             live: store::short_id(&f.live).to_string(),
             versions: (f.versions.iter().rev())
-                .map(|v| version_view(v, v.digest == f.live))
+                .map(|v| version_view(v, v.key() == f.live))
                 .collect(),
         })
     }
@@ -67,7 +67,7 @@ pub fn version_view(v: &VersionRecord, live: bool) -> api::VersionView {
         max_request_body: v.limits.max_request_body,
         max_response_body: v.limits.max_response_body,
         env: v.env.clone(),
-        models: v.models.iter().map(|m| m.name().to_string()).collect(),
+        models: v.models.iter().map(|p| p.shown()).collect(),
         public: v.public,
     }
 }

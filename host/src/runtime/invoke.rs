@@ -39,7 +39,7 @@ pub struct Function {
     /// Where the guest's output goes.
     pub logs: Arc<LogBuffer>,
     /// Models the function may load by name.
-    pub models: Arc<[crate::key::ModelKey]>,
+    pub models: Arc<[crate::key::ModelPin]>,
 }
 
 /// One request to a function: the version it runs and what belongs to this request alone.

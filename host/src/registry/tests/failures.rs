@@ -124,7 +124,7 @@ onnx_test! {
         assert_eq!(node.revision(), revision);
         assert_eq!(r.get_model(&mk("m")).await.unwrap(), get);
         assert_refused!(r.get_model(&mk("m2")).await, RegistryError::ModelNotFound(_));
-        assert!(r.nn.models.get(&mk("m2")).is_none() && r.nn.models.get(&mk("m")).is_some());
+        assert!(r.nn.models.get(&crate::key::ModelPin::live(mk("m2"))).is_none() && r.nn.models.get(&crate::key::ModelPin::live(mk("m"))).is_some());
         let names: Vec<_> = (r.list_models(None).await.models.into_iter())
             .map(|m| m.name)
             .collect();
@@ -133,6 +133,6 @@ onnx_test! {
         node.mend_writes();
         created(r.add_model(&mk("m2"), model("add_f32"), options).await);
         assert_eq!(node.revision(), revision + 1);
-        assert!(r.nn.models.get(&mk("m2")).is_some());
+        assert!(r.nn.models.get(&crate::key::ModelPin::live(mk("m2"))).is_some());
     }
 }

@@ -79,50 +79,56 @@ async fn the_same_bytes_and_settings_again_are_the_existing_version_made_live() 
 }
 
 #[tokio::test]
-async fn the_same_bytes_with_other_settings_are_a_conflict() {
+async fn the_same_bytes_with_other_settings_are_another_version() {
     let node = node();
     let v = created(
         node.deploy_with("f", guest("echo"), env(&[("A", "1")]), Vec::new())
             .await,
     );
-    let before = node.registry.get(&fk("f")).await.unwrap();
-    let other_env = node
-        .deploy_with("f", guest("echo"), env(&[("A", "2")]), Vec::new())
-        .await;
-    assert_refused!(other_env, RegistryError::Conflict(m) if m.contains(&v.version));
+    // A version is the component and every setting: each change of setting is a new version
+    // with its own id, and the identical combination again is the same version.
+    let other_env = created(
+        node.deploy_with("f", guest("echo"), env(&[("A", "2")]), Vec::new())
+            .await,
+    );
     let mut limits = node.limits();
     limits.timeout_ms += 1;
-    let other_limits = node
-        .registry
-        .deploy(
-            &fk("f"),
-            guest("echo"),
-            DeploySettings {
-                limits,
-                ..node.settings(env(&[("A", "1")]), Vec::new())
-            },
-        )
-        .await;
-    assert_refused!(other_limits, RegistryError::Conflict(_));
-    let public = node
-        .registry
-        .deploy(
-            &fk("f"),
-            guest("echo"),
-            DeploySettings {
-                public: true,
-                ..node.settings(env(&[("A", "1")]), Vec::new())
-            },
-        )
-        .await;
-    assert_refused!(public, RegistryError::Conflict(_));
-
-    assert_eq!(node.revision(), 1);
-    assert_eq!(node.registry.get(&fk("f")).await.unwrap(), before);
+    let f = fk("f");
+    let with = |settings| node.registry.deploy(&f, guest("echo"), settings);
+    let other_limits = created(
+        with(DeploySettings {
+            limits,
+            ..node.settings(env(&[("A", "1")]), Vec::new())
+        })
+        .await,
+    );
+    let public = created(
+        with(DeploySettings {
+            public: true,
+            ..node.settings(env(&[("A", "1")]), Vec::new())
+        })
+        .await,
+    );
+    let ids = [&v, &other_env, &other_limits, &public].map(|v| v.version.clone());
+    assert!(
+        ids.iter()
+            .all(|id| ids.iter().filter(|o| *o == id).count() == 1),
+        "{ids:?}"
+    );
+    assert!(
+        ids.iter().all(|id| id != &v.digest[7..19]),
+        "settings are in the id: {ids:?}"
+    );
+    assert_eq!(node.revision(), 4);
+    let again = existing(
+        node.deploy_with("f", guest("echo"), env(&[("A", "1")]), Vec::new())
+            .await,
+    );
+    assert_eq!(again.version, v.version);
     assert_eq!(node.routed("f").as_deref(), Some(v.version.as_str()));
-    // The same bytes under another name are another function's first version.
-    created(node.deploy("g", guest("echo")).await);
-    assert_eq!(node.revision(), 2);
+    // A plain deploy (the node's defaults, no models) is named by its component's digest.
+    let plain = created(node.deploy("g", guest("echo")).await);
+    assert_eq!(plain.version, plain.digest[7..19]);
 }
 
 #[tokio::test]

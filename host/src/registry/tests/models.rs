@@ -38,7 +38,13 @@ async fn without_onnx_runtime_models_are_unavailable() {
             "{e:?}"
         );
     }
-    assert!(node.registry.nn.models.get(&mk("m")).is_none());
+    assert!(
+        node.registry
+            .nn
+            .models
+            .get(&crate::key::ModelPin::live(mk("m")))
+            .is_none()
+    );
 }
 
 onnx_test! {
@@ -63,7 +69,7 @@ onnx_test! {
         let list = r.list_models(None).await.models;
         assert_eq!(list.len(), 1);
         assert!(list[0].loaded && !list[0].shared && list[0].live == v1.version);
-        assert!(r.nn.models.get(&mk("m")).is_some());
+        assert!(r.nn.models.get(&crate::key::ModelPin::live(mk("m"))).is_some());
 
         // The same bytes again: the existing version.
         let again = existing(r.add_model(&mk("m"), model("add_f32"), batch(1)).await);
@@ -103,7 +109,7 @@ onnx_test! {
             r.get_model(&mk("bad")).await,
             RegistryError::ModelNotFound(_)
         );
-        assert!(r.nn.models.get(&mk("bad")).is_none());
+        assert!(r.nn.models.get(&crate::key::ModelPin::live(mk("bad"))).is_none());
     }
 }
 
@@ -125,8 +131,12 @@ onnx_test! {
             node.deploy_with("f", guest("echo"), env(&[]), vec!["m".into(), "m".into()])
                 .await,
         );
-        assert_eq!(v.models, ["m"]);
-        assert_eq!(&*r.route(&fk("f")).unwrap().function.models, [mk("m")]);
+        // Pinned to the model's live version at deploy time.
+        assert_eq!(v.models.len(), 1);
+        assert!(v.models[0].starts_with("m@") && !v.models[0].ends_with("@live"), "{:?}", v.models);
+        let pins = &r.route(&fk("f")).unwrap().function.models;
+        assert_eq!(pins.iter().map(|p| p.model.clone()).collect::<Vec<_>>(), [mk("m")]);
+        assert!(pins[0].version.is_some());
         assert_eq!(node.revision(), 3);
 
         assert_refused!(
@@ -135,7 +145,7 @@ onnx_test! {
         );
         assert_eq!(node.revision(), 3);
         assert!(r.get_model(&mk("m")).await.is_ok());
-        assert!(r.nn.models.get(&mk("m")).is_some());
+        assert!(r.nn.models.get(&crate::key::ModelPin::live(mk("m"))).is_some());
 
         // Unused models go at once; a used one once no live version uses it.
         let removed = r.remove_model(&mk("other")).await.unwrap();
@@ -150,7 +160,7 @@ onnx_test! {
                 r.get_model(&mk(name)).await,
                 RegistryError::ModelNotFound(n) if n == name
             );
-            assert!(r.nn.models.get(&mk(name)).is_none());
+            assert!(r.nn.models.get(&crate::key::ModelPin::live(mk(name))).is_none());
         }
         assert!(r.list_models(None).await.models.is_empty());
         assert_refused!(
@@ -202,9 +212,11 @@ onnx_test! {
             .await,
         );
         // Resolved to keys, sorted: the shared model first.
-        assert_eq!(v.models, ["shared", "m"]);
+        let shown: Vec<&str> = v.models.iter().map(|m| m.split('@').next().unwrap()).collect();
+        assert_eq!(shown, ["shared", "m"]);
+        let pins = &r.route(&fk("acme/f")).unwrap().function.models;
         assert_eq!(
-            &*r.route(&fk("acme/f")).unwrap().function.models,
+            pins.iter().map(|p| p.model.clone()).collect::<Vec<_>>(),
             [mk("shared"), mk("acme/m")]
         );
 
@@ -219,8 +231,8 @@ onnx_test! {
             r.get_model(&mk("acme/m")).await,
             RegistryError::ModelNotFound(_)
         );
-        assert!(r.nn.models.get(&mk("acme/m")).is_none());
-        assert!(r.nn.models.get(&mk("shared")).is_some());
+        assert!(r.nn.models.get(&crate::key::ModelPin::live(mk("acme/m"))).is_none());
+        assert!(r.nn.models.get(&crate::key::ModelPin::live(mk("shared"))).is_some());
         let names: Vec<_> = (r.list_models(None).await.models.into_iter())
             .map(|m| m.name)
             .collect();
@@ -241,9 +253,10 @@ onnx_test! {
         let live = r.route(&fk("f")).unwrap();
         for m in live.function.models.iter() {
             assert!(
-                r.get_model(m).await.is_ok(),
-                "live {} names the removed model `{m}` (remove: {:?}, rollback: {:?})",
+                r.get_model(&m.model).await.is_ok(),
+                "live {} names the removed model {} (remove: {:?}, rollback: {:?})",
                 live.function.version,
+                m.shown(),
                 removed.map(|d| d.deleted),
                 rolled.map(|l| l.live)
             );
