@@ -24,5 +24,6 @@ mod limits;
 mod nn;
 mod ops;
 mod persistence;
+mod pinned;
 mod tenants;
 mod uploads;

@@ -72,6 +72,9 @@ enum ModelCommand {
     Versions(NameArgs),
     /// Remove a model (refused while a live function version may use it).
     Rm(NameArgs),
+    /// Move a model's live version back (to the previous one, or --to VERSION); functions that
+    /// pin a version keep theirs, those deployed with `--model NAME@live` follow.
+    Rollback(RollbackArgs),
 }
 
 #[derive(Debug, Args)]
@@ -339,11 +342,18 @@ async fn versions(a: NameArgs) -> anyhow::Result<()> {
 trait Version {
     /// Short id, when it was created, size in bytes, whether it is live.
     fn row(&self) -> (&str, &str, u64, bool);
+    /// The models it runs with (`name@version` or `name@live`), for function versions.
+    fn models(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Version for VersionView {
     fn row(&self) -> (&str, &str, u64, bool) {
         (&self.version, &self.created_at, self.size, self.live)
+    }
+    fn models(&self) -> Option<String> {
+        Some(self.models.join(","))
     }
 }
 
@@ -355,11 +365,23 @@ impl Version for ModelVersionView {
 
 /// The VERSION / CREATED / SIZE / LIVE table (functions and models share it), newest first.
 fn print_versions(versions: &[impl Version]) {
-    println!("{:<14} {:<22} {:>10}  LIVE", "VERSION", "CREATED", "SIZE");
+    let with_models = versions.iter().any(|v| v.models().is_some());
+    let models_header = if with_models { "  MODELS" } else { "" };
+    println!(
+        "{:<14} {:<22} {:>10}  LIVE{models_header}",
+        "VERSION", "CREATED", "SIZE"
+    );
     for v in versions {
         let (version, created_at, size, live) = v.row();
         let live = if live { "*" } else { "" };
-        println!("{version:<14} {created_at:<22} {size:>10}  {live}");
+        let models = v.models().map(|m| format!("  {m}")).unwrap_or_default();
+        let pad = if with_models {
+            format!("{live:<4}")
+        } else {
+            live.to_string()
+        };
+        let line = format!("{version:<14} {created_at:<22} {size:>10}  {pad}{models}");
+        println!("{}", line.trim_end());
     }
 }
 
@@ -425,6 +447,14 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
                     }
                 }
             })
+        }
+        ModelCommand::Rollback(a) => {
+            let body = RollbackRequest { to: a.to.clone() };
+            let path = format!("models/{}/rollback", encode(&a.name));
+            let client = a.node.client()?;
+            let v: LiveMoved = client.send_json(Method::POST, &path, &body).await?;
+            a.node
+                .show(&v, |v| println!("{} is live for model {}", v.live, a.name))
         }
         ModelCommand::Rm(a) => {
             let path = format!("models/{}", encode(&a.name));

@@ -39,7 +39,7 @@ use crate::runtime::{Function, LogBuffer, Prepared, Runtime};
 use crate::store::{self, DataDir, Meta, VersionRecord};
 use crate::time::now_rfc3339;
 pub use error::RegistryError;
-use models::{live_key, live_options};
+use models::live_key;
 use rules::{
     check_models_exist, check_tenant_deploy, has_version, referenced, resolve, resolve_models,
 };
@@ -169,21 +169,17 @@ impl Registry {
         });
         store.collect_garbage(&referenced(&meta));
         let mut loaded_models = HashMap::new();
-        for (name, m) in &meta.models {
+        for (name, digest, key, options) in models::wanted_sessions(&meta) {
             let Some(onnx) = &nn.onnx else {
                 tracing::warn!(model = %name, "ONNX Runtime is not loaded; model not served");
                 continue;
             };
-            let key = live_key(m);
-            if loaded_models.contains_key(&key) {
-                continue;
-            }
-            let loaded = store.read_blob(&m.live).and_then(|bytes| {
+            let loaded = store.read_blob(&digest).and_then(|bytes| {
                 onnx.sessions(
                     &name.to_string(),
                     &bytes,
                     config.model_sessions,
-                    live_options(m),
+                    options,
                     &metrics.model(&name.to_string()),
                 )
                 .map_err(anyhow::Error::new)

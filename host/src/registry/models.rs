@@ -215,6 +215,54 @@ impl Registry {
         })
     }
 
+    /// Moves a model's live version to `to` (a version id, digest or prefix) or, without it, to
+    /// the version added before the live one. Function versions that pin a version keep it;
+    /// those that follow `@live` follow.
+    pub async fn rollback_model(
+        &self,
+        name: &ModelKey,
+        to: Option<&str>,
+    ) -> Result<api::LiveMoved, RegistryError> {
+        let mut state = self.admin.lock().await;
+        let m = super::rules::model(&state.meta, name)?;
+        let target = match to {
+            Some(to) => super::rules::resolve_model_version(name.name(), m, to)?,
+            None => {
+                let live = m
+                    .versions
+                    .iter()
+                    .position(|v| v.digest == m.live)
+                    .unwrap_or(0);
+                match live.checked_sub(1) {
+                    Some(i) => m.versions[i].digest.clone(),
+                    None => {
+                        return Err(RegistryError::invalid_request(format!(
+                            "the live version of model `{short}` is its oldest retained version: name one with --to (see `tensorlet model versions {short}`)",
+                            short = name.name()
+                        )));
+                    }
+                }
+            }
+        };
+        if m.live != target {
+            // The commit readies the version's sessions before anything changes.
+            self.commit(&mut state, |meta| {
+                let m = meta
+                    .models
+                    .get_mut(name)
+                    .ok_or_else(|| RegistryError::model_not_found(name.name()))?;
+                m.make_live(&target, now_rfc3339());
+                Ok(())
+            })
+            .await?;
+            tracing::info!(model = %name, version = store::short_id(&target), "model live moved");
+        }
+        Ok(api::LiveMoved {
+            name: name.name().to_string(),
+            live: store::short_id(&target).to_string(),
+        })
+    }
+
     /// Removes a model, unless a live function version may use it.
     pub async fn remove_model(&self, name: &ModelKey) -> Result<api::Deleted, RegistryError> {
         let mut state = self.admin.lock().await;
@@ -280,6 +328,24 @@ impl Registry {
 /// many names they are added under.
 pub(super) fn sessions_key(digest: &str, options: ModelOptions) -> String {
     format!("{digest}/{:?}/{}", options.target, options.max_batch)
+}
+
+/// The model sessions a state needs: each model's live version, and each version a live
+/// function version pins (model, digest, sessions key, options), without repeats.
+pub(super) fn wanted_sessions(meta: &Meta) -> Vec<(ModelKey, String, String, ModelOptions)> {
+    let live = meta
+        .models
+        .iter()
+        .map(|(name, m)| (name.clone(), m.live.clone(), live_key(m), live_options(m)));
+    let pinned = pinned_by_live(meta).into_iter().filter_map(|(pin, key)| {
+        let digest = pin.version?;
+        let options = meta.models.get(&pin.model)?.find(&digest)?.options();
+        Some((pin.model, digest, key, options))
+    });
+    let mut seen = HashSet::new();
+    live.chain(pinned)
+        .filter(|(_, _, key, _)| seen.insert(key.clone()))
+        .collect()
 }
 
 /// Every model version a live function version pins, with its sessions key.

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::models::{live_key, live_options, pinned_by_live};
+use super::models::wanted_sessions;
 use super::{AdminState, Registry, RegistryError, blocking, load_prepared};
 use crate::desired::Revision;
 use crate::store::Meta;
@@ -173,17 +173,7 @@ impl Registry {
                 ),
             }
         }
-        // Each model's live version, and each version a live function version pins.
-        let live_models = meta
-            .models
-            .iter()
-            .map(|(name, m)| (name.clone(), m.live.clone(), live_key(m), live_options(m)));
-        let pinned = pinned_by_live(meta).into_iter().filter_map(|(pin, key)| {
-            let digest = pin.version?;
-            let options = meta.models.get(&pin.model)?.find(&digest)?.options();
-            Some((pin.model, digest, key, options))
-        });
-        for (name, digest, key, options) in live_models.chain(pinned).collect::<Vec<_>>() {
+        for (name, digest, key, options) in wanted_sessions(meta) {
             if state.loaded_models.contains_key(&key) {
                 continue;
             }

@@ -61,6 +61,27 @@ pub(crate) fn pairs(
 
 pub(crate) use crate::registry::DeploySettings;
 
+/// A deploy's `model=NAME`, `NAME@live` or `NAME@VERSION` (an id, digest or `sha256:` digest).
+fn check_model_pin(text: &str) -> Result<&str, ApiError> {
+    let (name, at) = match text.split_once('@') {
+        Some((name, at)) => (name, Some(at)),
+        None => (text, None),
+    };
+    check_name(name)?;
+    let version_ok = |v: &str| {
+        let hex = v.strip_prefix("sha256:").unwrap_or(v);
+        (4..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    match at {
+        None | Some("live") => Ok(text),
+        Some(v) if version_ok(v) => Ok(text),
+        Some(v) => Err(ApiError::invalid_request(format!(
+            "bad `model`: `{}` is not a model version: use NAME, NAME@live or NAME@VERSION",
+            v.escape_default()
+        ))),
+    }
+}
+
 /// Parses deploy settings from the query string; unknown parameters are errors.
 pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySettings, ApiError> {
     let mut s = DeploySettings {
@@ -97,7 +118,7 @@ pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySett
                     })?;
                 s.env.insert(ek.to_string(), ev.to_string());
             }
-            "model" => s.models.push(check_name(&v)?.to_string()),
+            "model" => s.models.push(check_model_pin(&v)?.to_string()),
             "public" => {
                 s.public = match &*v {
                     "true" | "" => true,

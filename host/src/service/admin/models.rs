@@ -1,4 +1,4 @@
-//! `models[/{name}[/versions]]`: ONNX models that functions may load by name. Unlike functions,
+//! `models[/{name}[/versions|rollback]]`: ONNX models that functions may load by name. Unlike functions,
 //! models have an operator namespace on every node: the operator's models are shared, and a
 //! tenant may read them besides its own.
 
@@ -41,6 +41,13 @@ impl HttpService {
                 .remove_model(&self.model_key(caller, name)?)
                 .await?),
             (["models", _], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
+            (["models", name, "rollback"], &Method::POST) => {
+                let key = self.model_key(caller, name)?;
+                let body = read_body(req, 64 * 1024, self.config.body_read_timeout).await?;
+                let to = super::functions::rollback_target(&body)?;
+                ok(self.registry.rollback_model(&key, to.as_deref()).await?)
+            }
+            (["models", _, "rollback"], _) => Err(ApiError::method_not_allowed("POST")),
             (["models", name, "versions"], &Method::POST) => {
                 let key = self.model_key(caller, name)?;
                 let options = model_options(req.uri().query().unwrap_or(""))?;
