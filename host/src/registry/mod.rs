@@ -377,8 +377,8 @@ impl Registry {
         };
         if v.limits != s.limits || v.env != s.env || v.models != s.models || v.public != s.public {
             return Err(RegistryError::version_conflict(format!(
-                "function `{}` already has version {} with different settings, and versions never change: \
-                 deploy it with the same settings, or change the component",
+                "function `{}` has version {} from before version ids covered settings, with other \
+                 settings: deploy it with the same settings, or roll back and delete the function",
                 name.name(),
                 v.id()
             )));
