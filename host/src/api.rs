@@ -97,6 +97,23 @@ pub struct LiveMoved {
     pub live: String,
 }
 
+/// `GET`, `PUT` and `DELETE /functions/{name}/aliases[/{alias}]` (and the same for models):
+/// every alias, `live` included, with the short id of the version it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aliases {
+    /// Function or model name.
+    pub name: String,
+    /// Alias to short version id.
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// The body of `PUT /functions/{name}/aliases/{alias}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasRequest {
+    /// The version (id, digest or prefix), another alias, or `live`.
+    pub version: String,
+}
+
 /// `DELETE /functions/{name}` and `DELETE /models/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {

@@ -313,6 +313,10 @@ impl From<crate::registry::RegistryError> for ApiError {
             E::FunctionNotFound(name) => Self::function_not_found(&name),
             E::VersionNotFound { name, version } => Self::version_not_found(&name, &version),
             E::ModelNotFound(name) => Self::model_not_found(&name),
+            E::AliasNotFound { name, alias } => Self::not_found_code(
+                "alias_not_found",
+                format!("`{name}` has no alias `{alias}`: see `tensorlet alias list {name}`"),
+            ),
             E::ModelVersionNotFound { name, version } => Self::not_found_code(
                 "version_not_found",
                 format!(

@@ -88,6 +88,9 @@ pub struct Versioned<V> {
     pub updated_at: String,
     /// Retained versions, oldest first.
     pub versions: Vec<V>,
+    /// Named pointers besides `live` (alias to a version's full key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, String>,
 }
 
 impl<V> Default for Versioned<V> {
@@ -96,6 +99,7 @@ impl<V> Default for Versioned<V> {
             live: String::new(),
             updated_at: String::new(),
             versions: Vec::new(),
+            aliases: BTreeMap::new(),
         }
     }
 }
@@ -539,8 +543,7 @@ mod tests {
             "f".parse().unwrap(),
             FunctionRecord {
                 live: d.clone(),
-                updated_at: String::new(),
-                versions: vec![],
+                ..FunctionRecord::default()
             },
         );
         store.save_meta(&meta).unwrap();

@@ -2,18 +2,7 @@
 
 use std::thread;
 
-use serde_json::Value;
-
 use crate::support::*;
-
-fn version_ids(versions: &Value) -> Vec<String> {
-    versions["versions"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no versions array in {versions}"))
-        .iter()
-        .map(|v| v["version"].as_str().expect("version id").to_string())
-        .collect()
-}
 
 #[test]
 fn invoke_passes_path_query_method_headers_and_body() {

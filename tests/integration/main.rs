@@ -9,6 +9,7 @@
 
 mod support;
 
+mod aliases;
 mod cli_json;
 mod clients;
 mod example_classify_image;

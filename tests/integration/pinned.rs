@@ -65,6 +65,17 @@ nn_test! {
         let r = node.deploy("explicit", &fixture("nn-probe"), "model=add%40000000000000");
         assert_error(&r, 404, "version_not_found");
 
+        // A model alias pins the version it names.
+        let r = Request::new("PUT", "/admin/v1/models/add/aliases/stable")
+            .body(format!("{{\"version\":\"{adds}\"}}").into_bytes())
+            .send(node.addr());
+        assert_eq!(r.status, 200, "{r}");
+        let by_alias = node.deploy_ok("by-alias", "nn-probe", "model=add%40stable");
+        assert_eq!(by_alias["models"], serde_json::json!([format!("add@{adds}")]));
+        assert_eq!(node.get("/fn/by-alias/add").text(), ADDED);
+        let text = cli_ok(&node.cli(&["model", "alias", "list", "add"]), "model alias list");
+        assert!(text.contains("stable") && text.contains(&adds), "{text}");
+
         // Models roll back: pinned versions stay, `@live` follows.
         let out = cli_ok(&node.cli(&["model", "rollback", "add"]), "model rollback");
         assert_eq!(out.trim(), format!("{adds} is live for model add"));

@@ -329,6 +329,16 @@ pub fn version_id(path: &Path) -> String {
     sha256_hex(&bytes)[..12].to_string()
 }
 
+/// The version ids of a `versions` answer, newest first.
+pub fn version_ids(versions: &Value) -> Vec<String> {
+    versions["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no versions array in {versions}"))
+        .iter()
+        .map(|v| v["version"].as_str().expect("version id").to_string())
+        .collect()
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -2,6 +2,7 @@
 //! node's admin API (`tenants.rs`: tenants, invoke keys and the audit log). Answers are read into
 //! the typed bodies of [`crate::api`] and printed as text, or as JSON with `--json`.
 
+mod aliases;
 mod fleet;
 mod serve;
 mod tenants;
@@ -57,6 +58,9 @@ enum Command {
     Key(tenants::KeyCommand),
     /// Show the audit log of admin changes (operator token).
     Audit(tenants::AuditArgs),
+    /// Name versions of a function (`live` is built in): call them at /fn/NAME@ALIAS/...
+    #[command(subcommand)]
+    Alias(aliases::AliasCommand),
     /// See the fleet this node is part of (operator token).
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
@@ -75,6 +79,9 @@ enum ModelCommand {
     /// Move a model's live version back (to the previous one, or --to VERSION); functions that
     /// pin a version keep theirs, those deployed with `--model NAME@live` follow.
     Rollback(RollbackArgs),
+    /// Name versions of a model (`live` is built in): pin them with --model NAME@ALIAS.
+    #[command(subcommand)]
+    Alias(aliases::AliasCommand),
 }
 
 #[derive(Debug, Args)]
@@ -108,7 +115,7 @@ pub(crate) struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// The node's URL.
     #[arg(long, env = "TENSORLET_NODE", default_value = "http://127.0.0.1:8080")]
     node: String,
@@ -150,7 +157,7 @@ impl NodeArgs {
 }
 
 #[derive(Debug, Args)]
-struct NameArgs {
+pub(crate) struct NameArgs {
     /// Function name.
     name: String,
     #[command(flatten)]
@@ -230,6 +237,7 @@ impl Cli {
                 Command::Key(k) => tenants::key(k).await,
                 Command::Audit(a) => tenants::audit(a).await,
                 Command::Fleet(f) => fleet::fleet(f).await,
+                Command::Alias(a) => aliases::alias("functions", a).await,
             }
         })
     }
@@ -448,6 +456,7 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 }
             })
         }
+        ModelCommand::Alias(a) => aliases::alias("models", a).await,
         ModelCommand::Rollback(a) => {
             let body = RollbackRequest { to: a.to.clone() };
             let path = format!("models/{}/rollback", encode(&a.name));

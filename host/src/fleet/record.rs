@@ -40,6 +40,11 @@ fn check_versioned<V>(
             record.live
         ));
     }
+    for (alias, key) in &record.aliases {
+        if !record.versions.iter().any(|v| digest(v) == key) {
+            return Err(format!("{what}'s alias `{alias}` names no version of it"));
+        }
+    }
     Ok(())
 }
 

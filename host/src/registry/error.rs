@@ -27,6 +27,14 @@ pub enum RegistryError {
         /// The version asked for.
         version: String,
     },
+    /// No such alias.
+    #[error("`{name}` has no alias `{alias}`")]
+    AliasNotFound {
+        /// Function or model name.
+        name: String,
+        /// The alias asked for.
+        alias: String,
+    },
     /// No model by this name.
     #[error("no model named `{0}`")]
     ModelNotFound(String),

@@ -5,8 +5,10 @@
 //! keep the version they started on. Models (`models.rs`) live in the same metadata and follow
 //! the same rules.
 
+mod aliases;
 mod error;
 mod models;
+mod routes;
 mod rules;
 mod seams;
 mod sync;
@@ -40,6 +42,8 @@ use crate::store::{self, DataDir, Meta, VersionRecord};
 use crate::time::now_rfc3339;
 pub use error::RegistryError;
 use models::live_key;
+use routes::RouteMap;
+pub use routes::Routes;
 use rules::{
     check_models_exist, check_tenant_deploy, has_version, referenced, resolve, resolve_models,
 };
@@ -60,8 +64,6 @@ pub struct Deployed {
     /// Whether callers need no invoke key (on a node with tenants).
     pub public: bool,
 }
-
-type LiveMap = HashMap<FunctionKey, Arc<Deployed>>;
 
 /// State only admin operations touch.
 struct AdminState {
@@ -93,7 +95,7 @@ pub struct Registry {
     /// The newest engine revision refused as malformed ([`Registry::refuse`]).
     refused: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
-    live: RwLock<Arc<LiveMap>>,
+    live: RwLock<Arc<RouteMap>>,
     admin: tokio::sync::Mutex<AdminState>,
     nn: Arc<NnNode>,
     tenants: RwLock<Arc<HashMap<String, Arc<TenantLive>>>>,
@@ -225,6 +227,11 @@ impl Registry {
 
     /// The live version of `name`, for the request path.
     pub fn route(&self, name: &FunctionKey) -> Option<Arc<Deployed>> {
+        self.routes(name).map(|r| Arc::clone(&r.live))
+    }
+
+    /// How requests reach `name`'s versions (live, aliases, every retained version).
+    pub fn routes(&self, name: &FunctionKey) -> Option<Arc<Routes>> {
         self.live
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -351,10 +358,10 @@ impl Registry {
         state.compiled.insert(digest, pre);
         let max_versions = self.config.max_versions;
         self.commit(&mut state, |meta| {
-            meta.functions
-                .entry(name.clone())
-                .or_default()
-                .push_live(record.clone(), max_versions);
+            // Versions an alias names stay.
+            let f = meta.functions.entry(name.clone()).or_default();
+            let aliased: HashSet<String> = f.aliases.values().cloned().collect();
+            f.push_live_keeping(record.clone(), max_versions, |v| aliased.contains(v.key()));
             Ok(())
         })
         .await?;
@@ -527,44 +534,6 @@ impl Registry {
         self.publish_models(state);
         self.publish_tenants(state);
         Ok(out)
-    }
-
-    /// Rebuilds the live snapshot from the metadata and swaps it in.
-    fn publish(&self, state: &mut AdminState) {
-        let current = Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()));
-        let mut next = LiveMap::new();
-        for (name, f) in &state.meta.functions {
-            if let Some(d) = current.get(name).filter(|d| d.version == f.live) {
-                next.insert(name.clone(), Arc::clone(d));
-                continue;
-            }
-            let Some(v) = f.live_version() else {
-                continue;
-            };
-            let Some(pre) = state.compiled.get(&v.digest) else {
-                continue;
-            };
-            let logs = Arc::clone(state.logs.entry(name.clone()).or_default());
-            next.insert(
-                name.clone(),
-                Arc::new(Deployed {
-                    function: Arc::new(Function {
-                        name: Arc::from(name.name()),
-                        version: Arc::from(v.id()),
-                        pre: pre.clone(),
-                        limits: v.limits,
-                        env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                        logs,
-                        models: v.models.iter().cloned().collect(),
-                    }),
-                    version: v.key().to_string(),
-                    permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
-                    metrics: self.metrics.function(&name.to_string()),
-                    public: v.public,
-                }),
-            );
-        }
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
     /// Drops compiled code and blobs no retained version refers to. The files go on the

@@ -106,7 +106,10 @@ impl Registry {
                             max_batch: options.max_batch,
                         };
                         // Versions a function version pins stay (a rollback brings them back).
-                        let pinned = pinned_versions(meta, name);
+                        let mut pinned = pinned_versions(meta, name);
+                        if let Some(m) = meta.models.get(name) {
+                            pinned.extend(m.aliases.values().cloned());
+                        }
                         meta.models
                             .entry(name.clone())
                             .or_default()
@@ -348,12 +351,14 @@ pub(super) fn wanted_sessions(meta: &Meta) -> Vec<(ModelKey, String, String, Mod
         .collect()
 }
 
-/// Every model version a live function version pins, with its sessions key.
+/// Every model version that a live or aliased function version pins, with its sessions key.
 pub(super) fn pinned_by_live(meta: &Meta) -> Vec<(ModelPin, String)> {
-    let mut pins: Vec<(ModelPin, String)> = meta
-        .functions
-        .values()
-        .filter_map(|f| f.live_version())
+    let served = meta.functions.values().flat_map(|f| {
+        f.versions
+            .iter()
+            .filter(|v| v.key() == f.live || f.aliases.values().any(|a| a == v.key()))
+    });
+    let mut pins: Vec<(ModelPin, String)> = served
         .flat_map(|v| v.models.iter())
         .filter_map(|pin| {
             let digest = pin.version.as_deref()?;

@@ -39,6 +39,7 @@ pub(super) fn resolve_models(
         let version = match at {
             None => Some(m.live.clone()),
             Some("live") => None,
+            Some(alias) if m.aliases.contains_key(alias) => Some(m.aliases[alias].clone()),
             Some(v) => Some(resolve_model_version(name, m, v)?),
         };
         pins.push(ModelPin {

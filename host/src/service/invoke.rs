@@ -39,12 +39,33 @@ impl HttpService {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
+        // `name@{version|alias}` calls that version directly.
+        let (name, at) = match name.split_once('@') {
+            Some((name, at)) => (name, Some(at)),
+            None => (name, None),
+        };
         if name.is_empty() {
             return (None, Err(ApiError::not_found(req.uri().path())));
         }
         let key = FunctionKey::new(tenant_name, name);
-        let Some(function) = self.registry.route(&key) else {
+        let Some(routes) = self.registry.routes(&key) else {
             return (None, Err(ApiError::function_not_found(name)));
+        };
+        let function = match at {
+            None => Arc::clone(&routes.live),
+            Some(at) => match routes.at(at) {
+                Some(d) => d,
+                None => {
+                    let e = ApiError::not_found_code(
+                        "version_not_found",
+                        format!(
+                            "function `{name}` has no version or alias `{}`: see `tensorlet versions {name}` and `tensorlet alias list {name}`",
+                            at.escape_default()
+                        ),
+                    );
+                    return (None, Err(e));
+                }
+            },
         };
         let tenant = match tenant_name {
             Some(t) => match self.registry.tenant(t) {

@@ -61,7 +61,8 @@ pub(crate) fn pairs(
 
 pub(crate) use crate::registry::DeploySettings;
 
-/// A deploy's `model=NAME`, `NAME@live` or `NAME@VERSION` (an id, digest or `sha256:` digest).
+/// A deploy's `model=NAME`, `NAME@live`, `NAME@VERSION` (an id, digest or `sha256:` digest) or
+/// `NAME@ALIAS`.
 fn check_model_pin(text: &str) -> Result<&str, ApiError> {
     let (name, at) = match text.split_once('@') {
         Some((name, at)) => (name, Some(at)),
@@ -72,11 +73,13 @@ fn check_model_pin(text: &str) -> Result<&str, ApiError> {
         let hex = v.strip_prefix("sha256:").unwrap_or(v);
         (4..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
     };
+    let alias_ok =
+        |a: &str| a.starts_with(|c: char| c.is_ascii_lowercase()) && check_name(a).is_ok();
     match at {
         None | Some("live") => Ok(text),
-        Some(v) if version_ok(v) => Ok(text),
+        Some(v) if version_ok(v) || alias_ok(v) => Ok(text),
         Some(v) => Err(ApiError::invalid_request(format!(
-            "bad `model`: `{}` is not a model version: use NAME, NAME@live or NAME@VERSION",
+            "bad `model`: `{}` is not a model version or alias: use NAME, NAME@live, NAME@VERSION or NAME@ALIAS",
             v.escape_default()
         ))),
     }

@@ -1,4 +1,4 @@
-//! `functions[/{name}[/versions|rollback|logs]]`: deploying, listing, rolling back and removing
+//! `functions[/{name}[/versions|rollback|logs|aliases[/{alias}]]]`: deploying, listing, rolling back and removing
 //! functions, and reading their guest logs. On a node with tenants functions belong to tenants,
 //! so these routes refuse the operator token.
 
@@ -44,6 +44,22 @@ impl HttpService {
                 ok(self.registry.rollback(&key, to.as_deref()).await?)
             }
             (["functions", _, "rollback"], _) => Err(ApiError::method_not_allowed("POST")),
+            (["functions", name, "aliases"], &Method::GET) => {
+                let key = self.function_key(caller, name)?;
+                ok(self.registry.function_aliases(&key).await?)
+            }
+            (["functions", _, "aliases"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["functions", name, "aliases", alias], &Method::PUT) => {
+                let key = self.function_key(caller, name)?;
+                let body = read_body(req, 64 * 1024, self.config.body_read_timeout).await?;
+                let to = alias_target(&body)?;
+                ok(self.registry.set_function_alias(&key, alias, &to).await?)
+            }
+            (["functions", name, "aliases", alias], &Method::DELETE) => {
+                let key = self.function_key(caller, name)?;
+                ok(self.registry.remove_function_alias(&key, alias).await?)
+            }
+            (["functions", _, "aliases", _], _) => Err(ApiError::method_not_allowed("PUT, DELETE")),
             (["functions", name, "logs"], &Method::GET) => {
                 let key = self.function_key(caller, name)?;
                 let lines = self.registry.logs(&key).await?;
@@ -102,6 +118,17 @@ pub(crate) fn rollback_target(body: &[u8]) -> Result<Option<String>, ApiError> {
             "`to` must be a version id string",
         )),
     }
+}
+
+/// The version an alias is set to: `{"version": "VERSION"}` (an id, digest, prefix, another alias
+/// or `live`).
+pub(crate) fn alias_target(body: &[u8]) -> Result<String, ApiError> {
+    let r: crate::api::AliasRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "alias body must be JSON like {{\"version\": \"VERSION\"}}: {e}"
+        ))
+    })?;
+    Ok(r.version)
 }
 
 /// The API's view of a captured guest output line.

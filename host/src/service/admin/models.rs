@@ -1,4 +1,4 @@
-//! `models[/{name}[/versions|rollback]]`: ONNX models that functions may load by name. Unlike functions,
+//! `models[/{name}[/versions|rollback|aliases[/{alias}]]]`: ONNX models that functions may load by name. Unlike functions,
 //! models have an operator namespace on every node: the operator's models are shared, and a
 //! tenant may read them besides its own.
 
@@ -48,6 +48,22 @@ impl HttpService {
                 ok(self.registry.rollback_model(&key, to.as_deref()).await?)
             }
             (["models", _, "rollback"], _) => Err(ApiError::method_not_allowed("POST")),
+            (["models", name, "aliases"], &Method::GET) => {
+                let key = self.model_key(caller, name)?;
+                ok(self.registry.model_aliases(&key).await?)
+            }
+            (["models", _, "aliases"], _) => Err(ApiError::method_not_allowed("GET")),
+            (["models", name, "aliases", alias], &Method::PUT) => {
+                let key = self.model_key(caller, name)?;
+                let body = read_body(req, 64 * 1024, self.config.body_read_timeout).await?;
+                let to = super::functions::alias_target(&body)?;
+                ok(self.registry.set_model_alias(&key, alias, &to).await?)
+            }
+            (["models", name, "aliases", alias], &Method::DELETE) => {
+                let key = self.model_key(caller, name)?;
+                ok(self.registry.remove_model_alias(&key, alias).await?)
+            }
+            (["models", _, "aliases", _], _) => Err(ApiError::method_not_allowed("PUT, DELETE")),
             (["models", name, "versions"], &Method::POST) => {
                 let key = self.model_key(caller, name)?;
                 let options = model_options(req.uri().query().unwrap_or(""))?;

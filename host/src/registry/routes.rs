@@ -1,0 +1,113 @@
+//! How requests reach a function's versions: the live one, and, for direct calls
+//! (`/fn/{name}@{version|alias}/...`), every retained version ready to run and the aliases that
+//! name them. Rebuilt from the metadata after each change and swapped in as a whole; a version
+//! that stays keeps its `Deployed` (and so its concurrency permits) across swaps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use super::{AdminState, Deployed, Registry};
+use crate::key::FunctionKey;
+use crate::runtime::{Function, LogBuffer, Prepared};
+use crate::store::VersionRecord;
+
+/// Every function's routes.
+pub(super) type RouteMap = HashMap<FunctionKey, Arc<Routes>>;
+
+/// How requests reach one function's versions.
+pub struct Routes {
+    /// The live version.
+    pub live: Arc<Deployed>,
+    /// Every retained version that is ready to run, by full key.
+    versions: HashMap<String, Arc<Deployed>>,
+    /// Aliases (not `live`) to version keys.
+    aliases: HashMap<String, String>,
+}
+
+impl Routes {
+    /// The version `at` names: `live`, an alias, or a version (its id, full key or a unique
+    /// prefix of at least 4 hex digits).
+    pub fn at(&self, at: &str) -> Option<Arc<Deployed>> {
+        if at == "live" {
+            return Some(Arc::clone(&self.live));
+        }
+        if let Some(key) = self.aliases.get(at) {
+            return self.versions.get(key).cloned();
+        }
+        if at.len() < 4 || !at.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut found = self.versions.iter().filter(|(k, _)| k.starts_with(at));
+        match (found.next(), found.next()) {
+            (Some((_, d)), None) => Some(Arc::clone(d)),
+            _ => None,
+        }
+    }
+}
+
+impl Registry {
+    /// Rebuilds the routes from the metadata and swaps them in.
+    pub(super) fn publish(&self, state: &mut AdminState) {
+        let current = Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()));
+        let mut next = RouteMap::new();
+        for (name, f) in &state.meta.functions {
+            let known = current.get(name);
+            let mut versions = HashMap::new();
+            for v in &f.versions {
+                let kept = known.and_then(|r| r.versions.get(v.key()));
+                let deployed = match kept {
+                    Some(d) => Arc::clone(d),
+                    None => match self.deployed(&state.compiled, &mut state.logs, name, v) {
+                        Some(d) => d,
+                        // Not compiled (a fleet node could not fetch it): not callable.
+                        None => continue,
+                    },
+                };
+                versions.insert(v.key().to_string(), deployed);
+            }
+            let Some(live) = versions.get(&f.live).cloned() else {
+                continue;
+            };
+            let routes = Routes {
+                live,
+                versions,
+                aliases: f
+                    .aliases
+                    .iter()
+                    .map(|(a, k)| (a.clone(), k.clone()))
+                    .collect(),
+            };
+            next.insert(name.clone(), Arc::new(routes));
+        }
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
+
+    /// A version ready to run, if its code is compiled.
+    fn deployed(
+        &self,
+        compiled: &HashMap<String, Prepared>,
+        logs: &mut HashMap<FunctionKey, Arc<LogBuffer>>,
+        name: &FunctionKey,
+        v: &VersionRecord,
+    ) -> Option<Arc<Deployed>> {
+        let pre = compiled.get(&v.digest)?.clone();
+        let logs = Arc::clone(logs.entry(name.clone()).or_default());
+        Some(Arc::new(Deployed {
+            function: Arc::new(Function {
+                name: Arc::from(name.name()),
+                version: Arc::from(v.id()),
+                pre,
+                limits: v.limits,
+                env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                logs,
+                models: v.models.iter().cloned().collect(),
+            }),
+            version: v.key().to_string(),
+            permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
+            metrics: self.metrics.function(&name.to_string()),
+            public: v.public,
+        }))
+    }
+}
