@@ -313,6 +313,18 @@ impl From<crate::registry::RegistryError> for ApiError {
             E::FunctionNotFound(name) => Self::function_not_found(&name),
             E::VersionNotFound { name, version } => Self::version_not_found(&name, &version),
             E::ModelNotFound(name) => Self::model_not_found(&name),
+            E::RolloutExists(name) => Self::conflict(
+                "rollout_exists",
+                format!(
+                    "`{name}` has a rollout running: `tensorlet rollout promote {name}` or `abort` it first"
+                ),
+            ),
+            E::RolloutNotFound(name) => Self::not_found_code(
+                "rollout_not_found",
+                format!(
+                    "`{name}` has no running rollout: start one with `tensorlet rollout start {name} VERSION`"
+                ),
+            ),
             E::AliasNotFound { name, alias } => Self::not_found_code(
                 "alias_not_found",
                 format!("`{name}` has no alias `{alias}`: see `tensorlet alias list {name}`"),

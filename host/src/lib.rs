@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod nn;
 pub mod pace;
 pub mod registry;
+pub mod rollout;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -22,6 +22,32 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// The count in each bucket (not cumulative).
+    pub fn bucket_counts(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The `q` quantile of per-bucket `counts`, as its bucket's upper bound in milliseconds
+    /// (0 without observations).
+    pub fn quantile_ms(counts: &[u64], q: f64) -> f64 {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let want = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bound, c) in BUCKETS.iter().zip(counts) {
+            seen += c;
+            if seen >= want {
+                return bound * 1000.0;
+            }
+        }
+        BUCKETS[BUCKETS.len() - 1] * 1000.0
+    }
+
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
@@ -121,6 +147,8 @@ pub struct Metrics {
     pub instantiation: Histogram,
     /// Distinct models in memory (by digest and target), however many names share them.
     pub models_loaded: AtomicU64,
+    /// Rollout steps and decisions.
+    pub rollouts: crate::rollout::RolloutMetrics,
 }
 
 impl Metrics {
@@ -195,6 +223,7 @@ impl Metrics {
         );
         self.render_models(&mut out);
         self.render_tenants(&mut out);
+        self.rollouts.render(&mut out);
         out
     }
 

@@ -51,6 +51,9 @@ pub struct Meta {
     /// `{tenant}/{name}` in the maps above; models without a `/` are the operator's, shared.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantRecord>,
+    /// Each function's rollout, running or last finished.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<FunctionKey, crate::rollout::Rollout>,
 }
 
 /// One tenant: its token (hash), invoke keys (hashes) and quotas.
@@ -134,6 +137,15 @@ impl<V: Version> Versioned<V> {
             };
             self.versions.remove(oldest);
         }
+    }
+
+    /// Adds `version` without making it live (a staged version, for a rollout); pruning keeps
+    /// the live version and what `keep` holds on to.
+    pub fn push_staged(&mut self, version: V, max: usize, keep: impl Fn(&V) -> bool) {
+        let (live, updated_at) = (self.live.clone(), self.updated_at.clone());
+        self.push_live_keeping(version, max, |v| keep(v) || v.digest() == live);
+        self.live = live;
+        self.updated_at = updated_at;
     }
 
     /// Makes the kept version `digest` live; false if it already was.

@@ -26,5 +26,6 @@ mod nn;
 mod ops;
 mod persistence;
 mod pinned;
+mod rollouts;
 mod tenants;
 mod uploads;

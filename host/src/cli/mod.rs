@@ -4,6 +4,7 @@
 
 mod aliases;
 mod fleet;
+mod rollout;
 mod serve;
 mod tenants;
 
@@ -61,6 +62,9 @@ enum Command {
     /// Name versions of a function (`live` is built in): call them at /fn/NAME@ALIAS/...
     #[command(subcommand)]
     Alias(aliases::AliasCommand),
+    /// Roll a staged version out: a canary that steps up, or rolls back by itself.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// See the fleet this node is part of (operator token).
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
@@ -209,6 +213,12 @@ struct DeployArgs {
     /// Anyone may invoke it (on a node with tenants, functions otherwise need an invoke key).
     #[arg(long)]
     public: bool,
+    /// Store the version without making it live (roll it out with `tensorlet rollout start`).
+    #[arg(long)]
+    stage: bool,
+    /// With --canary N: stage it and start a rollout at N% (the rollout flags apply).
+    #[command(flatten)]
+    rollout: rollout::RolloutFlags,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -238,6 +248,7 @@ impl Cli {
                 Command::Audit(a) => tenants::audit(a).await,
                 Command::Fleet(f) => fleet::fleet(f).await,
                 Command::Alias(a) => aliases::alias("functions", a).await,
+                Command::Rollout(r) => rollout::rollout(r).await,
             }
         })
     }
@@ -289,6 +300,9 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     if a.public || m.public {
         query.push("public=true".into());
     }
+    if a.stage || a.rollout.canary.is_some() {
+        query.push("stage=true".into());
+    }
     let client = a.node.client()?;
     let path = format!("functions/{}/versions?{}", encode(&name), query.join("&"));
     let v: VersionView = match oci_reference(&file) {
@@ -300,6 +314,10 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         }
         None => client.upload(&path, &file, "application/wasm").await?,
     };
+    if a.rollout.canary.is_some() {
+        let view = rollout::start(&client, &name, v.version.clone(), &a.rollout).await?;
+        return a.node.show(&view, rollout::print);
+    }
     a.node.show(&v, |v| println!("{}", v.version))
 }
 

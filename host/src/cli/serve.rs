@@ -165,6 +165,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listeners = crate::server::bind(config.listen, workers)
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listeners[0].local_addr()?;
+    let registry_for_rollouts = Arc::clone(&registry);
     let mut node = HttpService::new(
         Arc::clone(&config),
         Arc::clone(&registry),
@@ -184,6 +185,18 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let node = Arc::new(node);
+    // Rollouts are judged every 250 ms: a crossed threshold rolls back at once.
+    tokio::spawn({
+        let registry = Arc::clone(&registry_for_rollouts);
+        async move {
+            let mut baselines = crate::registry::Baselines::default();
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                registry.analyze_rollouts(&mut baselines).await;
+            }
+        }
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = crate::server::run_workers(
         listeners,

@@ -35,6 +35,12 @@ pub enum RegistryError {
         /// The alias asked for.
         alias: String,
     },
+    /// The function has a running rollout already.
+    #[error("`{0}` has a rollout running")]
+    RolloutExists(String),
+    /// The function has no rollout.
+    #[error("`{0}` has no rollout")]
+    RolloutNotFound(String),
     /// No model by this name.
     #[error("no model named `{0}`")]
     ModelNotFound(String),

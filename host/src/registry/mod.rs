@@ -8,6 +8,7 @@
 mod aliases;
 mod error;
 mod models;
+mod rollouts;
 mod routes;
 mod rules;
 mod seams;
@@ -42,6 +43,7 @@ use crate::store::{self, DataDir, Meta, VersionRecord};
 use crate::time::now_rfc3339;
 pub use error::RegistryError;
 use models::live_key;
+pub use rollouts::Baselines;
 use routes::RouteMap;
 pub use routes::Routes;
 use rules::{
@@ -63,6 +65,8 @@ pub struct Deployed {
     pub metrics: Arc<FunctionMetrics>,
     /// Whether callers need no invoke key (on a node with tenants).
     pub public: bool,
+    /// This version's numbers on this node, for rollouts.
+    pub stats: Arc<crate::rollout::VersionStats>,
 }
 
 /// State only admin operations touch.
@@ -269,7 +273,14 @@ impl Registry {
                 env: settings.env,
                 models,
                 public: settings.public,
+                stage: settings.stage,
             };
+            if settings.stage && !state.meta.functions.contains_key(name) {
+                return Err(RegistryError::invalid_request(format!(
+                    "`{}` has no live version yet: its first version goes live (deploy it without --stage)",
+                    name.name()
+                )));
+            }
             let version = rules::identity(&digest, &settings, &self.config.defaults);
             // A version it already has stores nothing new: only a new one must fit the quotas.
             if !has_version(&state.meta, name, &version) {
@@ -356,17 +367,25 @@ impl Registry {
             public: settings.public,
         };
         state.compiled.insert(digest, pre);
+        let stage = settings.stage;
         let max_versions = self.config.max_versions;
         self.commit(&mut state, |meta| {
-            // Versions an alias names stay.
+            // Versions an alias or a rollout names stay.
+            let rollout = meta.rollouts.get(name).map(|r| r.candidate.clone());
             let f = meta.functions.entry(name.clone()).or_default();
-            let aliased: HashSet<String> = f.aliases.values().cloned().collect();
-            f.push_live_keeping(record.clone(), max_versions, |v| aliased.contains(v.key()));
+            let mut kept: HashSet<String> = f.aliases.values().cloned().collect();
+            kept.extend(rollout);
+            let keep = |v: &VersionRecord| kept.contains(v.key());
+            if stage {
+                f.push_staged(record.clone(), max_versions, keep);
+            } else {
+                f.push_live_keeping(record.clone(), max_versions, keep);
+            }
             Ok(())
         })
         .await?;
-        tracing::info!(function = %name, version = record.id(), "deployed");
-        Ok(Deploy::Created(version_view(&record, true)))
+        tracing::info!(function = %name, version = record.id(), staged = stage, "deployed");
+        Ok(Deploy::Created(version_view(&record, !stage)))
     }
 
     /// A deploy of a version this function already has (the same component and settings) makes
@@ -391,6 +410,10 @@ impl Registry {
             )));
         }
         let record = v.clone();
+        if s.stage {
+            let live = rules::function(&state.meta, name)?.live == version;
+            return Ok(Some(Deploy::Existing(version_view(&record, live))));
+        }
         self.set_live(state, name, version).await?;
         Ok(Some(Deploy::Existing(version_view(&record, true))))
     }
@@ -588,4 +611,7 @@ pub struct DeploySettings<M = String> {
     pub models: Vec<M>,
     /// Whether callers need no invoke key (`public`, `public=true`).
     pub public: bool,
+    /// Store the version without making it live (`stage=true`), for a rollout. Not part of the
+    /// version.
+    pub stage: bool,
 }

@@ -24,9 +24,39 @@ pub struct Routes {
     versions: HashMap<String, Arc<Deployed>>,
     /// Aliases (not `live`) to version keys.
     aliases: HashMap<String, String>,
+    /// A running canary: the candidate and its share.
+    split: Option<Split>,
+}
+
+/// A canary's traffic split.
+struct Split {
+    candidate: Arc<Deployed>,
+    percent: u8,
+    sticky: Option<http::HeaderName>,
 }
 
 impl Routes {
+    /// The version a request without `@` goes to: live, or during a canary the candidate for
+    /// its share of requests (by the sticky header's value, when the rollout has one).
+    pub fn pick(&self, headers: &http::HeaderMap) -> Arc<Deployed> {
+        if let Some(s) = &self.split {
+            let sticky = s
+                .sticky
+                .as_ref()
+                .and_then(|h| headers.get(h))
+                .map(|v| v.as_bytes());
+            if crate::rollout::to_candidate(s.percent, sticky) {
+                return Arc::clone(&s.candidate);
+            }
+        }
+        Arc::clone(&self.live)
+    }
+
+    /// A retained version by its full key.
+    pub fn version(&self, key: &str) -> Option<Arc<Deployed>> {
+        self.versions.get(key).cloned()
+    }
+
     /// The version `at` names: `live`, an alias, or a version (its id, full key or a unique
     /// prefix of at least 4 hex digits).
     pub fn at(&self, at: &str) -> Option<Arc<Deployed>> {
@@ -70,14 +100,23 @@ impl Registry {
             let Some(live) = versions.get(&f.live).cloned() else {
                 continue;
             };
+            let split = state.meta.rollouts.get(name).and_then(|r| {
+                // Only while the version it started from is still live.
+                if r.state != crate::rollout::State::Running || r.stable != f.live {
+                    return None;
+                }
+                Some(Split {
+                    candidate: versions.get(&r.candidate)?.clone(),
+                    percent: r.percent(),
+                    sticky: r.sticky_header.as_deref().and_then(|h| h.parse().ok()),
+                })
+            });
+            let aliases = f.aliases.iter().map(|(a, k)| (a.clone(), k.clone()));
             let routes = Routes {
                 live,
                 versions,
-                aliases: f
-                    .aliases
-                    .iter()
-                    .map(|(a, k)| (a.clone(), k.clone()))
-                    .collect(),
+                aliases: aliases.collect(),
+                split,
             };
             next.insert(name.clone(), Arc::new(routes));
         }
@@ -108,6 +147,7 @@ impl Registry {
             permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),
             metrics: self.metrics.function(&name.to_string()),
             public: v.public,
+            stats: Arc::default(),
         }))
     }
 }

@@ -52,7 +52,7 @@ impl HttpService {
             return (None, Err(ApiError::function_not_found(name)));
         };
         let function = match at {
-            None => Arc::clone(&routes.live),
+            None => routes.pick(req.headers()),
             Some(at) => match routes.at(at) {
                 Some(d) => d,
                 None => {
@@ -106,6 +106,7 @@ impl HttpService {
             .invoke(inv, req, move |d| metrics.instantiation.observe(d))
             .await;
         deployed.metrics.latency.observe(started.elapsed());
+        deployed.stats.observe(started.elapsed());
         let response = result.map_err(|e| match e {
             // The same 413 as admission's for a declared length over the cap, named as the path
             // names the function.

@@ -113,6 +113,7 @@ impl HttpService {
         };
         if let Some(function) = &function {
             function.metrics.count(response.status().as_u16());
+            function.stats.record(response.status().as_u16());
             // Which version answered (or refused): what a client needs to tell a rollout apart.
             if let Ok(v) = HeaderValue::from_str(&function.function.version) {
                 response.headers_mut().insert("x-tensorlet-version", v);

@@ -92,6 +92,7 @@ pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySett
         env: BTreeMap::new(),
         models: Vec::new(),
         public: false,
+        stage: false,
     };
     let bad = |k: &str, e: anyhow::Error| ApiError::invalid_request(format!("bad `{k}`: {e:#}"));
     for (k, v) in pairs(query)? {
@@ -122,6 +123,13 @@ pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySett
                 s.env.insert(ek.to_string(), ev.to_string());
             }
             "model" => s.models.push(check_model_pin(&v)?.to_string()),
+            "stage" => {
+                s.stage = match &*v {
+                    "true" | "" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::invalid_request("bad `stage`: use stage=true")),
+                }
+            }
             "public" => {
                 s.public = match &*v {
                     "true" | "" => true,

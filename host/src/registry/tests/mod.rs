@@ -133,6 +133,7 @@ impl Node {
             env,
             models,
             public: false,
+            stage: false,
         }
     }
 

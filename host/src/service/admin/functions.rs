@@ -1,4 +1,4 @@
-//! `functions[/{name}[/versions|rollback|logs|aliases[/{alias}]]]`: deploying, listing, rolling back and removing
+//! `functions[/{name}[/versions|rollback|logs|aliases[/{alias}]|rollout[/promote|abort]]]`: deploying, listing, rolling back and removing
 //! functions, and reading their guest logs. On a node with tenants functions belong to tenants,
 //! so these routes refuse the operator token.
 
@@ -44,6 +44,33 @@ impl HttpService {
                 ok(self.registry.rollback(&key, to.as_deref()).await?)
             }
             (["functions", _, "rollback"], _) => Err(ApiError::method_not_allowed("POST")),
+            (["functions", name, "rollout"], &Method::POST) => {
+                let key = self.function_key(caller, name)?;
+                let body = read_body(req, 64 * 1024, self.config.body_read_timeout).await?;
+                let spec: crate::rollout::RolloutRequest = serde_json::from_slice(&body)
+                    .map_err(|e| {
+                        ApiError::invalid_request(format!(
+                            "rollout body must be JSON like {{\"candidate\": \"VERSION\", \"canary\": 5}}: {e}"
+                        ))
+                    })?;
+                let view = self.registry.start_rollout(&key, spec).await?;
+                Ok(json_response(StatusCode::CREATED, &view))
+            }
+            (["functions", name, "rollout"], &Method::GET) => {
+                let key = self.function_key(caller, name)?;
+                ok(self.registry.rollout(&key).await?)
+            }
+            (["functions", _, "rollout"], _) => Err(ApiError::method_not_allowed("GET, POST")),
+            (["functions", name, "rollout", end @ ("promote" | "abort")], &Method::POST) => {
+                let key = self.function_key(caller, name)?;
+                ok(self
+                    .registry
+                    .finish_rollout(&key, *end == "promote")
+                    .await?)
+            }
+            (["functions", _, "rollout", "promote" | "abort"], _) => {
+                Err(ApiError::method_not_allowed("POST"))
+            }
             (["functions", name, "aliases"], &Method::GET) => {
                 let key = self.function_key(caller, name)?;
                 ok(self.registry.function_aliases(&key).await?)

@@ -1,0 +1,468 @@
+//! Rollouts: a staged version takes a growing share of a function's traffic (a canary), is
+//! compared with the stable version over each interval, and is promoted step by step or rolled
+//! back by itself when a threshold is crossed. The rollout's state lives in the desired state
+//! (so it survives restarts and, in a fleet, reaches every node); the numbers it is judged on
+//! are each node's own ([`VersionStats`]); the decision rule is [`decide`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Histogram;
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Traffic is split; the analysis runs.
+    Running,
+    /// The candidate is live.
+    Promoted,
+    /// A threshold was crossed: stable kept all the traffic.
+    RolledBack,
+    /// Stopped by hand (or because live moved by other means).
+    Aborted,
+}
+
+/// When a candidate is judged unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Most the candidate's error rate (5xx) may exceed stable's, in percentage points.
+    pub max_error_increase: f64,
+    /// Most the candidate's p99 latency may be, as a multiple of stable's.
+    pub max_latency_ratio: f64,
+    /// Requests the candidate must have served in a window before it is judged.
+    pub min_requests: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            max_error_increase: 5.0,
+            max_latency_ratio: 2.0,
+            min_requests: 20,
+        }
+    }
+}
+
+/// A version's numbers over one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx (guest traps, timeouts, node errors).
+    pub errors: u64,
+    /// Median latency, ms (bucket upper bound).
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms (bucket upper bound).
+    pub p99_ms: f64,
+}
+
+impl Window {
+    fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+/// One decision, with its numbers and reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// When (RFC 3339).
+    pub time: String,
+    /// `start`, `step`, `promote`, `rollback` or `abort`.
+    pub decision: String,
+    /// The candidate's share after it, in percent.
+    pub percent: u8,
+    /// Why.
+    pub reason: String,
+    /// The candidate's window.
+    pub candidate: Window,
+    /// Stable's window.
+    pub stable: Window,
+}
+
+/// A rollout, as the desired state holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// The candidate version's key.
+    pub candidate: String,
+    /// The version that was live when it started.
+    pub stable: String,
+    /// The candidate's share at each step, in percent, ascending; the last is 100.
+    pub steps: Vec<u8>,
+    /// The current step.
+    pub step: usize,
+    /// How long each step lasts before the next, in milliseconds.
+    pub interval_ms: u64,
+    /// A header whose value keeps a client on one side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
+    /// When it is rolled back.
+    pub thresholds: Thresholds,
+    /// Where it is.
+    pub state: State,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Every decision so far, oldest first.
+    pub decisions: Vec<Decision>,
+}
+
+impl Rollout {
+    /// The candidate's share now, in percent (0 once it is over).
+    pub fn percent(&self) -> u8 {
+        match self.state {
+            State::Running => self.steps.get(self.step).copied().unwrap_or(100),
+            _ => 0,
+        }
+    }
+}
+
+/// What the analysis decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Go to the next step.
+    Step,
+    /// Make the candidate live.
+    Promote,
+    /// Keep stable, stop.
+    Rollback(String),
+}
+
+/// The rule: a crossed threshold rolls back at once (once the candidate has `min_requests` in
+/// the window); otherwise, when the step's interval is over and the candidate has been judged on
+/// enough requests, it moves on to the next step, and is promoted instead of moving to the last
+/// (100%). `None`: keep going.
+pub fn decide(
+    r: &Rollout,
+    candidate: &Window,
+    stable: &Window,
+    step_over: bool,
+) -> Option<Verdict> {
+    let t = &r.thresholds;
+    if candidate.requests >= t.min_requests {
+        let increase = (candidate.error_rate() - stable.error_rate()) * 100.0;
+        if increase > t.max_error_increase {
+            return Some(Verdict::Rollback(format!(
+                "error rate {:.1}% against stable's {:.1}%: over the allowed increase of {} points",
+                candidate.error_rate() * 100.0,
+                stable.error_rate() * 100.0,
+                t.max_error_increase
+            )));
+        }
+        if stable.requests >= t.min_requests
+            && stable.p99_ms > 0.0
+            && candidate.p99_ms > t.max_latency_ratio * stable.p99_ms
+        {
+            return Some(Verdict::Rollback(format!(
+                "p99 latency {} ms against stable's {} ms: over {}x",
+                candidate.p99_ms, stable.p99_ms, t.max_latency_ratio
+            )));
+        }
+    }
+    if !step_over || candidate.requests < t.min_requests {
+        return None;
+    }
+    // The last step is 100%: reaching it is the promotion.
+    if r.step + 2 >= r.steps.len() {
+        Some(Verdict::Promote)
+    } else {
+        Some(Verdict::Step)
+    }
+}
+
+/// A version's running totals on this node, from which windows are cut.
+#[derive(Default)]
+pub struct VersionStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: Histogram,
+}
+
+/// A copy of [`VersionStats`] at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    requests: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+}
+
+impl VersionStats {
+    /// Counts one answer.
+    pub fn record(&self, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one latency.
+    pub fn observe(&self, d: Duration) {
+        self.latency.observe(d);
+    }
+
+    /// The totals now.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            buckets: self.latency.bucket_counts(),
+        }
+    }
+}
+
+impl Totals {
+    /// The window from `earlier` to these totals.
+    pub fn since(&self, earlier: &Totals) -> Window {
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        Window {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            p50_ms: Histogram::quantile_ms(&buckets, 0.5),
+            p99_ms: Histogram::quantile_ms(&buckets, 0.99),
+        }
+    }
+}
+
+/// Which side a request goes to: with a sticky value, the same side for the same value; else
+/// at random. True: the candidate.
+pub fn to_candidate(percent: u8, sticky: Option<&[u8]>) -> bool {
+    let roll = match sticky {
+        Some(value) => {
+            // FNV-1a: stable across nodes and restarts, so a client stays on its side.
+            let hash = value.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            hash % 100
+        }
+        None => random() % 100,
+    };
+    roll < percent as u64
+}
+
+fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 | 1)
+                .unwrap_or(0x9e37_79b9_7f4a_7c15),
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(step: usize) -> Rollout {
+        Rollout {
+            candidate: "c".into(),
+            stable: "s".into(),
+            steps: vec![5, 50, 100],
+            step,
+            interval_ms: 1000,
+            sticky_header: None,
+            thresholds: Thresholds::default(),
+            state: State::Running,
+            started_at: String::new(),
+            decisions: Vec::new(),
+        }
+    }
+
+    fn w(requests: u64, errors: u64, p99_ms: f64) -> Window {
+        Window {
+            requests,
+            errors,
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+        }
+    }
+
+    #[test]
+    fn the_rule() {
+        let r = rollout(0);
+        // Too few requests: nothing, even with errors, even after the interval.
+        assert_eq!(decide(&r, &w(5, 5, 1.0), &w(100, 0, 1.0), true), None);
+        // A fifth failing: rolled back at once, before the interval is over.
+        let v = decide(&r, &w(50, 10, 1.0), &w(100, 0, 1.0), false);
+        assert!(matches!(v, Some(Verdict::Rollback(m)) if m.contains("20.0%")));
+        // Slow: rolled back.
+        assert!(matches!(
+            decide(&r, &w(50, 0, 9.0), &w(100, 0, 1.0), false),
+            Some(Verdict::Rollback(_))
+        ));
+        // Healthy: waits for the interval, then steps, then promotes after the last step.
+        assert_eq!(decide(&r, &w(50, 1, 1.0), &w(100, 1, 1.0), false), None);
+        assert_eq!(
+            decide(&r, &w(50, 1, 1.0), &w(100, 1, 1.0), true),
+            Some(Verdict::Step)
+        );
+        assert_eq!(
+            decide(&rollout(1), &w(50, 0, 1.0), &w(9, 0, 1.0), true),
+            Some(Verdict::Promote)
+        );
+    }
+
+    #[test]
+    fn sticky_values_stay_on_their_side_and_shares_hold() {
+        for v in [&b"alice"[..], b"bob", b"carol"] {
+            let first = to_candidate(30, Some(v));
+            assert!((0..20).all(|_| to_candidate(30, Some(v)) == first));
+        }
+        let n = (0..10_000).filter(|_| to_candidate(20, None)).count();
+        assert!((1_500..2_500).contains(&n), "{n}");
+        assert!(!(0..1000).any(|_| to_candidate(0, None)));
+        assert!((0..1000).all(|_| to_candidate(100, None)));
+    }
+}
+
+/// `POST /admin/v1/functions/{name}/rollout`: what to roll out and how. Unset fields take the
+/// documented defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// The candidate: a version (id, digest or prefix) or an alias.
+    pub candidate: String,
+    /// The candidate's first share, in percent (default: the first step, else 5).
+    #[serde(default)]
+    pub canary: Option<u8>,
+    /// The shares after it, ascending (default 5, 25, 50, 100; 100 is added when missing).
+    #[serde(default)]
+    pub steps: Option<Vec<u8>>,
+    /// How long each step lasts (default `1m`).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// A header whose value keeps each client on one side.
+    #[serde(default)]
+    pub sticky_header: Option<String>,
+    /// See [`Thresholds`] (default 5 points).
+    #[serde(default)]
+    pub max_error_increase: Option<f64>,
+    /// See [`Thresholds`] (default 2).
+    #[serde(default)]
+    pub max_latency_ratio: Option<f64>,
+    /// See [`Thresholds`] (default 20).
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+}
+
+/// A rollout as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// Function name.
+    pub name: String,
+    /// Short id of the candidate.
+    pub candidate: String,
+    /// Short id of the version that was live when it started.
+    pub stable: String,
+    /// Where it is.
+    pub state: State,
+    /// The candidate's share now, in percent.
+    pub percent: u8,
+    /// The steps' shares.
+    pub steps: Vec<u8>,
+    /// The current step (index into `steps`).
+    pub step: usize,
+    /// How long each step lasts, in milliseconds.
+    pub interval_ms: u64,
+    /// The sticky header, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
+    /// When it is rolled back.
+    pub thresholds: Thresholds,
+    /// When it started.
+    pub started_at: String,
+    /// Every decision, oldest first.
+    pub decisions: Vec<Decision>,
+}
+
+impl RolloutView {
+    /// The view of `r`, a rollout of function `name`.
+    pub fn of(name: &str, r: &Rollout) -> Self {
+        let short = |k: &str| k[..k.len().min(12)].to_string();
+        Self {
+            name: name.to_string(),
+            candidate: short(&r.candidate),
+            stable: short(&r.stable),
+            state: r.state,
+            percent: r.percent(),
+            steps: r.steps.clone(),
+            step: r.step,
+            interval_ms: r.interval_ms,
+            sticky_header: r.sticky_header.clone(),
+            thresholds: r.thresholds,
+            started_at: r.started_at.clone(),
+            decisions: r.decisions.clone(),
+        }
+    }
+}
+
+/// `tensorlet_rollout_step{function}` (the candidate's share, 0 when none runs) and
+/// `tensorlet_rollout_decisions_total{function,decision}`.
+#[derive(Default)]
+pub struct RolloutMetrics {
+    series: std::sync::Mutex<std::collections::BTreeMap<String, Series>>,
+}
+
+/// One function's share now and its decisions by kind.
+type Series = (u8, std::collections::BTreeMap<String, u64>);
+
+impl RolloutMetrics {
+    /// Sets a function's current share.
+    pub fn set_percent(&self, function: &str, percent: u8) {
+        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        s.entry(function.to_string()).or_default().0 = percent;
+    }
+
+    /// Counts a decision.
+    pub fn count(&self, function: &str, decision: &str) {
+        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        *s.entry(function.to_string())
+            .or_default()
+            .1
+            .entry(decision.to_string())
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_empty() {
+            return;
+        }
+        out.push_str("# HELP tensorlet_rollout_step The candidate's share of traffic in a running rollout, in percent.\n# TYPE tensorlet_rollout_step gauge\n");
+        for (f, (percent, _)) in s.iter() {
+            let _ = writeln!(out, "tensorlet_rollout_step{{function=\"{f}\"}} {percent}");
+        }
+        out.push_str("# HELP tensorlet_rollout_decisions_total Rollout decisions this node made.\n# TYPE tensorlet_rollout_decisions_total counter\n");
+        for (f, (_, decisions)) in s.iter() {
+            for (d, n) in decisions {
+                let _ = writeln!(
+                    out,
+                    "tensorlet_rollout_decisions_total{{function=\"{f}\",decision=\"{d}\"}} {n}"
+                );
+            }
+        }
+    }
+}
