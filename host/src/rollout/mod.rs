@@ -123,6 +123,9 @@ impl Rollout {
     }
 }
 
+/// The least p99 difference, in milliseconds, that counts as a slowdown.
+pub const MIN_LATENCY_GAP_MS: f64 = 10.0;
+
 /// What the analysis decides.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -155,9 +158,12 @@ pub fn decide(
                 t.max_error_increase
             )));
         }
+        // Latencies of a few milliseconds jitter by whole histogram buckets on a busy machine:
+        // a slowdown must also be large in absolute terms.
         if stable.requests >= t.min_requests
             && stable.p99_ms > 0.0
             && candidate.p99_ms > t.max_latency_ratio * stable.p99_ms
+            && candidate.p99_ms - stable.p99_ms >= MIN_LATENCY_GAP_MS
         {
             return Some(Verdict::Rollback(format!(
                 "p99 latency {} ms against stable's {} ms: over {}x",
@@ -308,9 +314,11 @@ mod tests {
         assert!(matches!(v, Some(Verdict::Rollback(m)) if m.contains("20.0%")));
         // Slow: rolled back.
         assert!(matches!(
-            decide(&r, &w(50, 0, 9.0), &w(100, 0, 1.0), false),
+            decide(&r, &w(50, 0, 25.0), &w(100, 0, 10.0), false),
             Some(Verdict::Rollback(_))
         ));
+        // Jitter of a few milliseconds is not a slowdown.
+        assert_eq!(decide(&r, &w(50, 0, 2.5), &w(100, 0, 1.0), false), None);
         // Healthy: waits for the interval, then steps, then promotes after the last step.
         assert_eq!(decide(&r, &w(50, 1, 1.0), &w(100, 1, 1.0), false), None);
         assert_eq!(
