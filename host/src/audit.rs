@@ -16,7 +16,8 @@ use crate::api::AuditRecord;
 
 use crate::time::now_rfc3339;
 
-/// The node's audit log.
+/// The node's audit log (cheap to clone: clones share the file).
+#[derive(Clone)]
 pub struct Audit {
     path: PathBuf,
     max: u64,

@@ -124,6 +124,20 @@ fn a_candidate_failing_a_fifth_of_its_requests_is_rolled_back_by_itself() {
         ),
         Some(1.0)
     );
+    // The decision is in the audit log, as the rollout's own.
+    wait_for("the rollback in the audit log", || {
+        let log = std::fs::read_to_string(dir.data().join("audit.log")).unwrap();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|r| {
+                r["who"] == "rollout"
+                    && r["action"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("rollout rollback f: error rate")
+            })
+            .then_some(())
+    });
     let text = cli_ok(&node.cli(&["rollout", "status", "f"]), "rollout status");
     assert!(
         text.contains("rollback") && text.contains("RolledBack"),

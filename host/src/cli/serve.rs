@@ -166,6 +166,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listeners[0].local_addr()?;
     let registry_for_rollouts = Arc::clone(&registry);
+    let audit_for_rollouts = audit.clone();
     let mut node = HttpService::new(
         Arc::clone(&config),
         Arc::clone(&registry),
@@ -186,6 +187,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let node = Arc::new(node);
     // Rollouts are judged every 250 ms: a crossed threshold rolls back at once.
+    // Each decision is in the audit log too, as made by `rollout`.
     tokio::spawn({
         let registry = Arc::clone(&registry_for_rollouts);
         async move {
@@ -193,7 +195,13 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                registry.analyze_rollouts(&mut baselines).await;
+                for (function, decision, reason) in registry.analyze_rollouts(&mut baselines).await
+                {
+                    let what = format!("{decision} {function}: {reason}");
+                    audit_for_rollouts
+                        .record("rollout", "rollout", &what, 200)
+                        .await;
+                }
             }
         }
     });

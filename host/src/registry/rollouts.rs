@@ -243,7 +243,12 @@ impl Registry {
     }
 
     /// One pass of the analysis over every running rollout (the node runs one every 250 ms).
-    pub async fn analyze_rollouts(&self, baselines: &mut Baselines) {
+    /// Returns the decisions it committed: function, decision and reason.
+    pub async fn analyze_rollouts(
+        &self,
+        baselines: &mut Baselines,
+    ) -> Vec<(FunctionKey, String, String)> {
+        let mut made = Vec::new();
         let running: Vec<(FunctionKey, Rollout, String)> = {
             let state = self.admin.lock().await;
             state
@@ -277,13 +282,23 @@ impl Registry {
             let (wc, ws) = windows.unwrap_or_default();
             let mut state = self.admin.lock().await;
             let concluded = self
-                .conclude(&mut state, &name, Some(r.step), decision, reason, wc, ws)
+                .conclude(
+                    &mut state,
+                    &name,
+                    Some(r.step),
+                    decision,
+                    reason.clone(),
+                    wc,
+                    ws,
+                )
                 .await;
-            if let Err(e) = concluded {
-                tracing::warn!(function = %name, "rollout decision not committed: {e}");
+            match concluded {
+                Ok(_) => made.push((name.clone(), decision.to_string(), reason)),
+                Err(e) => tracing::warn!(function = %name, "rollout decision not committed: {e}"),
             }
             baselines.remove(&name);
         }
+        made
     }
 
     /// The verdict on one rollout's current step, from this node's numbers.
