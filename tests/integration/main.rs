@@ -19,6 +19,7 @@ mod fleet;
 mod fleet_faults;
 mod fleet_oci;
 mod fleet_parts;
+mod fleet_rollout;
 mod hostile;
 mod lifecycle;
 mod limits;

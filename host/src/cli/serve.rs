@@ -188,6 +188,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let node = Arc::new(node);
     // Rollouts are judged every 250 ms: a crossed threshold rolls back at once.
     // Each decision is in the audit log too, as made by `rollout`.
+    // In a fleet, each node publishes its numbers in its report and one node decides.
+    let fleet_for_rollouts = fleet.as_ref().map(|f| Arc::clone(&f.fleet));
     tokio::spawn({
         let registry = Arc::clone(&registry_for_rollouts);
         async move {
@@ -195,7 +197,20 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                for (function, decision, reason) in registry.analyze_rollouts(&mut baselines).await
+                let mut peers = crate::rollout::Peers {
+                    leader: true,
+                    totals: Vec::new(),
+                };
+                if let Some(f) = &fleet_for_rollouts {
+                    let mine = registry.rollout_totals().await;
+                    let running = !mine.is_empty();
+                    *f.state.rollouts.lock().unwrap_or_else(|e| e.into_inner()) = mine;
+                    if running {
+                        peers = f.peers().await;
+                    }
+                }
+                for (function, decision, reason) in
+                    registry.analyze_rollouts(&mut baselines, &peers).await
                 {
                     let what = format!("{decision} {function}: {reason}");
                     audit_for_rollouts

@@ -78,6 +78,31 @@ impl Fleet {
         }
     }
 
+    /// The other live nodes' rollout numbers, and whether this node decides: the lowest id among
+    /// the nodes that reported in the last few seconds (a lease that passes on by itself when
+    /// its holder stops reporting). Cut off from the engine, a node decides on its own numbers;
+    /// its decisions cannot be committed until the engine is back anyway.
+    pub async fn peers(&self) -> crate::rollout::Peers {
+        let Ok(reports) = self.engine.reports().await else {
+            return crate::rollout::Peers {
+                leader: true,
+                totals: Vec::new(),
+            };
+        };
+        let now = now_ms();
+        let others: Vec<status::NodeReport> = reports
+            .into_iter()
+            .filter(|r| r.node_id != self.node_id())
+            .filter(|r| {
+                now.saturating_sub(r.reported_at_ms) < engine::LIVE_WINDOW.as_millis() as u64
+            })
+            .collect();
+        crate::rollout::Peers {
+            leader: others.iter().all(|r| r.node_id.as_str() > self.node_id()),
+            totals: others.into_iter().map(|r| r.rollouts).collect(),
+        }
+    }
+
     /// Waits until every live node serves `revision` or later; otherwise says which lag.
     pub async fn wait(
         &self,

@@ -24,6 +24,9 @@ pub struct NodeReport {
     pub lag_reason: Option<String>,
     /// Bytes of blobs in its data directory.
     pub blob_cache_bytes: u64,
+    /// What it served of the versions in running rollouts (the analysis adds every node's up).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rollouts: crate::rollout::RolloutTotals,
     /// When it wrote this (RFC 3339).
     pub reported_at: String,
     /// The same, in milliseconds since the Unix epoch.
@@ -106,6 +109,8 @@ pub struct NodeState {
     pub blob_bytes: AtomicU64,
     /// Failed pulls (unreachable, missing, corrupt, too large).
     pub blob_failures: AtomicU64,
+    /// What this node served of the versions in running rollouts, as of the last analysis.
+    pub rollouts: Mutex<crate::rollout::RolloutTotals>,
 }
 
 impl Default for NodeState {
@@ -119,6 +124,7 @@ impl Default for NodeState {
             blob_fetches: AtomicU64::new(0),
             blob_bytes: AtomicU64::new(0),
             blob_failures: AtomicU64::new(0),
+            rollouts: Mutex::default(),
         }
     }
 }
@@ -160,6 +166,11 @@ impl NodeState {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             blob_cache_bytes,
+            rollouts: self
+                .rollouts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             reported_at: crate::time::now_rfc3339(),
             reported_at_ms: now,
         }

@@ -10,8 +10,8 @@ use super::{AdminState, Registry, RegistryError, rules};
 use crate::config::parse_duration;
 use crate::key::FunctionKey;
 use crate::rollout::{
-    Decision, Rollout, RolloutRequest, RolloutView, State, Thresholds, Totals, Verdict, Window,
-    decide,
+    Decision, Peers, Rollout, RolloutRequest, RolloutTotals, RolloutView, State, Thresholds,
+    Totals, Verdict, Window, decide,
 };
 use crate::time::now_rfc3339;
 
@@ -242,12 +242,42 @@ impl Registry {
         Ok(r)
     }
 
-    /// One pass of the analysis over every running rollout (the node runs one every 250 ms).
-    /// Returns the decisions it committed: function, decision and reason.
+    /// What this node has served of the versions in running rollouts (for its fleet report).
+    pub async fn rollout_totals(&self) -> RolloutTotals {
+        let keys: Vec<(FunctionKey, [String; 2])> = {
+            let state = self.admin.lock().await;
+            (state.meta.rollouts.iter())
+                .filter(|(_, r)| r.state == State::Running)
+                .map(|(n, r)| (n.clone(), [r.candidate.clone(), r.stable.clone()]))
+                .collect()
+        };
+        let mut totals = RolloutTotals::new();
+        for (name, versions) in keys {
+            let Some(routes) = self.routes(&name) else {
+                continue;
+            };
+            let of = totals.entry(name.to_string()).or_default();
+            for key in versions {
+                if let Some(d) = routes.version(&key) {
+                    of.insert(key, d.stats.totals());
+                }
+            }
+        }
+        totals
+    }
+
+    /// One pass of the analysis over every running rollout (the node runs one every 250 ms),
+    /// on this node's numbers plus `peers'` (a fleet's other nodes), and only if this node
+    /// decides. Returns the decisions it committed: function, decision and reason.
     pub async fn analyze_rollouts(
         &self,
         baselines: &mut Baselines,
+        peers: &Peers,
     ) -> Vec<(FunctionKey, String, String)> {
+        if !peers.leader {
+            baselines.clear();
+            return Vec::new();
+        }
         let mut made = Vec::new();
         let running: Vec<(FunctionKey, Rollout, String)> = {
             let state = self.admin.lock().await;
@@ -271,7 +301,7 @@ impl Registry {
                     None,
                 ))
             } else {
-                self.judge(&name, &r, baselines)
+                self.judge(&name, &r, baselines, peers)
             };
             let Some((decision, reason, windows)) = verdict else {
                 self.metrics
@@ -308,9 +338,23 @@ impl Registry {
         name: &FunctionKey,
         r: &Rollout,
         baselines: &mut Baselines,
+        peers: &Peers,
     ) -> Option<(&'static str, String, Option<(Window, Window)>)> {
         let routes = self.routes(name)?;
         let (candidate, stable) = (routes.version(&r.candidate)?, routes.version(&r.stable)?);
+        // This node's totals plus every other live node's.
+        let function = name.to_string();
+        let summed = |local: Totals, key: &str| {
+            let mut sum = local;
+            let theirs = peers
+                .totals
+                .iter()
+                .filter_map(|t| t.get(&function)?.get(key));
+            theirs.for_each(|t| sum.add(t));
+            sum
+        };
+        let candidate_now = summed(candidate.stats.totals(), &r.candidate);
+        let stable_now = summed(stable.stats.totals(), &r.stable);
         let fresh = |b: &Baseline| b.step != r.step || b.candidate_key != r.candidate;
         if baselines.get(name).is_none_or(fresh) {
             baselines.insert(
@@ -319,14 +363,14 @@ impl Registry {
                     step: r.step,
                     candidate_key: r.candidate.clone(),
                     since: Instant::now(),
-                    candidate: candidate.stats.totals(),
-                    stable: stable.stats.totals(),
+                    candidate: candidate_now.clone(),
+                    stable: stable_now.clone(),
                 },
             );
         }
         let base = baselines.get(name)?;
-        let wc = candidate.stats.totals().since(&base.candidate);
-        let ws = stable.stats.totals().since(&base.stable);
+        let wc = candidate_now.since(&base.candidate);
+        let ws = stable_now.since(&base.stable);
         let over = base.since.elapsed() >= Duration::from_millis(r.interval_ms);
         let windows = Some((wc, ws));
         match decide(r, &wc, &ws, over)? {

@@ -190,12 +190,28 @@ pub struct VersionStats {
     latency: Histogram,
 }
 
-/// A copy of [`VersionStats`] at one moment.
-#[derive(Debug, Clone, Default)]
+/// A copy of [`VersionStats`] at one moment (in a fleet, each node publishes its own in its
+/// report, and the deciding node adds them up).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     requests: u64,
     errors: u64,
     buckets: Vec<u64>,
+}
+
+/// Per function key, per version key: what a node has served of the versions in rollouts.
+pub type RolloutTotals =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, Totals>>;
+
+/// The rest of the fleet, for the analysis: the other live nodes' totals, and whether this node
+/// is the one that decides (the lowest id among the live nodes: a lease held for as long as it
+/// keeps reporting).
+#[derive(Debug, Default)]
+pub struct Peers {
+    /// Whether this node decides.
+    pub leader: bool,
+    /// The other live nodes' totals.
+    pub totals: Vec<RolloutTotals>,
 }
 
 impl VersionStats {
@@ -223,6 +239,18 @@ impl VersionStats {
 }
 
 impl Totals {
+    /// Adds `other` (another node's totals of the same version).
+    pub fn add(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+    }
+
     /// The window from `earlier` to these totals.
     pub fn since(&self, earlier: &Totals) -> Window {
         let buckets: Vec<u64> = self
