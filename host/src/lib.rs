@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod nn;
 pub mod pace;
+pub mod records;
 pub mod registry;
 pub mod rollout;
 pub mod runtime;

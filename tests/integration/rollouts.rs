@@ -31,6 +31,18 @@ fn stage(node: &Node, name: &str, fixture_name: &str) -> String {
     cli_ok(&out, "deploy --stage").trim().to_string()
 }
 
+/// A node serving greet-v1 as `f`, with `candidate` staged: (dir, node, stable id, candidate id).
+fn stable_and_staged(candidate: &str) -> (TestDir, Node, String, String) {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), None);
+    let stable = node.deploy_ok("f", "greet-v1", "")["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let candidate = stage(&node, "f", candidate);
+    (dir, node, stable, candidate)
+}
+
 /// Calls `/fn/{name}/{i}` until `done` says so (at most 20 s); the answers, in order.
 fn call_until(node: &Node, name: &str, mut done: impl FnMut() -> bool) -> Vec<(u16, String)> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -55,13 +67,7 @@ fn call_until(node: &Node, name: &str, mut done: impl FnMut() -> bool) -> Vec<(u
 
 #[test]
 fn a_candidate_failing_a_fifth_of_its_requests_is_rolled_back_by_itself() {
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), None);
-    let stable = node.deploy_ok("f", "greet-v1", "")["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let candidate = stage(&node, "f", "flaky");
+    let (dir, node, stable, candidate) = stable_and_staged("flaky");
     // Staged: not live, but callable directly.
     assert_eq!(node.get("/fn/f/3").text(), "v1");
     assert_eq!(node.get(&format!("/fn/f@{candidate}/3")).text(), "flaky");
@@ -188,13 +194,7 @@ fn a_healthy_candidate_is_promoted_step_by_step() {
 
 #[test]
 fn sticky_canaries_survive_restarts_and_bad_requests_are_refused() {
-    let dir = TestDir::new();
-    let node = Node::start(&dir.data(), None);
-    let stable = node.deploy_ok("f", "greet-v1", "")["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let candidate = stage(&node, "f", "greet-v2");
+    let (dir, node, stable, candidate) = stable_and_staged("greet-v2");
     for (body, status, code) in [
         (json!({"candidate": "000000"}), 404, "version_not_found"),
         (json!({"candidate": stable}), 400, "invalid_request"),

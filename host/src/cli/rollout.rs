@@ -110,19 +110,20 @@ async fn finish(a: NameArgs, end: &str) -> anyhow::Result<(NodeArgs, RolloutView
 
 /// A rollout as text: where it is, then every decision.
 pub(super) fn print(v: &RolloutView) {
+    let r = &v.rollout;
     println!(
         "{}: candidate {} against stable {}, {:?} at {}% (step {} of {}, every {} ms)",
         v.name,
-        v.candidate,
-        v.stable,
-        v.state,
+        r.candidate,
+        r.stable,
+        r.state,
         v.percent,
-        v.step + 1,
-        v.steps.len(),
-        v.interval_ms
+        r.step + 1,
+        r.steps.len(),
+        r.interval_ms
     );
     println!("{:<22} {:<9} {:>7}  REASON", "TIME", "DECISION", "PERCENT");
-    for d in &v.decisions {
+    for d in &r.decisions {
         println!(
             "{:<22} {:<9} {:>6}%  {}",
             d.time, d.decision, d.percent, d.reason

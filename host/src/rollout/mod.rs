@@ -88,7 +88,6 @@ pub struct Decision {
 
 /// A rollout, as the desired state holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// The candidate version's key.
     pub candidate: String,
@@ -402,53 +401,30 @@ pub struct RolloutRequest {
     pub min_requests: Option<u64>,
 }
 
-/// A rollout as the API shows it.
+/// A rollout as the API shows it: the record (with short version ids), its function's name and
+/// the candidate's share now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutView {
     /// Function name.
     pub name: String,
-    /// Short id of the candidate.
-    pub candidate: String,
-    /// Short id of the version that was live when it started.
-    pub stable: String,
-    /// Where it is.
-    pub state: State,
     /// The candidate's share now, in percent.
     pub percent: u8,
-    /// The steps' shares.
-    pub steps: Vec<u8>,
-    /// The current step (index into `steps`).
-    pub step: usize,
-    /// How long each step lasts, in milliseconds.
-    pub interval_ms: u64,
-    /// The sticky header, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sticky_header: Option<String>,
-    /// When it is rolled back.
-    pub thresholds: Thresholds,
-    /// When it started.
-    pub started_at: String,
-    /// Every decision, oldest first.
-    pub decisions: Vec<Decision>,
+    /// The rollout.
+    #[serde(flatten)]
+    pub rollout: Rollout,
 }
 
 impl RolloutView {
     /// The view of `r`, a rollout of function `name`.
     pub fn of(name: &str, r: &Rollout) -> Self {
-        let short = |k: &str| k[..k.len().min(12)].to_string();
+        let mut rollout = r.clone();
+        for key in [&mut rollout.candidate, &mut rollout.stable] {
+            key.truncate(12);
+        }
         Self {
             name: name.to_string(),
-            candidate: short(&r.candidate),
-            stable: short(&r.stable),
-            state: r.state,
             percent: r.percent(),
-            steps: r.steps.clone(),
-            step: r.step,
-            interval_ms: r.interval_ms,
-            sticky_header: r.sticky_header.clone(),
-            thresholds: r.thresholds,
-            started_at: r.started_at.clone(),
-            decisions: r.decisions.clone(),
+            rollout,
         }
     }
 }
