@@ -90,6 +90,29 @@ pub fn check_meta(meta: &Meta, config: &Config) -> Result<(), Refusal> {
             return Err(format!("{what} belongs to no tenant"));
         }
     }
+    for (key, r) in &meta.rollouts {
+        let what = format!("the rollout of `{key}`");
+        let f = meta
+            .functions
+            .get(key)
+            .ok_or_else(|| format!("{what} names a function that does not exist"))?;
+        if [&r.candidate, &r.stable]
+            .iter()
+            .any(|k| f.find(k).is_none())
+        {
+            return Err(format!("{what} names a version the function does not have"));
+        }
+        let ascending = r.steps.windows(2).all(|w| w[0] < w[1]);
+        if r.steps.is_empty() || !ascending || r.steps.iter().any(|s| !(1..=100).contains(s)) {
+            return Err(format!(
+                "{what} has steps that are not ascending shares of 1 to 100"
+            ));
+        }
+        let t = &r.thresholds;
+        if !(t.max_error_increase.is_finite() && t.max_latency_ratio.is_finite()) {
+            return Err(format!("{what} has thresholds that are not numbers"));
+        }
+    }
     for (name, t) in &meta.tenants {
         if !crate::fleet::is_token(name) || !is_digest(&t.token_hash) {
             return Err(format!("tenant `{name}` is malformed"));
@@ -130,5 +153,23 @@ mod tests {
         assert!(refused(with_model).contains("does not exist"));
         let owned = doc(&good, &good).replace("\"hello\"", "\"acme/hello\"");
         assert!(refused(owned).contains("tenant"));
+        let rollout = |candidate: &str| {
+            doc(&good, &good).replacen(
+                "}}}",
+                &format!(
+                    "}}}},\"rollouts\":{{\"hello\":{{\"candidate\":\"{candidate}\",\"stable\":\"{good}\",\
+                     \"steps\":[5,100],\"step\":0,\"interval_ms\":1000,\"state\":\"running\",\
+                     \"thresholds\":{{\"max_error_increase\":5.0,\"max_latency_ratio\":2.0,\"min_requests\":1}},\
+                     \"started_at\":\"t\",\"decisions\":[]}}}}}}"
+                ),
+                1,
+            )
+        };
+        assert!(
+            decode(rollout(&good).as_bytes(), &config()).is_ok(),
+            "{}",
+            rollout(&good)
+        );
+        assert!(refused(rollout("éééééééééééééééé")).contains("version"));
     }
 }

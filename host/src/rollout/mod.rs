@@ -419,7 +419,7 @@ impl RolloutView {
     pub fn of(name: &str, r: &Rollout) -> Self {
         let mut rollout = r.clone();
         for key in [&mut rollout.candidate, &mut rollout.stable] {
-            key.truncate(12);
+            *key = key.chars().take(12).collect();
         }
         Self {
             name: name.to_string(),
