@@ -582,3 +582,37 @@ fn a_node_without_tokens_refuses_a_public_address() {
     assert!(!out.status.success());
     assert!(out_text(&out).1.contains("refusing to listen"), "{out:?}");
 }
+
+#[test]
+fn direct_calls_to_a_tenants_versions_need_its_invoke_keys() {
+    let dir = TestDir::new();
+    let node = Node::start(&dir.data(), Some(TENANTS));
+    let op = operator_token(&node);
+    let acme = create_tenant(&node, &op, "acme", json!({}));
+    let other = create_tenant(&node, &op, "other", json!({}));
+    let v1 = deploy_as(&node, &acme, "greet", "greet-v1", "").json()["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(deploy_as(&node, &acme, "greet", "greet-v2", "").status, 201);
+    let key = new_key(&node, &acme);
+    let strangers_key = new_key(&node, &other);
+    let path = format!("/fn/acme/greet@{v1}/");
+    // Private: no key, or another tenant's key, is refused as for the function itself.
+    assert_error(&node.get(&path), 401, "unauthorized");
+    let r = node.send(as_(&strangers_key, "GET", &path));
+    assert_error(&r, 401, "unauthorized");
+    let r = node.send(as_(&key, "GET", &path));
+    assert_eq!((r.status, r.text().as_str()), (200, "v1"), "{r}");
+    assert_eq!(r.header("x-tensorlet-version"), Some(v1.as_str()));
+    // Another tenant's namespace does not reach acme's versions.
+    assert_eq!(
+        node.send(as_(
+            &strangers_key,
+            "GET",
+            &format!("/fn/other/greet@{v1}/")
+        ))
+        .status,
+        404
+    );
+}
