@@ -28,5 +28,6 @@ mod ops;
 mod persistence;
 mod pinned;
 mod rollouts;
+mod shadow;
 mod tenants;
 mod uploads;

@@ -8,20 +8,20 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn start(node: &Node, name: &str, body: Value) -> Response {
+pub(crate) fn start(node: &Node, name: &str, body: Value) -> Response {
     Request::new("POST", &format!("/admin/v1/functions/{name}/rollout"))
         .body(body.to_string().into_bytes())
         .send(node.addr())
 }
 
-fn status(node: &Node, name: &str) -> Value {
+pub(crate) fn status(node: &Node, name: &str) -> Value {
     let r = node.get(&format!("/admin/v1/functions/{name}/rollout"));
     assert_eq!(r.status, 200, "{r}");
     r.json()
 }
 
 /// Stages `fixture` as a version of `name` with the CLI and returns its id.
-fn stage(node: &Node, name: &str, fixture_name: &str) -> String {
+pub(crate) fn stage(node: &Node, name: &str, fixture_name: &str) -> String {
     let out = node.cli(&[
         "deploy",
         name,
@@ -32,7 +32,7 @@ fn stage(node: &Node, name: &str, fixture_name: &str) -> String {
 }
 
 /// A node serving greet-v1 as `f`, with `candidate` staged: (dir, node, stable id, candidate id).
-fn stable_and_staged(candidate: &str) -> (TestDir, Node, String, String) {
+pub(crate) fn stable_and_staged(candidate: &str) -> (TestDir, Node, String, String) {
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), None);
     let stable = node.deploy_ok("f", "greet-v1", "")["version"]
@@ -44,7 +44,11 @@ fn stable_and_staged(candidate: &str) -> (TestDir, Node, String, String) {
 }
 
 /// Calls `/fn/{name}/{i}` until `done` says so (at most 20 s); the answers, in order.
-fn call_until(node: &Node, name: &str, mut done: impl FnMut() -> bool) -> Vec<(u16, String)> {
+pub(crate) fn call_until(
+    node: &Node,
+    name: &str,
+    mut done: impl FnMut() -> bool,
+) -> Vec<(u16, String)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut answers = Vec::new();
     for i in 0.. {

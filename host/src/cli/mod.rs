@@ -37,7 +37,7 @@ enum Command {
     /// Run a node.
     Serve(ServeArgs),
     /// Deploy a component as a new version of a function and make it live.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// List functions.
     List(NodeArgs),
     /// List a function's versions, newest first.
@@ -216,7 +216,7 @@ struct DeployArgs {
     /// Store the version without making it live (roll it out with `tensorlet rollout start`).
     #[arg(long)]
     stage: bool,
-    /// With --canary N: stage it and start a rollout at N% (the rollout flags apply).
+    /// With --canary N or --shadow N: stage it and start a rollout (the rollout flags apply).
     #[command(flatten)]
     rollout: rollout::RolloutFlags,
     #[command(flatten)]
@@ -236,7 +236,7 @@ impl Cli {
         rt.block_on(async move {
             match self.command {
                 Command::Serve(args) => serve::serve(args).await,
-                Command::Deploy(args) => deploy(args).await,
+                Command::Deploy(args) => deploy(*args).await,
                 Command::List(node) => list(node).await,
                 Command::Versions(a) => versions(a).await,
                 Command::Rollback(a) => rollback(a).await,
@@ -300,7 +300,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     if a.public || m.public {
         query.push("public=true".into());
     }
-    if a.stage || a.rollout.canary.is_some() {
+    if a.stage || a.rollout.starts() {
         query.push("stage=true".into());
     }
     let client = a.node.client()?;
@@ -314,7 +314,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         }
         None => client.upload(&path, &file, "application/wasm").await?,
     };
-    if a.rollout.canary.is_some() {
+    if a.rollout.starts() {
         let view = rollout::start(&client, &name, v.version.clone(), &a.rollout).await?;
         return a.node.show(&view, rollout::print);
     }

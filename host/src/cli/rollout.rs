@@ -9,8 +9,8 @@ use crate::rollout::{RolloutRequest, RolloutView};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum RolloutCommand {
-    /// Start a canary of VERSION (or an alias) against the live version.
-    Start(StartArgs),
+    /// Start a canary (or a shadow, then a canary) of VERSION (or an alias) against live.
+    Start(Box<StartArgs>),
     /// The running (or last) rollout, with every decision and its numbers.
     Status(NameArgs),
     /// Make the candidate live now.
@@ -43,6 +43,19 @@ pub(super) struct RolloutFlags {
     /// Requests the candidate must serve in a step before it is judged (20).
     #[arg(long)]
     pub min_requests: Option<u64>,
+    /// First copy this share of requests (percent) to the candidate and compare its answers;
+    /// promoted once healthy unless --canary/--steps follow (starts a rollout on deploy).
+    #[arg(long)]
+    pub shadow: Option<u8>,
+    /// Roll back when more shadow answers than this differ from stable's (percent; 1).
+    #[arg(long)]
+    pub max_mismatch: Option<f64>,
+    /// JSON numbers within this (relative; absolute below 1) compare equal (0.0001).
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+    /// Requests with larger bodies are not copied (1MiB).
+    #[arg(long)]
+    pub shadow_max_body: Option<String>,
 }
 
 impl RolloutFlags {
@@ -56,7 +69,16 @@ impl RolloutFlags {
             max_error_increase: self.max_error_increase,
             max_latency_ratio: self.max_latency_ratio,
             min_requests: self.min_requests,
+            max_mismatch: self.max_mismatch,
+            shadow: self.shadow,
+            shadow_max_body: self.shadow_max_body.clone(),
+            tolerance: self.tolerance,
         }
+    }
+
+    /// Whether these flags ask for a rollout.
+    pub fn starts(&self) -> bool {
+        self.canary.is_some() || self.shadow.is_some()
     }
 }
 
@@ -111,13 +133,16 @@ async fn finish(a: NameArgs, end: &str) -> anyhow::Result<(NodeArgs, RolloutView
 /// A rollout as text: where it is, then every decision.
 pub(super) fn print(v: &RolloutView) {
     let r = &v.rollout;
+    let share = match (r.shadowing(), v.percent) {
+        (Some(s), _) => format!("shadowing {}% of requests", s.percent),
+        (None, p) => format!("at {p}%"),
+    };
     println!(
-        "{}: candidate {} against stable {}, {:?} at {}% (step {} of {}, every {} ms)",
+        "{}: candidate {} against stable {}, {:?} {share} (step {} of {}, every {} ms)",
         v.name,
         r.candidate,
         r.stable,
         r.state,
-        v.percent,
         r.step + 1,
         r.steps.len(),
         r.interval_ms

@@ -102,15 +102,28 @@ pub fn check_meta(meta: &Meta, config: &Config) -> Result<(), Refusal> {
         {
             return Err(format!("{what} names a version the function does not have"));
         }
-        let ascending = r.steps.windows(2).all(|w| w[0] < w[1]);
-        if r.steps.is_empty() || !ascending || r.steps.iter().any(|s| !(1..=100).contains(s)) {
+        // A shadow phase is a first step at 0%.
+        let shares = match r.shadow {
+            Some(_) if r.steps.first() == Some(&0) => &r.steps[1..],
+            _ => &r.steps[..],
+        };
+        let ascending = shares.windows(2).all(|w| w[0] < w[1]);
+        if shares.is_empty() || !ascending || shares.iter().any(|s| !(1..=100).contains(s)) {
             return Err(format!(
                 "{what} has steps that are not ascending shares of 1 to 100"
             ));
         }
         let t = &r.thresholds;
-        if !(t.max_error_increase.is_finite() && t.max_latency_ratio.is_finite()) {
+        let numbers = [t.max_error_increase, t.max_latency_ratio, t.max_mismatch];
+        if !numbers.iter().all(|n| n.is_finite()) {
             return Err(format!("{what} has thresholds that are not numbers"));
+        }
+        if let Some(s) = r.shadow
+            && (!(1..=100).contains(&s.percent)
+                || !(0.0..=1.0).contains(&s.tolerance)
+                || s.max_body > crate::rollout::Shadow::MAX_CAP)
+        {
+            return Err(format!("{what} has a malformed shadow"));
         }
     }
     for (name, t) in &meta.tenants {

@@ -401,7 +401,7 @@ impl Registry {
             .map(str::to_string)
             .collect();
         state.compiled.retain(|d, _| referenced.contains(d));
-        let pinned = models::pinned_by_live(&state.meta)
+        let pinned = models::pinned_by_served(&state.meta)
             .into_iter()
             .map(|(_, key)| key);
         let live: HashSet<String> = state

@@ -316,7 +316,7 @@ impl Registry {
             };
             model(pin, live_key(m))
         });
-        let pinned = pinned_by_live(&state.meta)
+        let pinned = pinned_by_served(&state.meta)
             .into_iter()
             .filter_map(|(pin, key)| model(pin, key));
         let set = live.chain(pinned).collect();
@@ -340,7 +340,7 @@ pub(super) fn wanted_sessions(meta: &Meta) -> Vec<(ModelKey, String, String, Mod
         .models
         .iter()
         .map(|(name, m)| (name.clone(), m.live.clone(), live_key(m), live_options(m)));
-    let pinned = pinned_by_live(meta).into_iter().filter_map(|(pin, key)| {
+    let pinned = pinned_by_served(meta).into_iter().filter_map(|(pin, key)| {
         let digest = pin.version?;
         let options = meta.models.get(&pin.model)?.find(&digest)?.options();
         Some((pin.model, digest, key, options))
@@ -351,13 +351,24 @@ pub(super) fn wanted_sessions(meta: &Meta) -> Vec<(ModelKey, String, String, Mod
         .collect()
 }
 
-/// Every model version that a live or aliased function version pins, with its sessions key.
-pub(super) fn pinned_by_live(meta: &Meta) -> Vec<(ModelPin, String)> {
-    let served = meta.functions.values().flat_map(|f| {
-        f.versions
-            .iter()
-            .filter(|v| v.key() == f.live || f.aliases.values().any(|a| a == v.key()))
+/// Every model version that a function version that may be called pins, with its sessions
+/// key: the live version, aliased ones, a running rollout's candidate, and versions deployed
+/// after the live one (staged, to be tried directly before they take traffic). Older versions'
+/// models load again when they go live.
+pub(super) fn pinned_by_served(meta: &Meta) -> Vec<(ModelPin, String)> {
+    let served = meta.functions.iter().flat_map(|(name, f)| {
+        let candidate = (meta.rollouts.get(name))
+            .filter(|r| r.state == crate::rollout::State::Running)
+            .map(|r| r.candidate.as_str());
+        let live_at = f.versions.iter().position(|v| v.key() == f.live);
+        f.versions.iter().enumerate().filter(move |(i, v)| {
+            v.key() == f.live
+                || f.aliases.values().any(|a| a == v.key())
+                || candidate == Some(v.key())
+                || live_at.is_some_and(|at| *i > at)
+        })
     });
+    let served = served.map(|(_, v)| v);
     let mut pins: Vec<(ModelPin, String)> = served
         .flat_map(|v| v.models.iter())
         .filter_map(|pin| {

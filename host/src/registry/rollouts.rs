@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::{AdminState, Registry, RegistryError, rules};
-use crate::config::parse_duration;
+use crate::config::{format_size, parse_duration, parse_size};
 use crate::key::FunctionKey;
 use crate::rollout::{
-    Decision, Peers, Rollout, RolloutRequest, RolloutTotals, RolloutView, State, Thresholds,
-    Totals, Verdict, Window, decide,
+    Decision, Peers, Rollout, RolloutRequest, RolloutTotals, RolloutView, Shadow, State,
+    Thresholds, Totals, Verdict, Window, decide,
 };
 use crate::time::now_rfc3339;
 
@@ -34,9 +34,23 @@ fn invalid(message: String) -> RegistryError {
     RegistryError::invalid_request(message)
 }
 
-/// Checks a request's numbers; the steps, interval and thresholds to use.
-fn plan(req: &RolloutRequest) -> Result<(Vec<u8>, Duration, Thresholds), RegistryError> {
-    let mut steps = req.steps.clone().unwrap_or_else(|| vec![5, 25, 50, 100]);
+/// What a request asks for, checked.
+struct Plan {
+    steps: Vec<u8>,
+    interval: Duration,
+    thresholds: Thresholds,
+    shadow: Option<Shadow>,
+}
+
+/// Checks a request's numbers; the steps, interval, thresholds and shadow to use.
+fn plan(req: &RolloutRequest) -> Result<Plan, RegistryError> {
+    let canary_asked = req.canary.is_some() || req.steps.is_some();
+    let mut steps = match (&req.steps, req.shadow) {
+        (Some(steps), _) => steps.clone(),
+        // A shadow alone is promoted once healthy.
+        (None, Some(_)) if !canary_asked => vec![100],
+        (None, _) => vec![5, 25, 50, 100],
+    };
     if let Some(first) = req.canary {
         steps.retain(|s| *s > first);
         steps.insert(0, first);
@@ -61,6 +75,7 @@ fn plan(req: &RolloutRequest) -> Result<(Vec<u8>, Duration, Thresholds), Registr
         max_error_increase: req.max_error_increase.unwrap_or(d.max_error_increase),
         max_latency_ratio: req.max_latency_ratio.unwrap_or(d.max_latency_ratio),
         min_requests: req.min_requests.unwrap_or(d.min_requests),
+        max_mismatch: req.max_mismatch.unwrap_or(d.max_mismatch),
     };
     if !(0.0..=100.0).contains(&t.max_error_increase) {
         return Err(invalid(
@@ -73,7 +88,60 @@ fn plan(req: &RolloutRequest) -> Result<(Vec<u8>, Duration, Thresholds), Registr
     if !(1..=1_000_000).contains(&t.min_requests) {
         return Err(invalid("min_requests must be 1 to 1000000".into()));
     }
-    Ok((steps, interval, t))
+    if !(0.0..=100.0).contains(&t.max_mismatch) {
+        return Err(invalid("max_mismatch must be 0 to 100 (percent)".into()));
+    }
+    let shadow = match req.shadow {
+        Some(percent) => Some(shadow(req, percent)?),
+        None if req.shadow_max_body.is_some() || req.tolerance.is_some() => {
+            return Err(invalid(
+                "shadow_max_body and tolerance apply to a shadow: add --shadow PERCENT".into(),
+            ));
+        }
+        None => None,
+    };
+    if shadow.is_some() {
+        // Step 0 at 0%: the shadow phase.
+        steps.insert(0, 0);
+    }
+    Ok(Plan {
+        steps,
+        interval,
+        thresholds: t,
+        shadow,
+    })
+}
+
+/// The shadow phase a request asks for, checked.
+fn shadow(req: &RolloutRequest, percent: u8) -> Result<Shadow, RegistryError> {
+    if !(1..=100).contains(&percent) {
+        return Err(invalid(format!(
+            "shadow {percent} must be a share of 1 to 100 percent of requests"
+        )));
+    }
+    let max_body = match &req.shadow_max_body {
+        Some(text) => {
+            parse_size(text).map_err(|e| invalid(format!("bad shadow_max_body: {e:#}")))?
+        }
+        None => Shadow::MAX_BODY,
+    };
+    if max_body > Shadow::MAX_CAP {
+        return Err(invalid(format!(
+            "shadow_max_body must be at most {}",
+            format_size(Shadow::MAX_CAP)
+        )));
+    }
+    let tolerance = req.tolerance.unwrap_or(Shadow::TOLERANCE);
+    if !(0.0..=1.0).contains(&tolerance) {
+        return Err(invalid(
+            "tolerance must be 0 to 1 (relative; e.g. 0.0001)".into(),
+        ));
+    }
+    Ok(Shadow {
+        percent,
+        max_body,
+        tolerance,
+    })
 }
 
 impl Registry {
@@ -83,7 +151,12 @@ impl Registry {
         name: &FunctionKey,
         req: RolloutRequest,
     ) -> Result<RolloutView, RegistryError> {
-        let (steps, interval, thresholds) = plan(&req)?;
+        let Plan {
+            steps,
+            interval,
+            thresholds,
+            shadow,
+        } = plan(&req)?;
         if let Some(h) = &req.sticky_header
             && h.parse::<http::HeaderName>().is_err()
         {
@@ -130,6 +203,7 @@ impl Registry {
             step: 0,
             interval_ms: interval.as_millis() as u64,
             sticky_header: req.sticky_header.map(|h| h.to_ascii_lowercase()),
+            shadow,
             thresholds,
             state: State::Running,
             started_at: now_rfc3339(),
@@ -376,10 +450,16 @@ impl Registry {
         match decide(r, &wc, &ws, over)? {
             Verdict::Step => Some((
                 "step",
-                format!(
-                    "healthy for {} ms over {} requests",
-                    r.interval_ms, wc.requests
-                ),
+                match r.shadowing() {
+                    Some(_) => format!(
+                        "shadow healthy for {} ms: {} of {} answers differed",
+                        r.interval_ms, wc.mismatches, wc.compared
+                    ),
+                    None => format!(
+                        "healthy for {} ms over {} requests",
+                        r.interval_ms, wc.requests
+                    ),
+                },
                 windows,
             )),
             Verdict::Promote => Some(("promote", "healthy through every step".into(), windows)),

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::{AdminState, Deployed, Registry};
 use crate::key::FunctionKey;
+use crate::rollout::{Rollout, Shadow};
 use crate::runtime::{Function, LogBuffer, Prepared};
 use crate::store::VersionRecord;
 
@@ -26,6 +27,8 @@ pub struct Routes {
     aliases: HashMap<String, String>,
     /// A running canary: the candidate and its share.
     split: Option<Split>,
+    /// A rollout's shadow phase: the candidate and its settings.
+    shadow: Option<(Arc<Deployed>, Shadow)>,
 }
 
 /// A canary's traffic split.
@@ -50,6 +53,15 @@ impl Routes {
             }
         }
         Arc::clone(&self.live)
+    }
+
+    /// Whether to copy a request to a shadow candidate: the candidate and the shadow's settings,
+    /// for the shadow's share of the requests that went to `picked` (only those to stable).
+    pub fn shadow_for(&self, picked: &Deployed) -> Option<(Arc<Deployed>, Shadow)> {
+        let (candidate, shadow) = self.shadow.as_ref()?;
+        let to_stable = std::ptr::eq(picked, &*self.live);
+        (to_stable && crate::rollout::to_candidate(shadow.percent, None))
+            .then(|| (Arc::clone(candidate), *shadow))
     }
 
     /// A retained version by its full key.
@@ -100,23 +112,27 @@ impl Registry {
             let Some(live) = versions.get(&f.live).cloned() else {
                 continue;
             };
-            let split = state.meta.rollouts.get(name).and_then(|r| {
-                // Only while the version it started from is still live.
-                if r.state != crate::rollout::State::Running || r.stable != f.live {
-                    return None;
-                }
-                Some(Split {
-                    candidate: versions.get(&r.candidate)?.clone(),
+            // Only while the version the rollout started from is still live.
+            let rollout = (state.meta.rollouts.get(name))
+                .filter(|r| r.state == crate::rollout::State::Running && r.stable == f.live);
+            let candidate = rollout.and_then(|r| versions.get(&r.candidate).cloned());
+            let split = rollout.zip(candidate.clone()).and_then(|(r, candidate)| {
+                (r.percent() > 0).then(|| Split {
+                    candidate,
                     percent: r.percent(),
                     sticky: r.sticky_header.as_deref().and_then(|h| h.parse().ok()),
                 })
             });
+            let shadow = rollout
+                .and_then(Rollout::shadowing)
+                .and_then(|s| Some((candidate?, s)));
             let aliases = f.aliases.iter().map(|(a, k)| (a.clone(), k.clone()));
             let routes = Routes {
                 live,
                 versions,
                 aliases: aliases.collect(),
                 split,
+                shadow,
             };
             next.insert(name.clone(), Arc::new(routes));
         }

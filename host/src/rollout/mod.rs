@@ -1,15 +1,17 @@
-//! Rollouts: a staged version takes a growing share of a function's traffic (a canary), is
-//! compared with the stable version over each interval, and is promoted step by step or rolled
-//! back by itself when a threshold is crossed. The rollout's state lives in the desired state
-//! (so it survives restarts and, in a fleet, reaches every node); the numbers it is judged on
-//! are each node's own ([`VersionStats`]); the decision rule is [`decide`].
+//! Rollouts: a staged version first answers copies of requests that are compared with the
+//! stable version's answers (a shadow), then takes a growing share of a function's traffic (a
+//! canary); over each interval it is compared with stable, and is promoted step by step or
+//! rolled back by itself when a threshold is crossed. The rollout's state lives in the desired
+//! state (so it survives restarts and, in a fleet, reaches every node); the numbers it is judged
+//! on are each node's own ([`VersionStats`]); the decision rule is [`decide`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+mod compare;
+mod stats;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Histogram;
+pub use compare::same_answer;
+pub use stats::{Peers, RolloutMetrics, RolloutTotals, ShadowOutcome, Totals, VersionStats};
 
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +36,13 @@ pub struct Thresholds {
     pub max_latency_ratio: f64,
     /// Requests the candidate must have served in a window before it is judged.
     pub min_requests: u64,
+    /// Most of the candidate's shadow answers that may differ from stable's, in percent.
+    #[serde(default = "default_max_mismatch")]
+    pub max_mismatch: f64,
+}
+
+fn default_max_mismatch() -> f64 {
+    1.0
 }
 
 impl Default for Thresholds {
@@ -42,8 +51,31 @@ impl Default for Thresholds {
             max_error_increase: 5.0,
             max_latency_ratio: 2.0,
             min_requests: 20,
+            max_mismatch: default_max_mismatch(),
         }
     }
+}
+
+/// A shadow phase: the candidate answers copies of a share of the requests; its answers are
+/// compared with stable's and never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Shadow {
+    /// The share of requests copied, in percent.
+    pub percent: u8,
+    /// The largest body copied or compared, in bytes: requests with a larger (or unknown-length)
+    /// body are not copied; answers with one are compared on their status only.
+    pub max_body: u64,
+    /// JSON numbers that differ by at most this much (relative, absolute below 1) count as equal.
+    pub tolerance: f64,
+}
+
+impl Shadow {
+    /// Defaults: 1 MiB bodies, tolerance 1e-4.
+    pub const MAX_BODY: u64 = 1 << 20;
+    /// The default tolerance.
+    pub const TOLERANCE: f64 = 1e-4;
+    /// The most `max_body` may be: a copy is host memory.
+    pub const MAX_CAP: u64 = 16 << 20;
 }
 
 /// A version's numbers over one window.
@@ -57,6 +89,12 @@ pub struct Window {
     pub p50_ms: f64,
     /// 99th percentile latency, ms (bucket upper bound).
     pub p99_ms: f64,
+    /// Shadow answers compared with stable's.
+    #[serde(default)]
+    pub compared: u64,
+    /// Of which differed.
+    #[serde(default)]
+    pub mismatches: u64,
 }
 
 impl Window {
@@ -65,6 +103,14 @@ impl Window {
             0.0
         } else {
             self.errors as f64 / self.requests as f64
+        }
+    }
+
+    fn mismatch_rate(&self) -> f64 {
+        if self.compared == 0 {
+            0.0
+        } else {
+            self.mismatches as f64 / self.compared as f64
         }
     }
 }
@@ -93,7 +139,8 @@ pub struct Rollout {
     pub candidate: String,
     /// The version that was live when it started.
     pub stable: String,
-    /// The candidate's share at each step, in percent, ascending; the last is 100.
+    /// The candidate's share at each step, in percent, ascending; the last is 100. With a
+    /// shadow, the first is 0: the shadow phase.
     pub steps: Vec<u8>,
     /// The current step.
     pub step: usize,
@@ -102,6 +149,9 @@ pub struct Rollout {
     /// A header whose value keeps a client on one side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_header: Option<String>,
+    /// The shadow phase, if it has one (the step at 0%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
     /// When it is rolled back.
     pub thresholds: Thresholds,
     /// Where it is.
@@ -118,6 +168,21 @@ impl Rollout {
         match self.state {
             State::Running => self.steps.get(self.step).copied().unwrap_or(100),
             _ => 0,
+        }
+    }
+
+    /// The shadow settings while it is in its shadow phase.
+    pub fn shadowing(&self) -> Option<Shadow> {
+        self.shadow
+            .filter(|_| self.state == State::Running && self.percent() == 0)
+    }
+
+    /// `shadow`, `canary` or `done`.
+    pub fn phase(&self) -> &'static str {
+        match (self.state, self.shadowing()) {
+            (State::Running, Some(_)) => "shadow",
+            (State::Running, None) => "canary",
+            _ => "done",
         }
     }
 }
@@ -169,6 +234,13 @@ pub fn decide(
                 candidate.p99_ms, stable.p99_ms, t.max_latency_ratio
             )));
         }
+        let mismatch = candidate.mismatch_rate() * 100.0;
+        if candidate.compared > 0 && mismatch > t.max_mismatch {
+            return Some(Verdict::Rollback(format!(
+                "{} of {} shadow answers ({mismatch:.1}%) differ from stable's: over the allowed {}%",
+                candidate.mismatches, candidate.compared, t.max_mismatch
+            )));
+        }
     }
     if !step_over || candidate.requests < t.min_requests {
         return None;
@@ -178,92 +250,6 @@ pub fn decide(
         Some(Verdict::Promote)
     } else {
         Some(Verdict::Step)
-    }
-}
-
-/// A version's running totals on this node, from which windows are cut.
-#[derive(Default)]
-pub struct VersionStats {
-    requests: AtomicU64,
-    errors: AtomicU64,
-    latency: Histogram,
-}
-
-/// A copy of [`VersionStats`] at one moment (in a fleet, each node publishes its own in its
-/// report, and the deciding node adds them up).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Totals {
-    requests: u64,
-    errors: u64,
-    buckets: Vec<u64>,
-}
-
-/// Per function key, per version key: what a node has served of the versions in rollouts.
-pub type RolloutTotals =
-    std::collections::BTreeMap<String, std::collections::BTreeMap<String, Totals>>;
-
-/// The rest of the fleet, for the analysis: the other live nodes' totals, and whether this node
-/// is the one that decides (the lowest id among the live nodes: a lease held for as long as it
-/// keeps reporting).
-#[derive(Debug, Default)]
-pub struct Peers {
-    /// Whether this node decides.
-    pub leader: bool,
-    /// The other live nodes' totals.
-    pub totals: Vec<RolloutTotals>,
-}
-
-impl VersionStats {
-    /// Counts one answer.
-    pub fn record(&self, status: u16) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Records one latency.
-    pub fn observe(&self, d: Duration) {
-        self.latency.observe(d);
-    }
-
-    /// The totals now.
-    pub fn totals(&self) -> Totals {
-        Totals {
-            requests: self.requests.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            buckets: self.latency.bucket_counts(),
-        }
-    }
-}
-
-impl Totals {
-    /// Adds `other` (another node's totals of the same version).
-    pub fn add(&mut self, other: &Totals) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        if self.buckets.len() < other.buckets.len() {
-            self.buckets.resize(other.buckets.len(), 0);
-        }
-        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
-        }
-    }
-
-    /// The window from `earlier` to these totals.
-    pub fn since(&self, earlier: &Totals) -> Window {
-        let buckets: Vec<u64> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, c)| c.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
-            .collect();
-        Window {
-            requests: self.requests.saturating_sub(earlier.requests),
-            errors: self.errors.saturating_sub(earlier.errors),
-            p50_ms: Histogram::quantile_ms(&buckets, 0.5),
-            p99_ms: Histogram::quantile_ms(&buckets, 0.99),
-        }
     }
 }
 
@@ -315,6 +301,7 @@ mod tests {
             step,
             interval_ms: 1000,
             sticky_header: None,
+            shadow: None,
             thresholds: Thresholds::default(),
             state: State::Running,
             started_at: String::new(),
@@ -328,7 +315,41 @@ mod tests {
             errors,
             p50_ms: p99_ms / 2.0,
             p99_ms,
+            ..Window::default()
         }
+    }
+
+    #[test]
+    fn shadow_answers_that_differ_roll_back() {
+        let mut r = rollout(0);
+        r.steps = vec![0, 100];
+        r.shadow = Some(Shadow {
+            percent: 20,
+            max_body: Shadow::MAX_BODY,
+            tolerance: Shadow::TOLERANCE,
+        });
+        assert_eq!(r.phase(), "shadow");
+        let shadowed = |compared, mismatches| Window {
+            compared,
+            mismatches,
+            ..w(compared, 0, 1.0)
+        };
+        // One in a hundred is allowed by default; two are not.
+        assert_eq!(
+            decide(&r, &shadowed(100, 1), &w(500, 0, 1.0), true),
+            Some(Verdict::Promote)
+        );
+        let v = decide(&r, &shadowed(100, 2), &w(500, 0, 1.0), false);
+        assert!(matches!(v, Some(Verdict::Rollback(m)) if m.contains("2 of 100")));
+        // Past the shadow phase the canary steps take over.
+        r.steps = vec![0, 10, 100];
+        assert_eq!(
+            decide(&r, &shadowed(30, 0), &w(500, 0, 1.0), true),
+            Some(Verdict::Step)
+        );
+        r.step = 1;
+        assert_eq!((r.phase(), r.percent()), ("canary", 10));
+        assert_eq!(r.shadowing(), None);
     }
 
     #[test]
@@ -399,6 +420,19 @@ pub struct RolloutRequest {
     /// See [`Thresholds`] (default 20).
     #[serde(default)]
     pub min_requests: Option<u64>,
+    /// See [`Thresholds`] (default 1 percent).
+    #[serde(default)]
+    pub max_mismatch: Option<f64>,
+    /// A shadow phase first, copying this share of requests (percent). Without `canary` or
+    /// `steps`, a healthy shadow is promoted; with them, the canary follows.
+    #[serde(default)]
+    pub shadow: Option<u8>,
+    /// See [`Shadow`]: a size such as `1MiB` (default).
+    #[serde(default)]
+    pub shadow_max_body: Option<String>,
+    /// See [`Shadow`] (default 0.0001).
+    #[serde(default)]
+    pub tolerance: Option<f64>,
 }
 
 /// A rollout as the API shows it: the record (with short version ids), its function's name and
@@ -409,6 +443,8 @@ pub struct RolloutView {
     pub name: String,
     /// The candidate's share now, in percent.
     pub percent: u8,
+    /// `shadow`, `canary` or `done`.
+    pub phase: String,
     /// The rollout.
     #[serde(flatten)]
     pub rollout: Rollout,
@@ -424,57 +460,8 @@ impl RolloutView {
         Self {
             name: name.to_string(),
             percent: r.percent(),
+            phase: r.phase().to_string(),
             rollout,
-        }
-    }
-}
-
-/// `tensorlet_rollout_step{function}` (the candidate's share, 0 when none runs) and
-/// `tensorlet_rollout_decisions_total{function,decision}`.
-#[derive(Default)]
-pub struct RolloutMetrics {
-    series: std::sync::Mutex<std::collections::BTreeMap<String, Series>>,
-}
-
-/// One function's share now and its decisions by kind.
-type Series = (u8, std::collections::BTreeMap<String, u64>);
-
-impl RolloutMetrics {
-    /// Sets a function's current share.
-    pub fn set_percent(&self, function: &str, percent: u8) {
-        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        s.entry(function.to_string()).or_default().0 = percent;
-    }
-
-    /// Counts a decision.
-    pub fn count(&self, function: &str, decision: &str) {
-        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        *s.entry(function.to_string())
-            .or_default()
-            .1
-            .entry(decision.to_string())
-            .or_default() += 1;
-    }
-
-    /// The Prometheus text.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let s = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if s.is_empty() {
-            return;
-        }
-        out.push_str("# HELP tensorlet_rollout_step The candidate's share of traffic in a running rollout, in percent.\n# TYPE tensorlet_rollout_step gauge\n");
-        for (f, (percent, _)) in s.iter() {
-            let _ = writeln!(out, "tensorlet_rollout_step{{function=\"{f}\"}} {percent}");
-        }
-        out.push_str("# HELP tensorlet_rollout_decisions_total Rollout decisions this node made.\n# TYPE tensorlet_rollout_decisions_total counter\n");
-        for (f, (_, decisions)) in s.iter() {
-            for (d, n) in decisions {
-                let _ = writeln!(
-                    out,
-                    "tensorlet_rollout_decisions_total{{function=\"{f}\",decision=\"{d}\"}} {n}"
-                );
-            }
         }
     }
 }

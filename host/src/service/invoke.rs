@@ -13,8 +13,10 @@ use http_body_util::BodyExt;
 use super::HttpService;
 use super::admission::{self, Guarded};
 use super::body::{BoxBody, RequestBody};
+use super::shadow::{self, Pending, Stable, Tee};
 use crate::error::ApiError;
 use crate::registry::{Deployed, TenantLive};
+use crate::rollout::{Shadow, ShadowOutcome};
 use crate::runtime::{Invocation, InvokeError};
 
 impl HttpService {
@@ -51,8 +53,13 @@ impl HttpService {
         let Some(routes) = self.registry.routes(&key) else {
             return (None, Err(ApiError::function_not_found(name)));
         };
+        let mut shadow = None;
         let function = match at {
-            None => routes.pick(req.headers()),
+            None => {
+                let picked = routes.pick(req.headers());
+                shadow = routes.shadow_for(&picked);
+                picked
+            }
             Some(at) => match routes.at(at) {
                 Some(d) => d,
                 None => {
@@ -76,12 +83,14 @@ impl HttpService {
         };
         let tenant = tenant.as_ref().map(|(t, live)| (*t, &**live));
         let result = self
-            .run(&function, name, tenant, guest_path, req, request_id)
+            .run(&function, name, tenant, guest_path, req, request_id, shadow)
             .await;
         (Some(function), result)
     }
 
-    /// Admits the request and runs it through a fresh instance of the function.
+    /// Admits the request and runs it through a fresh instance of the function; with `shadow`,
+    /// also hands a copy to a rollout's candidate.
+    #[allow(clippy::too_many_arguments)]
     async fn run<B: RequestBody>(
         &self,
         deployed: &Deployed,
@@ -90,9 +99,36 @@ impl HttpService {
         guest_path: &str,
         req: Request<B>,
         request_id: &str,
+        shadow: Option<(Arc<Deployed>, Shadow)>,
     ) -> Result<Response<BoxBody>, ApiError> {
         let admission = admission::admit(deployed, name, tenant, req.headers())?;
         let req = guest_request(req, guest_path)?;
+        let label = || FunctionKey::new(tenant.map(|(t, _)| t), name).to_string();
+        let shadow = match shadow {
+            Some((_, s)) if !shadow::fits(req.headers(), &s) => {
+                (self.metrics.rollouts).shadow(&label(), ShadowOutcome::TooLarge);
+                None
+            }
+            shadow => shadow,
+        };
+        let (req, pending) = match shadow {
+            Some((candidate, shadow)) => {
+                let request = shadow::head(&req);
+                let (parts, body) = req.into_parts();
+                let (body, copy) = Tee::copying(Box::pin(body), shadow.max_body);
+                let pending = Pending {
+                    function: label(),
+                    candidate,
+                    shadow,
+                    request,
+                    body: copy,
+                    request_id: request_id.to_string(),
+                    tenant: tenant.map(|(_, live)| Arc::clone(&live.name)),
+                };
+                (Request::from_parts(parts, body), Some(pending))
+            }
+            None => (req.map(|b| Tee::through(Box::pin(b))), None),
+        };
         let started = Instant::now();
         let metrics = Arc::clone(&self.metrics);
         let inv = Invocation {
@@ -112,8 +148,23 @@ impl HttpService {
             // names the function.
             e @ InvokeError::RequestBodyTooLarge { .. } => ApiError::from_invoke(name, e),
             e => ApiError::from_invoke(&deployed.function.name, e),
-        })?;
-        Ok(response.map(|b| Guarded::new(b, admission).boxed_unsync()))
+        });
+        let Some(pending) = pending else {
+            return Ok(response?.map(|b| Guarded::new(b, admission).boxed_unsync()));
+        };
+        let (stable, response) = match response {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let max_body = pending.shadow.max_body;
+                let (body, copy) = Tee::copying(Guarded::new(body, admission), max_body);
+                let stable = Stable::Answered(parts.status, copy);
+                (stable, Ok(Response::from_parts(parts, body.boxed_unsync())))
+            }
+            Err(e) => (Stable::Failed(e.status), Err(e)),
+        };
+        let (runtime, metrics) = (Arc::clone(&self.runtime), Arc::clone(&self.metrics));
+        tokio::spawn(shadow::run(pending, stable, runtime, metrics));
+        response
     }
 }
 

@@ -13,6 +13,7 @@ mod admission;
 mod body;
 mod invoke;
 mod query;
+mod shadow;
 #[cfg(test)]
 mod tests;
 
