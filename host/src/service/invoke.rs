@@ -123,7 +123,6 @@ impl HttpService {
                     request,
                     body: copy,
                     request_id: request_id.to_string(),
-                    tenant: tenant.map(|(_, live)| Arc::clone(&live.name)),
                 };
                 (Request::from_parts(parts, body), Some(pending))
             }
@@ -163,7 +162,7 @@ impl HttpService {
             Err(e) => (Stable::Failed(e.status), Err(e)),
         };
         let (runtime, metrics) = (Arc::clone(&self.runtime), Arc::clone(&self.metrics));
-        tokio::spawn(shadow::run(pending, stable, runtime, metrics));
+        shadow::spawn(shadow::run(pending, stable, runtime, metrics));
         response
     }
 }

@@ -3,11 +3,13 @@
 //! for it: the request and stable's answer are copied as they stream past ([`Tee`]), and only
 //! once stable's answer is complete does a spawned task run the candidate on the copy, if the
 //! candidate has a free concurrency slot (otherwise the copy is dropped and counted, never
-//! queued). The copy runs outside the tenant's quotas; its answer is compared, counted in the
-//! candidate's numbers for the analysis, and thrown away.
+//! queued). Copies run on a thread of their own ([`spawn`]): the serving threads each run a
+//! single-threaded runtime, and a copy there would take turns with the next request of the very
+//! connection it copies. The copy runs outside the tenant's quotas; its answer is compared,
+//! counted in the candidate's numbers for the analysis, and thrown away.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -130,8 +132,6 @@ pub(super) struct Pending {
     pub body: oneshot::Receiver<Copied>,
     /// Its id, for the candidate's log lines.
     pub request_id: String,
-    /// Its tenant, whose CPU share the copy runs in.
-    pub tenant: Option<Arc<str>>,
 }
 
 /// Stable's answer.
@@ -154,8 +154,28 @@ pub(super) fn head<B>(req: &Request<B>) -> Request<()> {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
     copy
+}
+
+/// Runs `copy` on the shadow thread (on the current runtime if that thread could not start).
+pub(super) fn spawn(copy: impl Future<Output = ()> + Send + 'static) {
+    static SHADOWS: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    let handle = SHADOWS.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("tensorlet-shadow".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .ok()?;
+        Some(handle)
+    });
+    match handle {
+        Some(h) => drop(h.spawn(copy)),
+        None => drop(tokio::spawn(copy)),
+    }
 }
 
 /// Runs the candidate on the copy once stable's answer is complete, compares, and counts.
@@ -187,9 +207,9 @@ async fn compare(p: Pending, stable: Stable, runtime: Arc<Runtime>) -> ShadowOut
     let inv = Invocation {
         function: Arc::clone(&candidate.function),
         request_id: Arc::from(format!("{}-shadow", p.request_id)),
-        // Outside the tenant's quotas.
+        // Outside the tenant's quotas, and off the serving threads' CPU shares.
         inferences: None,
-        tenant: p.tenant.clone(),
+        tenant: None,
     };
     let started = Instant::now();
     let answered = runtime.invoke(inv, req, |_| {}).await;
