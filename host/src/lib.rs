@@ -5,6 +5,7 @@
 //! [`registry`] (the function's live version) → [`runtime`] (a fresh instance per request).
 //! [`store`] persists what [`registry`] owns; [`config`] is read once at start-up.
 
+pub mod anomaly;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -149,9 +149,21 @@ pub struct Metrics {
     pub models_loaded: AtomicU64,
     /// Rollout steps and decisions.
     pub rollouts: crate::rollout::RolloutMetrics,
+    /// Every model version's outputs, for drift.
+    pub outputs: crate::anomaly::Outputs,
+    /// Anomalies raised and cleared.
+    pub anomalies: crate::anomaly::Detector,
 }
 
 impl Metrics {
+    /// The node's metrics, with anomalies detected as `anomalies` says.
+    pub fn new(anomalies: crate::anomaly::AnomalyConfig) -> Self {
+        Self {
+            anomalies: crate::anomaly::Detector::new(anomalies),
+            ..Self::default()
+        }
+    }
+
     /// The series of `name`, created on first use.
     pub fn function(&self, name: &str) -> Arc<FunctionMetrics> {
         let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
@@ -224,6 +236,7 @@ impl Metrics {
         self.render_models(&mut out);
         self.render_tenants(&mut out);
         self.rollouts.render(&mut out);
+        self.anomalies.render(&mut out);
         out
     }
 

@@ -10,6 +10,7 @@
 mod support;
 
 mod aliases;
+mod anomalies;
 mod cli_json;
 mod clients;
 mod example_classify_image;

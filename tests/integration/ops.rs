@@ -297,3 +297,26 @@ fn falls_back_to_on_demand_instances_without_address_space() {
             .then_some(())
     });
 }
+
+/// The alerting rules that ship in deploy/prometheus/ are valid, and fire on the series a node
+/// exports when something goes wrong (their own promtool unit tests).
+#[test]
+fn the_prometheus_alerting_rules_pass_promtool() {
+    let dir = repo_root().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "tensorlet-rules.yml"],
+        ["test", "rules", "tensorlet-rules.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian prometheus): run scripts/fetch-ops-tools.sh");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

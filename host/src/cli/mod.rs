@@ -3,6 +3,7 @@
 //! the typed bodies of [`crate::api`] and printed as text, or as JSON with `--json`.
 
 mod aliases;
+mod background;
 mod fleet;
 mod rollout;
 mod serve;
@@ -59,6 +60,8 @@ enum Command {
     Key(tenants::KeyCommand),
     /// Show the audit log of admin changes (operator token).
     Audit(tenants::AuditArgs),
+    /// Anomalies the node has raised and not cleared, and the latest changes.
+    Anomalies(NodeArgs),
     /// Name versions of a function (`live` is built in): call them at /fn/NAME@ALIAS/...
     #[command(subcommand)]
     Alias(aliases::AliasCommand),
@@ -246,6 +249,7 @@ impl Cli {
                 Command::Tenant(t) => tenants::tenant(t).await,
                 Command::Key(k) => tenants::key(k).await,
                 Command::Audit(a) => tenants::audit(a).await,
+                Command::Anomalies(node) => background::show_anomalies(node).await,
                 Command::Fleet(f) => fleet::fleet(f).await,
                 Command::Alias(a) => aliases::alias("functions", a).await,
                 Command::Rollout(r) => rollout::rollout(r).await,

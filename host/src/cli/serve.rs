@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::ServeArgs;
+use super::{ServeArgs, background};
 use crate::config::Config;
 use crate::fleet::blobs::{FleetBlobs, OciRegistry};
 use crate::fleet::engine::{Engine, EngineState};
@@ -87,7 +87,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.listen,
         args.data_dir,
     )?);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(config.anomalies.clone()));
     let onnx = match &config.onnxruntime {
         Some(path) => match Onnx::load(path, config.gpu_fallback, config.model_memory) {
             Ok(onnx) => {
@@ -167,6 +167,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listeners[0].local_addr()?;
     let registry_for_rollouts = Arc::clone(&registry);
     let audit_for_rollouts = audit.clone();
+    let metrics_for_anomalies = Arc::clone(&metrics);
     let mut node = HttpService::new(
         Arc::clone(&config),
         Arc::clone(&registry),
@@ -186,40 +187,18 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let node = Arc::new(node);
-    // Rollouts are judged every 250 ms: a crossed threshold rolls back at once.
-    // Each decision is in the audit log too, as made by `rollout`.
-    // In a fleet, each node publishes its numbers in its report and one node decides.
     let fleet_for_rollouts = fleet.as_ref().map(|f| Arc::clone(&f.fleet));
-    tokio::spawn({
-        let registry = Arc::clone(&registry_for_rollouts);
-        async move {
-            let mut baselines = crate::registry::Baselines::default();
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-            loop {
-                tick.tick().await;
-                let mut peers = crate::rollout::Peers {
-                    leader: true,
-                    totals: Vec::new(),
-                };
-                if let Some(f) = &fleet_for_rollouts {
-                    let mine = registry.rollout_totals().await;
-                    let running = !mine.is_empty();
-                    *f.state.rollouts.lock().unwrap_or_else(|e| e.into_inner()) = mine;
-                    if running {
-                        peers = f.peers().await;
-                    }
-                }
-                for (function, decision, reason) in
-                    registry.analyze_rollouts(&mut baselines, &peers).await
-                {
-                    let what = format!("{decision} {function}: {reason}");
-                    audit_for_rollouts
-                        .record("rollout", "rollout", &what, 200)
-                        .await;
-                }
-            }
-        }
-    });
+    background::rollouts(
+        registry_for_rollouts.clone(),
+        fleet_for_rollouts,
+        audit_for_rollouts.clone(),
+    );
+    background::anomalies(
+        registry_for_rollouts,
+        metrics_for_anomalies,
+        audit_for_rollouts,
+        config.alert_webhook.as_deref(),
+    )?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = crate::server::run_workers(
         listeners,

@@ -344,6 +344,8 @@ pub struct Model {
     name: String,
     sessions: Arc<Sessions>,
     metrics: Arc<ModelMetrics>,
+    /// Where its outputs are sampled for drift (models deployed to the node, not guest-loaded).
+    outputs: Option<Arc<crate::anomaly::OutputProfile>>,
 }
 
 impl Model {
@@ -353,7 +355,14 @@ impl Model {
             name: name.to_string(),
             sessions,
             metrics,
+            outputs: None,
         }
+    }
+
+    /// Samples every inference's outputs into `profile`.
+    pub fn with_outputs(mut self, profile: Arc<crate::anomaly::OutputProfile>) -> Self {
+        self.outputs = Some(profile);
+        self
     }
 
     /// The model's name (for messages).
@@ -378,6 +387,9 @@ impl Model {
         deadline: Instant,
     ) -> NnResult<Vec<(String, Tensor)>> {
         let result = self.run_checked(inputs, deadline).await;
+        if let (Ok(outputs), Some(profile)) = (&result, &self.outputs) {
+            profile.observe(outputs);
+        }
         let counter = if result.is_ok() {
             &self.metrics.inferences
         } else {

@@ -303,24 +303,39 @@ impl Registry {
     /// Swaps in the set of models: each one's live version, and the versions that live function
     /// versions pin.
     pub(super) fn publish_models(&self, state: &AdminState) {
-        let model = |pin: ModelPin, key: String| {
+        let windows = self.metrics.anomalies.config().drift;
+        let mut profiled = HashSet::new();
+        let mut model = |pin: ModelPin, key: String, digest: &str| {
             let sessions = state.loaded_models.get(&key)?;
             let label = pin.model.to_string();
-            let model = Model::new(&label, Arc::clone(sessions), self.metrics.model(&label));
+            let version = crate::store::short_id(digest).to_string();
+            let outputs = self.metrics.outputs.profile(&label, &version, windows);
+            profiled.insert((label.clone(), version));
+            let model = Model::new(&label, Arc::clone(sessions), self.metrics.model(&label))
+                .with_outputs(outputs);
             Some((pin, Arc::new(model)))
         };
-        let live = state.meta.models.iter().filter_map(|(name, m)| {
-            let pin = ModelPin {
-                model: name.clone(),
-                version: None,
-            };
-            model(pin, live_key(m))
-        });
-        let pinned = pinned_by_served(&state.meta)
+        let live: Vec<_> = (state.meta.models.iter())
+            .filter_map(|(name, m)| {
+                let pin = ModelPin {
+                    model: name.clone(),
+                    version: None,
+                };
+                model(pin, live_key(m), &m.live)
+            })
+            .collect();
+        let pinned: Vec<_> = pinned_by_served(&state.meta)
             .into_iter()
-            .filter_map(|(pin, key)| model(pin, key));
-        let set = live.chain(pinned).collect();
+            .filter_map(|(pin, key)| {
+                let digest = pin.version.clone()?;
+                model(pin, key, &digest)
+            })
+            .collect();
+        let set = live.into_iter().chain(pinned).collect();
         self.nn.models.replace(set);
+        // Profiles of versions no longer served are forgotten (a version served again starts a
+        // new reference).
+        (self.metrics.outputs).retain(|m, v| profiled.contains(&(m.to_string(), v.to_string())));
         self.metrics
             .models_loaded
             .store(state.loaded_models.len() as u64, Ordering::Relaxed);

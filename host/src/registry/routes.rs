@@ -139,6 +139,23 @@ impl Registry {
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
+    /// Every version ready to run, with its numbers now, for the anomaly detector.
+    pub fn observed(&self) -> Vec<crate::anomaly::Observed> {
+        let routes = Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()));
+        let mut seen = Vec::new();
+        for (key, r) in routes.iter() {
+            for d in r.versions.values() {
+                seen.push(crate::anomaly::Observed {
+                    function: key.clone(),
+                    version: d.function.version.to_string(),
+                    live: Arc::ptr_eq(d, &r.live),
+                    totals: d.stats.totals(),
+                });
+            }
+        }
+        seen
+    }
+
     /// A version ready to run, if its code is compiled.
     fn deployed(
         &self,

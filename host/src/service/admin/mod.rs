@@ -3,6 +3,7 @@
 //! every change (anything but GET and HEAD, refused ones included) in the audit log. The routes
 //! of each resource live in their own file; they share the namespace rules below.
 
+mod anomalies;
 mod fleet;
 mod functions;
 mod keys;
@@ -121,6 +122,7 @@ impl HttpService {
             "functions" => self.functions(call).await,
             "models" => self.models(call).await,
             "fleet" => self.fleet_status(call).await,
+            "anomalies" => self.anomalies(call).await,
             _ => Err(ApiError::not_found(call.2.uri().path())),
         }
     }
