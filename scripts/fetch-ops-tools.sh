@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the operations tests need, when missing: `promtool` (Debian `prometheus`), which
-# checks the alerting rules in deploy/prometheus/. Progress goes to stderr. Idempotent.
+# checks the alerting rules in deploy/prometheus/, and headless Chromium with its WebDriver
+# (Debian `chromium`, `chromium-driver`) for the dashboard's test. Progress goes to stderr.
+# Idempotent.
 set -euo pipefail
 log() { echo "fetch-ops-tools: $*" >&2; }
 SUDO=
@@ -18,3 +20,8 @@ if ! command -v promtool > /dev/null; then
     fi
 fi
 log "promtool: $(command -v promtool)"
+if ! command -v chromedriver > /dev/null || ! command -v chromium > /dev/null; then
+    log "installing chromium and chromium-driver (Debian)"
+    install chromium chromium-driver
+fi
+log "chromedriver: $(command -v chromedriver)"

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod desired;
 pub mod error;
 pub mod fleet;

@@ -21,6 +21,11 @@ pub struct Histogram {
     sum_nanos: AtomicU64,
 }
 
+/// The upper bounds of the latency buckets, in milliseconds (the last is a catch-all).
+pub fn bucket_bounds_ms() -> Vec<f64> {
+    BUCKETS.iter().map(|b| b * 1000.0).collect()
+}
+
 impl Histogram {
     /// The count in each bucket (not cumulative).
     pub fn bucket_counts(&self) -> Vec<u64> {
@@ -180,6 +185,25 @@ impl Metrics {
     pub fn tenant(&self, name: &str) -> Arc<TenantMetrics> {
         let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(map.entry(name.to_string()).or_default())
+    }
+
+    /// Every model's numbers now, for the dashboard; `visible` says which names the caller
+    /// may see.
+    pub fn model_overviews(
+        &self,
+        visible: impl Fn(&str) -> bool,
+    ) -> Vec<crate::dashboard::ModelOverview> {
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        (models.iter())
+            .filter(|(name, _)| visible(name) && name.as_str() != crate::nn::GUEST_LOADED)
+            .map(|(name, m)| crate::dashboard::ModelOverview {
+                name: name.clone(),
+                inferences: m.inferences.load(Ordering::Relaxed),
+                errors: m.errors.load(Ordering::Relaxed),
+                inference_buckets: m.latency.bucket_counts(),
+                queue_buckets: m.session_wait.bucket_counts(),
+            })
+            .collect()
     }
 
     /// Prometheus text exposition format 0.0.4.

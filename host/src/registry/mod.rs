@@ -9,6 +9,7 @@ mod aliases;
 mod deploy;
 mod error;
 mod models;
+mod overview;
 mod rollouts;
 mod routes;
 mod rules;

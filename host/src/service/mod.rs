@@ -150,9 +150,35 @@ impl HttpService {
                 Ok(r)
             }
             (_, "/healthz" | "/readyz" | "/metrics") => Err(ApiError::method_not_allowed("GET")),
+            (&Method::GET, "/ui") => {
+                // Relative asset links need the trailing slash.
+                let mut r = text(StatusCode::PERMANENT_REDIRECT, "");
+                r.headers_mut()
+                    .insert(header::LOCATION, HeaderValue::from_static("/ui/"));
+                Ok(r)
+            }
+            (&Method::GET, p) if p.starts_with("/ui/") => ui_asset(&p[3..]),
             _ => Err(ApiError::not_found(path)),
         }
     }
+}
+
+/// An embedded asset of the dashboard. The page is public (it holds no data; the admin API it
+/// calls checks the token), and forbids framing and foreign scripts.
+fn ui_asset(path: &str) -> Result<Response<BoxBody>, ApiError> {
+    let (bytes, content_type) =
+        crate::dashboard::asset(path).ok_or_else(|| ApiError::not_found(&format!("/ui{path}")))?;
+    let mut r = text(StatusCode::OK, bytes);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
 }
 
 /// A 5xx is the node's or a guest's fault, not the client's, so the operator needs to see it;

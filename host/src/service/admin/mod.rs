@@ -4,6 +4,7 @@
 //! of each resource live in their own file; they share the namespace rules below.
 
 mod anomalies;
+mod dashboard;
 mod fleet;
 mod functions;
 mod keys;
@@ -123,6 +124,7 @@ impl HttpService {
             "models" => self.models(call).await,
             "fleet" => self.fleet_status(call).await,
             "anomalies" => self.anomalies(call).await,
+            "dashboard" => self.dashboard(call).await,
             _ => Err(ApiError::not_found(call.2.uri().path())),
         }
     }
