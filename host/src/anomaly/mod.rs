@@ -97,6 +97,7 @@ pub struct AnomalyList {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAnomalies {
+    enabled: Option<bool>,
     interval: Option<String>,
     window: Option<String>,
     baseline: Option<String>,
@@ -114,6 +115,8 @@ pub struct FileAnomalies {
 /// How anomalies are detected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnomalyConfig {
+    /// Whether the node detects anomalies at all (and samples model outputs).
+    pub enabled: bool,
     /// How often the detector evaluates.
     pub interval: Duration,
     /// The function rules.
@@ -142,6 +145,7 @@ impl AnomalyConfig {
             }
         };
         let c = Self {
+            enabled: f.enabled.unwrap_or(true),
             interval: duration(&f.interval, 10, "interval")?,
             rules: Rules {
                 window: duration(&f.window, 300, "window")?,

@@ -52,6 +52,9 @@ pub(super) fn anomalies(
     audit: Audit,
     webhook: Option<&str>,
 ) -> anyhow::Result<()> {
+    if !metrics.anomalies.config().enabled {
+        return Ok(());
+    }
     let webhook = webhook
         .map(|url| Webhook::start(url.to_string()))
         .transpose()?;

@@ -303,16 +303,18 @@ impl Registry {
     /// Swaps in the set of models: each one's live version, and the versions that live function
     /// versions pin.
     pub(super) fn publish_models(&self, state: &AdminState) {
-        let windows = self.metrics.anomalies.config().drift;
+        let detection = self.metrics.anomalies.config();
+        let (windows, sampled) = (detection.drift, detection.enabled);
         let mut profiled = HashSet::new();
         let mut model = |pin: ModelPin, key: String, digest: &str| {
             let sessions = state.loaded_models.get(&key)?;
             let label = pin.model.to_string();
             let version = crate::store::short_id(digest).to_string();
-            let outputs = self.metrics.outputs.profile(&label, &version, windows);
-            profiled.insert((label.clone(), version));
-            let model = Model::new(&label, Arc::clone(sessions), self.metrics.model(&label))
-                .with_outputs(outputs);
+            let mut model = Model::new(&label, Arc::clone(sessions), self.metrics.model(&label));
+            if sampled {
+                model = model.with_outputs(self.metrics.outputs.profile(&label, &version, windows));
+                profiled.insert((label.clone(), version));
+            }
             Some((pin, Arc::new(model)))
         };
         let live: Vec<_> = (state.meta.models.iter())
