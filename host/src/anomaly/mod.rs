@@ -9,7 +9,7 @@ pub mod drift;
 mod signals;
 pub mod webhook;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -250,7 +250,7 @@ impl Detector {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *state;
         let mut made = Vec::new();
-        let seen: Vec<(String, String)> = versions
+        let seen: HashSet<(String, String)> = versions
             .iter()
             .map(|o| (o.function.to_string(), o.version.clone()))
             .collect();

@@ -84,7 +84,15 @@ impl History {
         live: bool,
         rules: &Rules,
     ) -> Vec<(Kind, Change)> {
-        self.snapshots.push_back((now, totals));
+        // A snapshot equal to the last one adds nothing: windows are differences, and their
+        // durations come from the snapshots' times. So an idle version holds one or two.
+        if self
+            .snapshots
+            .back()
+            .is_none_or(|(_, last)| *last != totals)
+        {
+            self.snapshots.push_back((now, totals));
+        }
         let horizon = rules.window + rules.baseline;
         // Keep one snapshot at or before the horizon: the baseline's start.
         while self.snapshots.len() > 2 && self.snapshots[1].0 + horizon <= now {
@@ -145,13 +153,15 @@ impl History {
             .iter()
             .rev()
             .find(|(at, _)| *at + rules.window <= now)?;
-        let secs = |d: Duration| d.as_secs_f64().max(1e-3);
+        // Snapshots are only kept when something changed, so a window's first snapshot may be
+        // older than the window: nothing happened in between, and the rate is over the window.
+        let secs = |d: Duration, most: Duration| d.min(most).as_secs_f64().max(1e-3);
         let recent = last.since(start);
         let baseline = start.since(first);
         Some(Seen {
-            recent_rate: recent.requests as f64 / secs(now - *start_at),
+            recent_rate: recent.requests as f64 / secs(now - *start_at, rules.window),
             recent,
-            baseline_rate: baseline.requests as f64 / secs(*start_at - *first_at),
+            baseline_rate: baseline.requests as f64 / secs(*start_at - *first_at, rules.baseline),
             baseline,
             baseline_whole: *start_at - *first_at >= rules.window,
         })
@@ -219,7 +229,8 @@ fn judge(
             })
         }
         Kind::TrafficDrop => {
-            if !seen.baseline_whole || base.rate < rules.min_traffic {
+            // Once raised, the frozen baseline is the measure, however little history is left.
+            if !active && (!seen.baseline_whole || base.rate < rules.min_traffic) {
                 return None;
             }
             let share = match active {
@@ -314,6 +325,8 @@ mod tests {
         drive(&mut h, &stats, &mut clock, 80, (50, 200, 2));
         let stopped = drive(&mut h, &stats, &mut clock, 200, (0, 200, 2));
         assert_eq!(kinds(&stopped, true), [Kind::TrafficDrop]);
+        // An idle version holds almost no history.
+        assert!(h.snapshots.len() <= 3, "{}", h.snapshots.len());
         let back = drive(&mut h, &stats, &mut clock, 30, (50, 200, 2));
         assert_eq!(kinds(&back, false), [Kind::TrafficDrop]);
     }
