@@ -448,7 +448,7 @@ impl Model {
         let child = |name, start| span.child(name, start).attr("tensorlet.model", self.name());
         let mut queue = child("wasi-nn queue", queued);
         let Ok(Ok(done)) = done else {
-            queue.fail("no session ran the inference before the function's deadline");
+            queue.fail("the function's deadline passed before the inference came back");
             return queue.end(now);
         };
         queue.end(done.started);
