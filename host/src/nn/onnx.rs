@@ -18,6 +18,8 @@ use ort::ep::{CUDA, ExecutionProvider};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionOutputs};
 use ort::value::{DynTensorValueType, ValueType};
+use tokio::sync::oneshot::error::RecvError;
+use tokio::time::error::Elapsed;
 
 use super::bindings::wasi::nn::errors::ErrorCode;
 use super::bindings::wasi::nn::tensor::TensorType;
@@ -27,8 +29,6 @@ use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
 use super::{Failure, NnResult};
 use crate::metrics::ModelMetrics;
 use crate::traces::Child;
-use tokio::sync::oneshot::error::RecvError;
-use tokio::time::error::Elapsed;
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
