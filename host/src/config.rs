@@ -60,6 +60,8 @@ pub struct Config {
     pub anomalies: crate::anomaly::AnomalyConfig,
     /// Where anomalies raised and cleared are POSTed, if anywhere.
     pub alert_webhook: Option<String>,
+    /// The OTLP/HTTP collector function requests are traced to (`http://HOST:4318`), if any.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A tenant's quotas, fixed by the operator (`tenant create/update`) and stored with the tenant.
@@ -171,6 +173,7 @@ struct FileConfig {
     #[serde(default)]
     anomalies: crate::anomaly::FileAnomalies,
     alert_webhook: Option<String>,
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +322,7 @@ impl Config {
             fleet,
             anomalies: crate::anomaly::AnomalyConfig::from_file(f.anomalies)?,
             alert_webhook: f.alert_webhook,
+            otlp_endpoint: f.otlp_endpoint,
         };
         config.validate()?;
         Ok(config)
@@ -340,6 +344,9 @@ impl Config {
                 "operator_token must start with `tlo_` and hold at least 32 characters after it \
                  (for example `tlo_` followed by `openssl rand -hex 32`)"
             );
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            check_otlp_endpoint(endpoint)?;
         }
         self.check_limits(&self.defaults)
             .map_err(|e| anyhow::anyhow!("[defaults] {e}"))
@@ -367,6 +374,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An OTLP endpoint is the collector's base URL: spans go to `{endpoint}/v1/traces`.
+fn check_otlp_endpoint(endpoint: &str) -> anyhow::Result<()> {
+    let uri: http::Uri = endpoint.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "otlp_endpoint `{endpoint}` is not a URL ({e}): write e.g. \"http://127.0.0.1:4318\""
+        )
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        bail!(
+            "otlp_endpoint must be an http:// or https:// URL of an OTLP/HTTP collector, e.g. \"http://127.0.0.1:4318\""
+        );
+    }
+    Ok(())
 }
 
 fn tenant_defaults(q: &FileQuotas) -> anyhow::Result<Quotas> {
@@ -491,6 +513,22 @@ mod tests {
             .unwrap();
         assert_eq!(c.max_component_size, 1 << 20);
         assert_eq!(c.defaults.timeout_ms, 2000);
+    }
+
+    #[test]
+    fn otlp_endpoints_are_collector_urls() {
+        let c = Config::from_toml("otlp_endpoint = \"http://127.0.0.1:4318\"").unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(Config::from_toml("").unwrap().otlp_endpoint, None);
+        for bad in [
+            "127.0.0.1:4318",
+            "grpc://collector:4317",
+            "http://",
+            "not a url",
+        ] {
+            let toml = format!("otlp_endpoint = \"{bad}\"");
+            assert!(Config::from_toml(&toml).is_err(), "{bad}");
+        }
     }
 
     #[test]

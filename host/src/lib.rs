@@ -29,6 +29,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod time;
+pub mod traces;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -32,4 +32,5 @@ mod pinned;
 mod rollouts;
 mod shadow;
 mod tenants;
+mod traces;
 mod uploads;

@@ -176,6 +176,23 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         operator,
         audit,
     );
+    // Traces export from this runtime's thread, off the serving threads.
+    let tracer = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            // Which node a span comes from: its fleet id, else the address it serves.
+            let instance = fleet
+                .as_ref()
+                .map_or_else(|| addr.to_string(), |f| f.fleet.node_id().to_string());
+            let tracer = crate::traces::Tracer::start(endpoint, &instance)
+                .context("starting the OTLP trace exporter")?;
+            tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+            Some(Arc::new(tracer))
+        }
+        None => None,
+    };
+    if let Some(tracer) = &tracer {
+        node = node.with_traces(Arc::clone(tracer));
+    }
     if let Some(f) = &fleet {
         // Serving starts now, from the data directory; the syncer catches up in the background.
         let _in_fleet_runtime = f.rt.enter();
@@ -222,6 +239,10 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     })
     .await?;
+    if let Some(tracer) = tracer {
+        // Best effort: the spans of the last requests, if the collector takes them promptly.
+        tracer.flush(std::time::Duration::from_secs(2)).await;
+    }
     if let Some(f) = fleet {
         // Dropping a runtime inside another's context would panic.
         f.rt.shutdown_background();

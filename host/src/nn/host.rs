@@ -2,6 +2,7 @@
 //! allow-list check, and turning every expected failure into an `error` resource for the guest.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::Resource;
 
@@ -13,6 +14,7 @@ use super::checked::Named;
 use super::onnx::{LoadError, Model, ModelOptions};
 use super::tensor::Tensor;
 use super::{ExecutionContext, Failure, GraphHandle, NnView};
+use crate::traces::Child;
 
 fn not_loaded() -> Failure {
     Failure::new(
@@ -204,8 +206,14 @@ impl graph::HostGraph for NnView<'_> {
 impl inference::Host for NnView<'_> {}
 
 impl NnView<'_> {
-    /// Runs `model` once its tenant's inference quota lets it, bounded by the deadline.
-    async fn infer(&mut self, model: &Arc<Model>, inputs: Named) -> Result<Named, Failure> {
+    /// Runs `model` once its tenant's inference quota lets it, bounded by the deadline; `span`
+    /// is the compute's, when the request is traced.
+    async fn infer(
+        &mut self,
+        model: &Arc<Model>,
+        inputs: Named,
+        span: Option<&Child>,
+    ) -> Result<Named, Failure> {
         // The tenant's inference quota: wait for a permit, bounded by the deadline like the rest.
         let _permit = match &self.ctx.inferences {
             Some(quota) => {
@@ -228,7 +236,7 @@ impl NnView<'_> {
             }
             None => None,
         };
-        model.run(inputs, self.ctx.deadline).await
+        model.run(inputs, self.ctx.deadline, span).await
     }
 }
 
@@ -249,7 +257,19 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             input_bytes += t.data.len() as u64;
             tensors.push((name, t));
         }
-        let outputs = self.infer(&model, tensors).await;
+        let span = self.ctx.trace.as_ref().map(|trace| {
+            trace
+                .child("wasi-nn compute", Instant::now())
+                .attr("tensorlet.function", &*self.ctx.function)
+                .attr("tensorlet.model", model.name())
+        });
+        let outputs = self.infer(&model, tensors, span.as_ref()).await;
+        if let Some(mut span) = span {
+            if let Err(f) = &outputs {
+                span.fail(f.message.clone());
+            }
+            span.end(Instant::now());
+        }
         self.ctx.budget.release(input_bytes);
         let outputs = match outputs {
             Ok(outputs) => outputs,

@@ -24,6 +24,7 @@ pub use onnx::{Model, Onnx};
 
 use crate::key::ModelPin;
 use crate::metrics::ModelMetrics;
+use crate::traces::TraceCtx;
 
 /// The host side of a `wasi:nn/errors.error` resource.
 #[derive(Debug, Clone)]
@@ -103,6 +104,8 @@ pub struct NnCtx {
     deadline: Instant,
     inferences: Option<InferenceQuota>,
     budget: TensorBudget,
+    /// The request's trace, when it is recorded: each compute is a span of it.
+    trace: Option<TraceCtx>,
 }
 
 /// Host memory the wasi:nn tensors of one request may hold. A tensor's bytes are copied out of
@@ -180,7 +183,14 @@ impl NnCtx {
             deadline,
             inferences,
             budget: TensorBudget::new(tensor_budget),
+            trace: None,
         }
+    }
+
+    /// Records this request's computes in `trace`.
+    pub fn traced(mut self, trace: Option<TraceCtx>) -> Self {
+        self.trace = trace;
+        self
     }
 }
 

@@ -18,14 +18,17 @@ use ort::ep::{CUDA, ExecutionProvider};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionOutputs};
 use ort::value::{DynTensorValueType, ValueType};
+use tokio::sync::oneshot::error::RecvError;
+use tokio::time::error::Elapsed;
 
 use super::bindings::wasi::nn::errors::ErrorCode;
 use super::bindings::wasi::nn::tensor::TensorType;
 use super::checked::{self, CheckedInputs, Named};
-use super::queue::{self, Job, Queue};
+use super::queue::{self, Done, Job, Queue};
 use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
 use super::{Failure, NnResult};
 use crate::metrics::ModelMetrics;
+use crate::traces::Child;
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -381,12 +384,15 @@ impl Model {
     }
 
     /// Runs the model on checked inputs, waiting for a free session at most until `deadline`.
+    /// With `span` (a traced compute), the wait for a session and the inference are its
+    /// `wasi-nn queue` and `wasi-nn inference` spans.
     pub async fn run(
         self: &Arc<Self>,
         inputs: Vec<(String, Tensor)>,
         deadline: Instant,
+        span: Option<&Child>,
     ) -> NnResult<Vec<(String, Tensor)>> {
-        let result = self.run_checked(inputs, deadline).await;
+        let result = self.run_checked(inputs, deadline, span).await;
         if let (Ok(outputs), Some(profile)) = (&result, &self.outputs) {
             profile.observe(outputs);
         }
@@ -403,26 +409,54 @@ impl Model {
         self: &Arc<Self>,
         inputs: Vec<(String, Tensor)>,
         deadline: Instant,
+        span: Option<&Child>,
     ) -> NnResult<Vec<(String, Tensor)>> {
         let inputs = self.check_inputs(inputs)?;
         let (reply, result) = tokio::sync::oneshot::channel();
+        let queued = Instant::now();
         self.sessions.queue.push(Job {
             inputs,
-            queued: Instant::now(),
+            queued,
             metrics: Arc::clone(&self.metrics),
             reply,
         })?;
         // An inference cannot be interrupted, but the request does not wait past its deadline.
-        tokio::time::timeout_at(deadline.into(), result)
-            .await
-            .map_err(|_| {
-                Failure::new(
-                    ErrorCode::Timeout,
-                    "inference did not finish before the function's deadline (a request waits for a \
-                     free session of the model, then for the inference)",
-                )
-            })?
-            .map_err(|_| Failure::new(ErrorCode::RuntimeError, "the inference thread failed"))?
+        let done = tokio::time::timeout_at(deadline.into(), result).await;
+        if let Some(span) = span {
+            self.trace(span, queued, &done);
+        }
+        done.map_err(|_| {
+            Failure::new(
+                ErrorCode::Timeout,
+                "inference did not finish before the function's deadline (a request waits for a \
+                 free session of the model, then for the inference)",
+            )
+        })?
+        .map_err(|_| Failure::new(ErrorCode::RuntimeError, "the inference thread failed"))?
+        .result
+    }
+
+    /// Records a compute's wait for a session (from `queued`) and its inference under `span`.
+    /// A request that stopped waiting only knows it waited until then.
+    fn trace(
+        &self,
+        span: &Child,
+        queued: Instant,
+        done: &Result<Result<Done, RecvError>, Elapsed>,
+    ) {
+        let now = Instant::now();
+        let child = |name, start| span.child(name, start).attr("tensorlet.model", self.name());
+        let mut queue = child("wasi-nn queue", queued);
+        let Ok(Ok(done)) = done else {
+            queue.fail("the function's deadline passed before the inference came back");
+            return queue.end(now);
+        };
+        queue.end(done.started);
+        let mut inference = child("wasi-nn inference", done.started);
+        if let Err(f) = &done.result {
+            inference.fail(f.message.clone());
+        }
+        inference.end(done.finished);
     }
 }
 

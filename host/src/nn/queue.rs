@@ -27,7 +27,18 @@ pub struct Job {
     /// The series of the model name it came through.
     pub metrics: Arc<ModelMetrics>,
     /// Where the result goes; closed when the request stopped waiting.
-    pub reply: tokio::sync::oneshot::Sender<NnResult<Named>>,
+    pub reply: tokio::sync::oneshot::Sender<Done>,
+}
+
+/// A job's result, and when its inference ran (the request's trace tells the wait for a session
+/// from the inference).
+pub struct Done {
+    /// The outputs, or why there are none.
+    pub result: NnResult<Named>,
+    /// When a session took the job.
+    pub started: Instant,
+    /// When the inference ended.
+    pub finished: Instant,
 }
 
 impl Job {
@@ -131,26 +142,37 @@ pub fn serve(queue: &Queue, max_batch: u32, mut run: impl FnMut(CheckedInputs) -
         if jobs.len() == 1 {
             let job = jobs.into_iter().next().expect("one job");
             let result = guarded(job.inputs);
-            job.metrics.latency.observe(started.elapsed());
-            let _ = job.reply.send(result);
+            let finished = Instant::now();
+            job.metrics.latency.observe(finished - started);
+            let _ = job.reply.send(Done {
+                result,
+                started,
+                finished,
+            });
             continue;
         }
         let rows: Vec<u32> = jobs.iter().map(|j| j.rows().unwrap_or(0)).collect();
         let (batch, replies) = stack(jobs);
         let result = batch.and_then(&mut guarded);
-        let elapsed = started.elapsed();
+        let finished = Instant::now();
+        let elapsed = finished - started;
+        let done = |result| Done {
+            result,
+            started,
+            finished,
+        };
         match result.and_then(|outputs| unstack(outputs, &rows)) {
             Ok(parts) => {
                 for ((metrics, reply), part) in replies.into_iter().zip(parts) {
                     metrics.latency.observe(elapsed);
                     metrics.batched.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Ok(part));
+                    let _ = reply.send(done(Ok(part)));
                 }
             }
             Err(e) => {
                 for (metrics, reply) in replies {
                     metrics.latency.observe(elapsed);
-                    let _ = reply.send(Err(e.clone()));
+                    let _ = reply.send(done(Err(e.clone())));
                 }
             }
         }
@@ -183,10 +205,7 @@ where
     Ok(())
 }
 
-type Reply = (
-    Arc<ModelMetrics>,
-    tokio::sync::oneshot::Sender<NnResult<Named>>,
-);
+type Reply = (Arc<ModelMetrics>, tokio::sync::oneshot::Sender<Done>);
 
 /// Concatenates the jobs' inputs along the first dimension (`take` only batches jobs that stack).
 fn stack(jobs: Vec<Job>) -> (NnResult<CheckedInputs>, Vec<Reply>) {
@@ -255,7 +274,7 @@ mod tests {
         }
     }
 
-    fn job(dims: &[u32], values: &[f32]) -> (Job, tokio::sync::oneshot::Receiver<NnResult<Named>>) {
+    fn job(dims: &[u32], values: &[f32]) -> (Job, tokio::sync::oneshot::Receiver<Done>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let slot = crate::nn::onnx::Slot {
             name: "x".into(),

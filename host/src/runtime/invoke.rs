@@ -23,6 +23,7 @@ use super::capture::{Capture, LogBuffer, LogLine};
 use super::{HostState, Prepared, Runtime};
 use crate::config::FunctionLimits;
 use crate::nn::{InferenceQuota, NnCtx};
+use crate::traces::TraceCtx;
 
 /// A function version as the runtime runs it: fixed at deploy and shared by all its requests.
 pub struct Function {
@@ -107,6 +108,8 @@ impl Runtime {
         let function = inv.function;
         let limits = function.limits;
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        // A traced request's context, put there by the service ([`crate::traces`]).
+        let trace = req.extensions().get::<TraceCtx>().cloned();
         let nn = NnCtx::new(
             Arc::clone(&self.nn),
             Arc::clone(&function.models),
@@ -116,7 +119,8 @@ impl Runtime {
             // Tensors live in host memory, outside the guest's: by default they may hold as much
             // as the guest itself.
             self.tensor_budget.unwrap_or(limits.memory),
-        );
+        )
+        .traced(trace.clone());
         let mut state = HostState::new(&function.env, limits.memory as usize, deadline, nn);
         let cpu = inv.tenant.map(|t| self.workers.share(req.extensions(), t));
         state.cpu = cpu.clone();
@@ -159,15 +163,20 @@ impl Runtime {
         let pre = function.pre.clone();
         let logs = Arc::clone(&function.logs);
         let (version, request_id) = (Arc::clone(&function.version), inv.request_id);
+        let name = Arc::clone(&function.name);
         // The guest runs in its own task so it can keep streaming the body after the head is
         // sent. Epochs only interrupt wasm code; the outer deadline also cuts off a guest that
         // waits inside a host call (a sleep, a body read that never completes). Whichever way
         // it ends, the task moves the guest's output into the function's log.
         let guest = async move {
+            // When instantiation started and ended, for the trace.
+            let (mut started, mut instantiated) = (None, None);
             let run = async {
-                let started = Instant::now();
+                let begun = Instant::now();
+                started = Some(begun);
                 let proxy = pre.instantiate_async(&mut store).await?;
-                on_instantiated(started.elapsed());
+                on_instantiated(begun.elapsed());
+                instantiated = Some(Instant::now());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
@@ -177,6 +186,10 @@ impl Runtime {
                 Ok(r) => r.map_err(GuestEnd::Wasm),
                 Err(_) => Err(GuestEnd::Deadline),
             };
+            if let (Some(trace), Some(started)) = (&trace, started) {
+                let names = (&*name, &*version);
+                trace_guest(trace, names, started, instantiated, &result);
+            }
             drop(store);
             append_logs(&logs, &version, &request_id, &stdout, &stderr);
             result
@@ -219,6 +232,39 @@ impl Runtime {
         }
         result
     }
+}
+
+/// Records the `instantiate` span and, once there was an instance, the `guest` span (its run,
+/// until the handler returned or the deadline stopped it), both failed if the guest did.
+fn trace_guest(
+    trace: &TraceCtx,
+    (function, version): (&str, &str),
+    started: Instant,
+    instantiated: Option<Instant>,
+    result: &Result<(), GuestEnd>,
+) {
+    let now = Instant::now();
+    let failure = result.as_ref().err().map(|e| match e {
+        GuestEnd::Wasm(e) => e.to_string(),
+        GuestEnd::Deadline => "did not finish within its timeout".to_string(),
+    });
+    let mut instantiate = trace
+        .child("instantiate", started)
+        .attr("tensorlet.function", function)
+        .attr("tensorlet.version", version);
+    let Some(instantiated) = instantiated else {
+        instantiate.fail(failure.unwrap_or_default());
+        return instantiate.end(now);
+    };
+    instantiate.end(instantiated);
+    let mut guest = trace
+        .child("guest", instantiated)
+        .attr("tensorlet.function", function)
+        .attr("tensorlet.version", version);
+    if let Some(failure) = failure {
+        guest.fail(failure);
+    }
+    guest.end(now);
 }
 
 /// How a guest's task ended, when it did not return normally.

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 
 pub use body::{BoxBody, BoxError, RequestBody};
 // The parsers that `crate::fuzz_tests` drives with arbitrary input.
@@ -36,6 +37,7 @@ use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::registry::{Deployed, Registry};
 use crate::runtime::Runtime;
+use crate::traces::Tracer;
 use body::{error_response, text};
 
 /// The node's request handler; cheap to share.
@@ -53,6 +55,8 @@ pub struct HttpService {
     fleet: Option<Arc<Fleet>>,
     /// `x-tensorlet-node`, in fleet mode.
     node_header: Option<HeaderValue>,
+    /// Where function requests are traced, with `otlp_endpoint`.
+    traces: Option<Arc<Tracer>>,
 }
 
 impl HttpService {
@@ -80,6 +84,7 @@ impl HttpService {
             audit,
             fleet: None,
             node_header: None,
+            traces: None,
         }
     }
 
@@ -90,15 +95,27 @@ impl HttpService {
         self
     }
 
+    /// Traces function requests to `tracer`.
+    pub fn with_traces(mut self, tracer: Arc<Tracer>) -> Self {
+        self.traces = Some(tracer);
+        self
+    }
+
     /// Handles one request. Never fails: errors become JSON error responses.
-    pub async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<BoxBody> {
+    pub async fn handle<B: RequestBody>(&self, mut req: Request<B>) -> Response<BoxBody> {
         let request_id = format!(
             "{}-{:x}",
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
         let path = req.uri().path().to_string();
+        // Only function requests are traced: the admin API and probes are the operator's.
+        let (mut span, mut error) = (None, None);
         let (function, result) = if let Some(rest) = path.strip_prefix("/fn/") {
+            span = self
+                .traces
+                .as_ref()
+                .and_then(|t| t.begin(&mut req, &request_id));
             self.invoke(rest, req, &request_id).await
         } else if let Some(rest) = path.strip_prefix("/admin/v1/") {
             (None, self.admin(rest, req).await)
@@ -109,6 +126,10 @@ impl HttpService {
             Ok(response) => response,
             Err(e) => {
                 log_server_error(&e, &request_id, &path, function.as_deref());
+                // What failed, for the trace (a 4xx is the client's and no error of the span).
+                if span.is_some() && e.status.is_server_error() {
+                    error = Some(e.message.clone());
+                }
                 error_response(&e, &request_id)
             }
         };
@@ -129,6 +150,17 @@ impl HttpService {
                 .headers_mut()
                 .insert("x-tensorlet-node", node.clone());
         }
+        if let Some(mut span) = span {
+            if let Some(f) = &function {
+                // On a node with tenants the path starts with the function's tenant.
+                let tenant = (self.config.tenants)
+                    .then(|| path["/fn/".len()..].split('/').next())
+                    .flatten();
+                span.function(&f.function.name, &f.function.version, tenant);
+            }
+            span.status(response.status(), error.as_deref());
+            response = response.map(|body| span.attach(body).boxed_unsync());
+        }
         response
     }
 
@@ -141,6 +173,9 @@ impl HttpService {
                 let mut metrics = self.metrics.render();
                 if let Some(fleet) = &self.fleet {
                     fleet.state.render(&mut metrics);
+                }
+                if let Some(traces) = &self.traces {
+                    traces.render(&mut metrics);
                 }
                 let mut r = text(StatusCode::OK, metrics);
                 r.headers_mut().insert(
