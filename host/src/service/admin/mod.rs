@@ -7,6 +7,7 @@ mod anomalies;
 mod fleet;
 mod functions;
 mod keys;
+mod logs;
 mod models;
 mod tenants;
 
