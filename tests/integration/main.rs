@@ -24,6 +24,7 @@ mod fleet_rollout;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod logs;
 mod nn;
 mod ops;
 mod persistence;
