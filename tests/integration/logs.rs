@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -444,4 +445,33 @@ fn tenants_read_only_their_own_logs() {
     let r = node.send(as_(&op, "DELETE", "/admin/v1/tenants/acme"));
     assert_eq!(r.status, 200, "{r}");
     assert!(!dir.data().join("logs/tenants/acme").exists());
+}
+
+#[test]
+fn a_follower_does_not_hold_up_a_stop() {
+    let dir = TestDir::new();
+    let mut node = Node::start(&dir.data(), Some("shutdown_grace = \"60s\"\n"));
+    node.deploy_ok("logger", "logger", "");
+    let mut stream = TcpStream::connect(node.addr()).unwrap();
+    write!(
+        stream,
+        "GET /admin/v1/functions/logger/logs?follow=true HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let api = stream_into(stream);
+    wait_for("the follow answer's head", || {
+        api.lock()
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    });
+    node.terminate();
+    let status = node.wait_exit_within(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    // The answer ended properly: the last chunk was sent.
+    assert!(
+        api.lock().unwrap().ends_with("0\r\n\r\n"),
+        "{:?}",
+        api.lock().unwrap()
+    );
 }

@@ -44,11 +44,11 @@ const QUEUE_BYTES: usize = 16 << 20;
 /// What a line costs in the queue besides its text (its fields, the `Vec` slot).
 const LINE_OVERHEAD: usize = 128;
 /// The longest line the writer stores (its JSON). Captured lines are at most 4 KiB of text,
-/// which JSON escaping can at most double; longer ones are not written.
+/// which JSON escaping can at most double; longer ones are not written, and neither is a line
+/// longer than a cap it counts against.
 const MAX_RECORD: u64 = 16 << 10;
-/// The smallest cap accepted: a segment and the longest record must fit in a quarter of it
-/// each, so that making room never needs more than whole old segments.
-const MIN_CAP: u64 = 64 << 10;
+/// The smallest cap accepted (a captured line of 4 KiB fits, with its fields).
+const MIN_CAP: u64 = 8 << 10;
 /// Lines `GET .../logs` answers with when it is not given a `limit`, and the most it may ask.
 pub const DEFAULT_LIMIT: usize = 1000;
 /// The most lines one query may ask for.
@@ -119,10 +119,18 @@ impl LogsConfig {
     }
 
     /// Where a function's segment ends and the next begins: an eighth of its cap (so retention
-    /// drops an eighth at a time), no less than a record's room and no more than 8 MiB (a
-    /// query reads a segment at a time).
+    /// drops an eighth at a time), at least 1 KiB and at most 8 MiB (a query reads a segment at
+    /// a time). A longer line has a segment of its own.
     fn segment_bytes(&self) -> u64 {
-        (self.max_bytes_per_function / 8).clamp(MAX_RECORD, 8 << 20)
+        (self.max_bytes_per_function / 8).clamp(1 << 10, 8 << 20)
+    }
+
+    /// The longest record `key` may write: one that fits under each of its caps.
+    fn max_record(&self, key: &FunctionKey) -> u64 {
+        let tenant = key.tenant().map_or(u64::MAX, |_| self.max_bytes_per_tenant);
+        (MAX_RECORD.min(self.max_bytes_per_function))
+            .min(tenant)
+            .min(self.max_bytes_total)
     }
 }
 

@@ -128,6 +128,26 @@ async fn segments_rotate_and_the_function_cap_keeps_the_newest() {
 }
 
 #[tokio::test]
+async fn a_small_cap_holds_and_a_line_over_it_is_not_written() {
+    let dir = TempDir::new("logs-small");
+    let f = key(None, "f");
+    let store = LogStore::open(&dir, config(8 << 10, 1 << 30, 1 << 30), [&f]).unwrap();
+    let log = store.function(&f);
+    for r in 0..20 {
+        // Each line longer than a segment (1 KiB here): a segment of its own.
+        log.append(vec![line(r, 3000, "v1", "r")]);
+        store.settled().await;
+        let on_disk = disk_bytes(&dir);
+        assert!(on_disk <= 8 << 10, "{on_disk} bytes after line {r}");
+    }
+    assert_eq!(texts(&store.read(&f, &all(10))), ["line 18", "line 19"]);
+    log.append(vec![line(20, 9000, "v1", "r")]);
+    store.settled().await;
+    assert_eq!(store.shared.dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(texts(&store.read(&f, &all(1))), ["line 19"]);
+}
+
+#[tokio::test]
 async fn tenant_and_node_caps_count_every_function() {
     let dir = TempDir::new("logs-tenant");
     let (a, b, c) = (

@@ -22,7 +22,7 @@ use super::files::{
     function_dir, modified_secs, remove_function_dir, scan, segment_path, segments,
 };
 use super::follow::{Followed, Followers};
-use super::{LogLine, LogsConfig, MAX_RECORD, Position, Shared, Stream};
+use super::{LogLine, LogsConfig, Position, Shared, Stream};
 use crate::key::FunctionKey;
 use crate::time::now_secs;
 
@@ -253,6 +253,7 @@ impl Writer {
     fn append(&mut self, key: &FunctionKey, dropped: u64, lines: Vec<LogLine>, batch: &mut Batch) {
         let now = now_secs();
         let follow = self.followers.wants(key);
+        let max_record = self.config.max_record(key);
         let marker = (dropped > 0).then(|| LogLine {
             time: crate::time::rfc3339(now),
             version: lines.first().map(|l| l.version.clone()).unwrap_or_default(),
@@ -265,7 +266,7 @@ impl Writer {
         for line in marker.into_iter().chain(lines) {
             let mut record = serde_json::to_vec(&line).unwrap_or_default();
             record.push(b'\n');
-            if record.len() as u64 > MAX_RECORD {
+            if record.len() as u64 > max_record {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -292,8 +293,8 @@ impl Writer {
             self.functions.insert(key.clone(), f);
         }
         let segment_bytes = self.config.segment_bytes();
-        let full =
-            (self.functions[key].active.as_ref()).is_some_and(|a| a.bytes + len > segment_bytes);
+        let full = (self.functions[key].active.as_ref())
+            .is_some_and(|a| a.bytes > 0 && a.bytes + len > segment_bytes);
         if full {
             self.close_active(key);
         }

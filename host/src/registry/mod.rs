@@ -151,6 +151,13 @@ impl Registry {
             }
             revision = 0;
         }
+        // Every function the node has, served or not (a version that cannot be loaded now may
+        // load at the next start): their logs stay, those of any other function go.
+        let logs = LogStore::open(
+            &config.data_dir.join("logs"),
+            config.logs,
+            meta.functions.keys(),
+        )?;
         let mut compiled = HashMap::new();
         for (name, f) in meta.functions.iter_mut() {
             f.versions.retain(|v| {
@@ -200,11 +207,6 @@ impl Registry {
                 Err(e) => tracing::error!(model = %name, "cannot load model: {e:#}"),
             }
         }
-        let logs = LogStore::open(
-            &config.data_dir.join("logs"),
-            config.logs,
-            meta.functions.keys(),
-        )?;
         let registry = Registry {
             config,
             runtime,
