@@ -102,7 +102,8 @@ impl HttpService {
         );
         // At error level: a span exists only where its level is logged, and the request id
         // must be on every line that is, down to errors.
-        let span = tracing::error_span!("request", request_id = %request_id);
+        // As a string (not `%`): text shows it quoted, as it always was, and JSON as a string.
+        let span = tracing::error_span!("request", request_id = request_id.as_str());
         self.handle_in_span(req, request_id).instrument(span).await
     }
 
