@@ -127,7 +127,9 @@ impl Scope<'_> {
 #[derive(Default)]
 struct Batch {
     messages: usize,
-    followed: HashMap<FunctionKey, Vec<Arc<Followed>>>,
+    /// The lines written, for followers. Whether a function has any is asked once the lines
+    /// are in its file: a follower that came meanwhile may have read the file before that.
+    written: HashMap<FunctionKey, Vec<(Position, LogLine)>>,
     barriers: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -242,8 +244,13 @@ impl Writer {
     /// Writes the batch's lines out, then tells followers and whoever waits on a barrier.
     fn finish(&mut self, batch: Batch) {
         self.flush();
-        for (key, lines) in batch.followed {
-            self.followers.publish(&key, lines);
+        for (key, lines) in batch.written {
+            if self.followers.wants(&key) {
+                let lines = lines
+                    .into_iter()
+                    .map(|(pos, line)| Arc::new(Followed { pos, line }));
+                self.followers.publish(&key, lines.collect());
+            }
         }
         for done in batch.barriers {
             let _ = done.send(());
@@ -252,7 +259,6 @@ impl Writer {
 
     fn append(&mut self, key: &FunctionKey, dropped: u64, lines: Vec<LogLine>, batch: &mut Batch) {
         let now = now_secs();
-        let follow = self.followers.wants(key);
         let max_record = self.config.max_record(key);
         let marker = (dropped > 0).then(|| LogLine {
             time: crate::time::rfc3339(now),
@@ -263,6 +269,7 @@ impl Writer {
                 "[tensorlet: {dropped} lines of output dropped: the log writer was behind]"
             ),
         });
+        let written = batch.written.entry(key.clone()).or_default();
         for line in marker.into_iter().chain(lines) {
             let mut record = serde_json::to_vec(&line).unwrap_or_default();
             record.push(b'\n');
@@ -272,14 +279,7 @@ impl Writer {
             }
             let pos = self.place(key, &record, now);
             self.shared.written.fetch_add(1, Ordering::Relaxed);
-            if follow {
-                let followed = Arc::new(Followed { pos, line });
-                batch
-                    .followed
-                    .entry(key.clone())
-                    .or_default()
-                    .push(followed);
-            }
+            written.push((pos, line));
         }
     }
 
@@ -453,7 +453,7 @@ impl Writer {
             self.count(&key, -(f.bytes as i64));
         }
         self.dirty.remove(&key);
-        batch.followed.remove(&key);
+        batch.written.remove(&key);
         remove_function_dir(&self.root, &key);
         self.followers.end(&key);
     }
