@@ -49,7 +49,7 @@ const LINE_OVERHEAD: usize = 128;
 const MAX_RECORD: u64 = 16 << 10;
 /// The smallest cap accepted (a captured line of 4 KiB fits, with its fields).
 const MIN_CAP: u64 = 8 << 10;
-/// Lines `GET .../logs` answers with when it is not given a `limit`, and the most it may ask.
+/// Lines `GET .../logs` answers with when it is not given a `limit`.
 pub const DEFAULT_LIMIT: usize = 1000;
 /// The most lines one query may ask for.
 pub const MAX_LIMIT: usize = 10_000;
