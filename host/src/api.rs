@@ -123,7 +123,7 @@ pub struct Deleted {
     pub deleted: bool,
 }
 
-/// One line of [`Logs`].
+/// One line of [`Logs`], and each line of the answer to `logs?follow=true` (JSON lines).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLineView {
     /// When the request that wrote it finished (RFC 3339, UTC).
@@ -138,12 +138,12 @@ pub struct LogLineView {
     pub line: String,
 }
 
-/// `GET /functions/{name}/logs`.
+/// `GET /functions/{name}/logs` (without `follow=true`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Logs {
     /// Function name.
     pub name: String,
-    /// Its recent output, oldest first.
+    /// The newest lines the query asks for, oldest first.
     pub lines: Vec<LogLineView>,
 }
 

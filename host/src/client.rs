@@ -132,6 +132,67 @@ impl AdminClient {
         content_type: Option<&str>,
         body: RequestBody,
     ) -> anyhow::Result<T> {
+        let resp = self.exchange(method, path, content_type, body).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "the node answered HTTP {status} with a body this CLI does not understand ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            });
+        }
+        Err(refusal(status, &bytes))
+    }
+
+    /// GETs `/admin/v1/{path}`, an answer of JSON lines that may go on for as long as the node
+    /// has more (`logs --follow`), and hands each line to `on_line` as it arrives; stops when the
+    /// node ends the answer or `on_line` returns false.
+    pub async fn lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&[u8]) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        /// Longest line taken from the node (its guest lines are at most a few KiB).
+        const MAX_LINE: usize = 1 << 20;
+        let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        let resp = self.exchange(Method::GET, path, None, empty).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(refusal(status, &bytes));
+        }
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.len() > 1 && !on_line(&line[..line.len() - 1])? {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                pending.len() <= MAX_LINE,
+                "the node sent a line longer than {MAX_LINE} bytes"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends a request to `/admin/v1/{path}` and returns the node's answer, whatever its
+    /// status.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: RequestBody,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         let mut uri = format!("{}/admin/v1/{path}", self.base);
         if let Some(wait) = self.wait.as_deref().filter(|_| method != Method::GET) {
             let sep = if path.contains('?') { '&' } else { '?' };
@@ -144,7 +205,7 @@ impl AdminClient {
         if let Some(token) = &self.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let resp = self.client.request(req.body(body)?).await.map_err(|e| {
+        self.client.request(req.body(body)?).await.map_err(|e| {
             if e.is_connect() {
                 anyhow::anyhow!("cannot reach the node at {}: {e} (is `tensorlet serve` running? set --node or TENSORLET_NODE)", self.base)
             } else {
@@ -152,27 +213,23 @@ impl AdminClient {
                 // up mid-upload) is deeper in the chain than hyper's own words.
                 anyhow::Error::new(e).context(format!("talking to the node at {}", self.base))
             }
-        })?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let text = || String::from_utf8_lossy(&bytes).into_owned();
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "the node answered HTTP {status} with a body this CLI does not understand ({e}): {}",
-                    text()
-                )
-            });
-        }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => anyhow::bail!(
-                "{} ({}, HTTP {})",
-                b.error.message,
-                b.error.code,
-                status.as_u16()
-            ),
-            Err(_) => anyhow::bail!("the node answered HTTP {status}: {}", text()),
-        }
+        })
+    }
+}
+
+/// The error of a refused request: the node's message when it sent its JSON error.
+fn refusal(status: http::StatusCode, bytes: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => anyhow::anyhow!(
+            "{} ({}, HTTP {})",
+            b.error.message,
+            b.error.code,
+            status.as_u16()
+        ),
+        Err(_) => anyhow::anyhow!(
+            "the node answered HTTP {status}: {}",
+            String::from_utf8_lossy(bytes)
+        ),
     }
 }
 

@@ -62,6 +62,10 @@ pub struct Config {
     pub alert_webhook: Option<String>,
     /// The OTLP/HTTP collector function requests are traced to (`http://HOST:4318`), if any.
     pub otlp_endpoint: Option<String>,
+    /// How the node writes its own log lines (`log_format`).
+    pub log_format: crate::node_log::LogFormat,
+    /// How much guest output is kept (`[logs]`).
+    pub logs: crate::logs::LogsConfig,
 }
 
 /// A tenant's quotas, fixed by the operator (`tenant create/update`) and stored with the tenant.
@@ -174,6 +178,9 @@ struct FileConfig {
     anomalies: crate::anomaly::FileAnomalies,
     alert_webhook: Option<String>,
     otlp_endpoint: Option<String>,
+    log_format: Option<String>,
+    #[serde(default)]
+    logs: crate::logs::FileLogs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +330,11 @@ impl Config {
             anomalies: crate::anomaly::AnomalyConfig::from_file(f.anomalies)?,
             alert_webhook: f.alert_webhook,
             otlp_endpoint: f.otlp_endpoint,
+            log_format: match f.log_format.as_deref() {
+                Some(text) => crate::node_log::LogFormat::parse(text)?,
+                None => crate::node_log::LogFormat::Text,
+            },
+            logs: crate::logs::LogsConfig::from_file(f.logs)?,
         };
         config.validate()?;
         Ok(config)
@@ -459,7 +471,7 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("size `{text}` is too large"))
 }
 
-/// Parses durations such as `10s`, `500ms`, `2m` or `1h`.
+/// Parses durations such as `10s`, `500ms`, `2m`, `1h` or `7d`.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -472,7 +484,8 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         "s" | "" => n.checked_mul(1_000),
         "m" | "min" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        other => bail!("unknown duration unit `{other}` in `{text}`: use ms, s, m or h"),
+        "d" => n.checked_mul(86_400_000),
+        other => bail!("unknown duration unit `{other}` in `{text}`: use ms, s, m, h or d"),
     };
     ms.map(Duration::from_millis)
         .with_context(|| format!("duration `{text}` is too large"))
@@ -501,6 +514,10 @@ mod tests {
         assert!(parse_size("99999999999999GiB").is_err());
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert!(parse_duration("fast").is_err());
         assert_eq!(format_size(64 << 20), "64MiB");
     }
@@ -528,6 +545,29 @@ mod tests {
         ] {
             let toml = format!("otlp_endpoint = \"{bad}\"");
             assert!(Config::from_toml(&toml).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn log_settings() {
+        let c = Config::from_toml(
+            "log_format = \"json\"\n[logs]\nmax_bytes_per_function = \"1MiB\"\nmax_age = \"2h\"",
+        )
+        .unwrap();
+        assert_eq!(c.log_format, crate::node_log::LogFormat::Json);
+        assert_eq!(c.logs.max_bytes_per_function, 1 << 20);
+        assert_eq!(c.logs.max_age, Duration::from_secs(7200));
+        assert_eq!(c.logs.max_bytes_per_tenant, 256 << 20);
+        let d = Config::from_toml("").unwrap();
+        assert_eq!(d.log_format, crate::node_log::LogFormat::Text);
+        assert_eq!(d.logs, crate::logs::LogsConfig::default());
+        for bad in [
+            "log_format = \"xml\"",
+            "[logs]\nmax_bytes_per_function = \"1KiB\"",
+            "[logs]\nmax_age = \"0s\"",
+            "[logs]\nmax_lines = 5",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,15 +1,9 @@
-//! The `tensorlet` binary: parse the command line, set up logging, run.
+//! The `tensorlet` binary: parse the command line and run it (the command sets up logging: a
+//! node's config says how it logs).
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tensorlet=info,warn")),
-        )
-        .init();
     match tensorlet::cli::Cli::parse().run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

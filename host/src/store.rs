@@ -5,6 +5,7 @@
 //! DATA/blobs/sha256/<hex>             component bytes, by digest
 //! DATA/cache/<engine-hash>/<hex>.cwasm  compiled code, by digest and engine settings
 //! DATA/tmp/                           temp files; emptied at start-up
+//! DATA/logs/                          guest output, kept by [`crate::logs`] (not through here)
 //! ```
 //!
 //! Every write goes to a temp file, is fsynced, renamed into place, and the directory is fsynced,

@@ -25,6 +25,7 @@ mod fleet_rollout;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod logs;
 mod nn;
 mod ops;
 mod persistence;

@@ -18,8 +18,8 @@ use http::Method;
 use serde::Serialize;
 
 use crate::api::{
-    Deleted, FunctionList, FunctionSummary, FunctionView, LiveMoved, Logs, ModelList, ModelSummary,
-    ModelVersionView, ModelView, RollbackRequest, VersionView,
+    Deleted, FunctionList, FunctionSummary, FunctionView, LiveMoved, LogLineView, Logs, ModelList,
+    ModelSummary, ModelVersionView, ModelView, RollbackRequest, VersionView,
 };
 use crate::client::{AdminClient, encode};
 use crate::fleet::blobs::Kind;
@@ -47,8 +47,8 @@ enum Command {
     Rollback(RollbackArgs),
     /// Delete a function and all its versions.
     Delete(NameArgs),
-    /// Show a function's recent stdout/stderr.
-    Logs(NameArgs),
+    /// Show a function's stdout/stderr (kept on the node across restarts); --follow streams it.
+    Logs(LogsArgs),
     /// Manage ONNX models that functions load through wasi:nn.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -172,6 +172,30 @@ pub(crate) struct NameArgs {
 }
 
 #[derive(Debug, Args)]
+struct LogsArgs {
+    /// Function name.
+    name: String,
+    /// Only lines from this long ago on (30s, 10m, 2h, 7d), or from this RFC 3339 time on.
+    #[arg(long, value_name = "DURATION|TIME")]
+    since: Option<String>,
+    /// Only lines of this version: its id (or a prefix of 4+ hex digits), an alias, or live.
+    #[arg(long)]
+    version: Option<String>,
+    /// Only the lines of this request (the `x-request-id` of its response).
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+    /// At most this many lines, the newest (default 1000; with --follow, of those already kept).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Then keep printing new lines as they are written, until interrupted (with --json, one
+    /// JSON object per line).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
 struct RollbackArgs {
     /// Function name.
     name: String,
@@ -227,7 +251,7 @@ struct DeployArgs {
 }
 
 impl Cli {
-    /// Runs the command.
+    /// Runs the command, logging to stderr (as the config of `serve` says, else as text).
     pub fn run(self) -> anyhow::Result<()> {
         // TLS (the fleet's engine and registry, `oci://` pulls) goes through rustls with ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -236,9 +260,16 @@ impl Cli {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        if let Command::Serve(args) = self.command {
+            // The config says how the node logs: read it before anything is logged.
+            let config = serve::load_config(args)?;
+            crate::node_log::init(config.log_format);
+            return rt.block_on(serve::serve(config));
+        }
+        crate::node_log::init(crate::node_log::LogFormat::Text);
         rt.block_on(async move {
             match self.command {
-                Command::Serve(args) => serve::serve(args).await,
+                Command::Serve(_) => unreachable!("served above"),
                 Command::Deploy(args) => deploy(*args).await,
                 Command::List(node) => list(node).await,
                 Command::Versions(a) => versions(a).await,
@@ -430,14 +461,58 @@ async fn delete(a: NameArgs) -> anyhow::Result<()> {
     a.node.show(&v, |_| println!("deleted {}", a.name))
 }
 
-async fn logs(a: NameArgs) -> anyhow::Result<()> {
-    let path = format!("functions/{}/logs", encode(&a.name));
-    let v: Logs = a.node.client()?.send(Method::GET, &path).await?;
-    a.node.show(&v, |v| {
-        for l in &v.lines {
-            println!("{} {} {} {}", l.time, l.version, l.stream, l.line);
+async fn logs(a: LogsArgs) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    let params = [
+        ("since", &a.since),
+        ("version", &a.version),
+        ("request_id", &a.request_id),
+        ("limit", &a.limit.map(|n| n.to_string())),
+    ];
+    for (k, v) in params {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", encode(v)));
         }
-    })
+    }
+    if a.follow {
+        query.push("follow=true".into());
+    }
+    let mut path = format!("functions/{}/logs", encode(&a.name));
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let client = a.node.client()?;
+    if !a.follow {
+        let v: Logs = client.send(Method::GET, &path).await?;
+        return a.node.show(&v, |v| {
+            for l in &v.lines {
+                println!("{}", log_text(l));
+            }
+        });
+    }
+    client
+        .lines(&path, |json| {
+            let line: LogLineView = serde_json::from_slice(json).map_err(|e| {
+                anyhow::anyhow!("the node sent a log line this CLI does not understand ({e})")
+            })?;
+            let shown = if a.node.json {
+                serde_json::to_string(&line)?
+            } else {
+                log_text(&line)
+            };
+            use std::io::Write;
+            match writeln!(std::io::stdout().lock(), "{shown}") {
+                // A reader that stopped (`| head`) ends the command, without an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+                other => other.map(|()| true).map_err(Into::into),
+            }
+        })
+        .await
+}
+
+/// A guest output line as `logs` prints it.
+fn log_text(l: &LogLineView) -> String {
+    format!("{} {} {} {}", l.time, l.version, l.stream, l.line)
 }
 
 async fn model(command: ModelCommand) -> anyhow::Result<()> {

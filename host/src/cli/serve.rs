@@ -81,12 +81,13 @@ impl FleetNode {
     }
 }
 
-pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(Config::load(
-        args.config.as_deref(),
-        args.listen,
-        args.data_dir,
-    )?);
+/// The node's config: the file, with the command line's flags winning.
+pub(super) fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
+    Config::load(args.config.as_deref(), args.listen, args.data_dir)
+}
+
+pub(super) async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new(config.anomalies.clone()));
     let onnx = match &config.onnxruntime {
         Some(path) => match Onnx::load(path, config.gpu_fallback, config.model_memory) {
@@ -136,6 +137,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_context(opening)?,
     );
+    let logs = Arc::clone(registry.log_store());
     tracing::info!(
         functions = registry.len(),
         pooling = runtime.pooling(),
@@ -232,6 +234,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     shutdown_signal().await;
+    // `logs --follow` answers never end by themselves: end them, or they hold up the drain.
+    logs.close_followers();
     let _ = stop.send(true);
     tokio::task::spawn_blocking(move || {
         for worker in workers {
@@ -243,6 +247,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Best effort: the spans of the last requests, if the collector takes them promptly.
         tracer.flush(std::time::Duration::from_secs(2)).await;
     }
+    // The last requests' output is on disk before the process ends.
+    logs.settled().await;
     if let Some(f) = fleet {
         // Dropping a runtime inside another's context would panic.
         f.rt.shutdown_background();

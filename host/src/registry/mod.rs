@@ -36,10 +36,11 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::desired::{BlobStore, CommitError, DesiredState, Revision};
 use crate::key::FunctionKey;
+use crate::logs::{FunctionLog, LogStore};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::nn::NnNode;
 use crate::nn::onnx::Sessions;
-use crate::runtime::{Function, LogBuffer, Prepared, Runtime};
+use crate::runtime::{Function, Prepared, Runtime};
 use crate::store::{self, DataDir, Meta};
 use crate::time::now_rfc3339;
 pub use deploy::DeploySettings;
@@ -76,7 +77,8 @@ struct AdminState {
     revision: Revision,
     /// Compiled components by digest (shared between functions deploying the same bytes).
     compiled: HashMap<String, Prepared>,
-    logs: HashMap<FunctionKey, Arc<LogBuffer>>,
+    /// Where each function's versions write their output ([`routes`] hands them out).
+    logs: HashMap<FunctionKey, Arc<FunctionLog>>,
     /// Loaded model sessions by [`models::sessions_key`] (digest and target).
     loaded_models: HashMap<String, Arc<Sessions>>,
 }
@@ -103,6 +105,8 @@ pub struct Registry {
     admin: tokio::sync::Mutex<AdminState>,
     nn: Arc<NnNode>,
     tenants: RwLock<Arc<HashMap<String, Arc<TenantLive>>>>,
+    /// The functions' guest output.
+    logs: Arc<LogStore>,
 }
 
 /// Whether a deploy (or model add) created a new version; `V` is the version's view.
@@ -148,6 +152,13 @@ impl Registry {
             }
             revision = 0;
         }
+        // Every function the node has, served or not (a version that cannot be loaded now may
+        // load at the next start): their logs stay, those of any other function go.
+        let logs = LogStore::open(
+            &config.data_dir.join("logs"),
+            config.logs,
+            meta.functions.keys(),
+        )?;
         let mut compiled = HashMap::new();
         for (name, f) in meta.functions.iter_mut() {
             f.versions.retain(|v| {
@@ -217,6 +228,7 @@ impl Registry {
             }),
             nn,
             tenants: RwLock::new(Arc::default()),
+            logs: Arc::new(logs),
         };
         let mut state = registry
             .admin
@@ -241,6 +253,11 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The functions' guest output.
+    pub fn log_store(&self) -> &Arc<LogStore> {
+        &self.logs
     }
 
     /// Number of functions served.
@@ -323,7 +340,9 @@ impl Registry {
             Ok(())
         })
         .await?;
-        state.logs.remove(name);
+        // Answer once its logs are gone from the disk too.
+        self.logs.remove(name);
+        self.logs.settled().await;
         tracing::info!(function = %name, "deleted");
         Ok(api::Deleted {
             name: name.name().to_string(),

@@ -10,8 +10,9 @@ use tokio::sync::Semaphore;
 
 use super::{AdminState, Deployed, Registry};
 use crate::key::FunctionKey;
+use crate::logs::FunctionLog;
 use crate::rollout::{Rollout, Shadow};
-use crate::runtime::{Function, LogBuffer, Prepared};
+use crate::runtime::{Function, Prepared};
 use crate::store::VersionRecord;
 
 /// Every function's routes.
@@ -137,6 +138,17 @@ impl Registry {
             next.insert(name.clone(), Arc::new(routes));
         }
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        // A function that is gone (deleted, its tenant removed, or so in the fleet's state)
+        // takes its logs along.
+        let meta = &state.meta;
+        state.logs.retain(|name, log| {
+            let kept = meta.functions.contains_key(name);
+            if !kept {
+                log.retire();
+                self.logs.remove(name);
+            }
+            kept
+        });
     }
 
     /// Every version ready to run, with its numbers now, for the anomaly detector.
@@ -160,12 +172,15 @@ impl Registry {
     fn deployed(
         &self,
         compiled: &HashMap<String, Prepared>,
-        logs: &mut HashMap<FunctionKey, Arc<LogBuffer>>,
+        logs: &mut HashMap<FunctionKey, Arc<FunctionLog>>,
         name: &FunctionKey,
         v: &VersionRecord,
     ) -> Option<Arc<Deployed>> {
         let pre = compiled.get(&v.digest)?.clone();
-        let logs = Arc::clone(logs.entry(name.clone()).or_default());
+        let logs = logs
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(self.logs.function(name)));
+        let logs = Arc::clone(logs);
         Some(Arc::new(Deployed {
             function: Arc::new(Function {
                 name: Arc::from(name.name()),

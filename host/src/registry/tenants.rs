@@ -394,9 +394,11 @@ impl Registry {
                 Ok((functions, models))
             })
             .await?;
+        // Answer once its functions' logs are gone from the disk too.
         for f in &functions {
-            state.logs.remove(f);
+            self.logs.remove(f);
         }
+        self.logs.settled().await;
         tracing::info!(tenant = name, "tenant removed");
         Ok(api::RemovedTenant {
             name: name.to_string(),

@@ -1,10 +1,12 @@
 //! Read-only views of the functions for the admin API: the list, one function with its
-//! versions, its recent guest output. They read the admin state and build [`api`] bodies.
+//! versions, its guest output. They read the admin state and build [`api`] bodies.
 
-use super::{Registry, RegistryError};
+use std::sync::Arc;
+
+use super::{Registry, RegistryError, blocking};
 use crate::api;
 use crate::key::FunctionKey;
-use crate::runtime::LogLine;
+use crate::logs::{Follow, LogLine, LogQuery};
 use crate::store::{self, VersionRecord};
 
 impl Registry {
@@ -39,17 +41,35 @@ impl Registry {
         })
     }
 
-    /// The function's recent guest output.
-    pub async fn logs(&self, name: &FunctionKey) -> Result<Vec<LogLine>, RegistryError> {
+    /// The function's guest output that `query` asks for, oldest first.
+    pub async fn logs(
+        &self,
+        name: &FunctionKey,
+        query: LogQuery,
+    ) -> Result<Vec<LogLine>, RegistryError> {
+        self.check_function(name).await?;
+        let (logs, key) = (Arc::clone(&self.logs), name.clone());
+        blocking(move || Ok(logs.read(&key, &query))).await
+    }
+
+    /// The function's guest output that `query` asks for, then its new lines as they come.
+    pub async fn follow_logs(
+        &self,
+        name: &FunctionKey,
+        query: LogQuery,
+    ) -> Result<Follow, RegistryError> {
+        self.check_function(name).await?;
+        let (logs, key) = (Arc::clone(&self.logs), name.clone());
+        blocking(move || Ok(logs.follow(&key, query))).await
+    }
+
+    /// Refuses a function that does not exist.
+    async fn check_function(&self, name: &FunctionKey) -> Result<(), RegistryError> {
         let state = self.admin.lock().await;
         if !state.meta.functions.contains_key(name) {
             return Err(RegistryError::function_not_found(name.name()));
         }
-        Ok(state
-            .logs
-            .get(name)
-            .map(|l| l.snapshot())
-            .unwrap_or_default())
+        Ok(())
     }
 }
 

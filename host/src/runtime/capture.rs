@@ -1,22 +1,17 @@
 //! Guest stdout/stderr capture. Each request writes into a small bounded buffer (a guest that
 //! prints without end cannot grow host memory); after the request the buffer is split into lines
-//! and appended to the function's [`LogBuffer`], which keeps the most recent lines for
-//! `tensorlet logs`.
+//! and handed to the function's log ([`crate::logs`]), which keeps them for `tensorlet logs`.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use serde::Serialize;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 /// Bytes one request may log per stream; the rest is dropped and counted.
 const CAPTURE_LIMIT: usize = 64 * 1024;
-/// Lines a function keeps.
-const LOG_LINES: usize = 1000;
 /// Longest single line kept.
 const LINE_LIMIT: usize = 4096;
 
@@ -133,48 +128,6 @@ impl Pollable for Capture {
     async fn ready(&mut self) {}
 }
 
-/// One captured line of guest output.
-#[derive(Debug, Clone, Serialize)]
-pub struct LogLine {
-    /// RFC 3339 UTC time the request finished.
-    pub time: String,
-    /// Version that produced it.
-    pub version: String,
-    /// Request that produced it.
-    pub request_id: String,
-    /// `stdout` or `stderr`.
-    pub stream: &'static str,
-    /// The text.
-    pub line: String,
-}
-
-/// The most recent guest output lines of one function.
-#[derive(Default)]
-pub struct LogBuffer(Mutex<VecDeque<LogLine>>);
-
-impl LogBuffer {
-    /// Appends lines, dropping the oldest beyond the limit.
-    pub fn extend(&self, lines: impl IntoIterator<Item = LogLine>) {
-        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for line in lines {
-            if buf.len() == LOG_LINES {
-                buf.pop_front();
-            }
-            buf.push_back(line);
-        }
-    }
-
-    /// A copy of the kept lines, oldest first.
-    pub fn snapshot(&self) -> Vec<LogLine> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,20 +144,5 @@ mod tests {
         assert!(c.take_lines().is_empty());
         c.append(b"\x1b[31mred\x07\tok\r\n");
         assert_eq!(c.take_lines(), vec!["\\u{1b}[31mred\\u{7}\tok"]);
-    }
-
-    #[test]
-    fn log_buffer_keeps_the_newest() {
-        let b = LogBuffer::default();
-        b.extend((0..LOG_LINES + 5).map(|i| LogLine {
-            time: String::new(),
-            version: String::new(),
-            request_id: String::new(),
-            stream: "stdout",
-            line: i.to_string(),
-        }));
-        let s = b.snapshot();
-        assert_eq!(s.len(), LOG_LINES);
-        assert_eq!(s[0].line, "5");
     }
 }

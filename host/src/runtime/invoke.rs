@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, SizeHint};
+use tracing::Instrument;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::capture::{Capture, LogBuffer, LogLine};
+use super::capture::Capture;
 use super::{HostState, Prepared, Runtime};
 use crate::config::FunctionLimits;
+use crate::logs::{FunctionLog, LogLine, Stream};
 use crate::nn::{InferenceQuota, NnCtx};
 use crate::traces::TraceCtx;
 
@@ -38,7 +40,7 @@ pub struct Function {
     /// Environment the guest sees.
     pub env: Arc<[(String, String)]>,
     /// Where the guest's output goes.
-    pub logs: Arc<LogBuffer>,
+    pub logs: Arc<FunctionLog>,
     /// Models the function may load by name.
     pub models: Arc<[crate::key::ModelPin]>,
 }
@@ -196,12 +198,16 @@ impl Runtime {
         };
         // On a node with tenants, all of the guest's work (instantiation, wasm, tearing the
         // instance down) takes turns with the tenant's other guests on this thread.
-        let task = tokio::spawn(async move {
-            match cpu {
-                Some(cpu) => cpu.run(guest).await,
-                None => guest.await,
+        // The task is in the request's span, so what the guest's host calls log names the request.
+        let task = tokio::spawn(
+            async move {
+                match cpu {
+                    Some(cpu) => cpu.run(guest).await,
+                    None => guest.await,
+                }
             }
-        });
+            .in_current_span(),
+        );
 
         let timeout = InvokeError::Timeout {
             timeout_ms: limits.timeout_ms,
@@ -294,9 +300,9 @@ fn classify(name: &str, timeout: InvokeError, e: wasmtime::Error) -> InvokeError
     }
 }
 
-/// Moves a request's captured output into the function's log buffer.
+/// Hands a request's captured output to the function's log.
 fn append_logs(
-    logs: &LogBuffer,
+    logs: &FunctionLog,
     version: &str,
     request_id: &str,
     stdout: &Capture,
@@ -307,7 +313,7 @@ fn append_logs(
         return;
     }
     let time = crate::time::now_rfc3339();
-    let lines = [("stdout", out), ("stderr", err)]
+    let lines = [(Stream::Stdout, out), (Stream::Stderr, err)]
         .into_iter()
         .flat_map(|(stream, lines)| {
             let time = time.clone();
@@ -319,7 +325,7 @@ fn append_logs(
                 line,
             })
         });
-    logs.extend(lines.collect::<Vec<_>>());
+    logs.append(lines.collect());
 }
 
 /// A guest's response body, cut off with an error once it exceeds the function's cap.

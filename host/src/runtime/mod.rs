@@ -22,7 +22,6 @@ use wasmtime::{
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-pub use capture::{LogBuffer, LogLine};
 pub use fair::Worker;
 pub use invoke::{Function, GuestBody, Invocation, InvokeError};
 pub use state::HostState;

@@ -162,7 +162,9 @@ impl HttpService {
             Err(e) => (Stable::Failed(e.status), Err(e)),
         };
         let (runtime, metrics) = (Arc::clone(&self.runtime), Arc::clone(&self.metrics));
-        shadow::spawn(shadow::run(pending, stable, runtime, metrics));
+        // The copy's lines name the request it copies.
+        let copy = shadow::run(pending, stable, runtime, metrics);
+        shadow::spawn(tracing::Instrument::in_current_span(copy));
         response
     }
 }

@@ -3,7 +3,9 @@
 //! function path (`invoke.rs`), `/admin/v1/...` to the admin API (`admin/`), and serves
 //! `/healthz`, `/readyz` and `/metrics`. It is also the one place where a response leaves, so
 //! what must happen to every response happens here, once: an [`ApiError`] becomes its JSON
-//! body, a 5xx is logged with its request id, and a function's answer is counted in its metrics.
+//! body, a 5xx is logged, and a function's answer is counted in its metrics. Each request is
+//! handled inside a `request` span with its `request_id`, so every line the node logs about it,
+//! here or in any module it reaches, names the request.
 //!
 //! `handle` takes any [`RequestBody`], so the whole service can be called in-process, without a
 //! socket (the tests in this module do).
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use tracing::Instrument;
 
 pub use body::{BoxBody, BoxError, RequestBody};
 // The parsers that `crate::fuzz_tests` drives with arbitrary input.
@@ -102,12 +105,25 @@ impl HttpService {
     }
 
     /// Handles one request. Never fails: errors become JSON error responses.
-    pub async fn handle<B: RequestBody>(&self, mut req: Request<B>) -> Response<BoxBody> {
+    pub async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<BoxBody> {
         let request_id = format!(
             "{}-{:x}",
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
+        // At error level: a span exists only where its level is logged, and the request id
+        // must be on every line that is, down to errors.
+        // As a string (not `%`): text shows it quoted, as it always was, and JSON as a string.
+        let span = tracing::error_span!("request", request_id = request_id.as_str());
+        self.handle_in_span(req, request_id).instrument(span).await
+    }
+
+    async fn handle_in_span<B: RequestBody>(
+        &self,
+        mut req: Request<B>,
+        request_id: String,
+    ) -> Response<BoxBody> {
+        let method = req.method().clone();
         let path = req.uri().path().to_string();
         // Only function requests are traced: the admin API and probes are the operator's.
         let (mut span, mut error) = (None, None);
@@ -125,7 +141,7 @@ impl HttpService {
         let mut response = match result {
             Ok(response) => response,
             Err(e) => {
-                log_server_error(&e, &request_id, &path, function.as_deref());
+                log_server_error(&e, &path, function.as_deref());
                 // What failed, for the trace (a 4xx is the client's and no error of the span).
                 if span.is_some() && e.status.is_server_error() {
                     error = Some(e.message.clone());
@@ -133,6 +149,7 @@ impl HttpService {
                 error_response(&e, &request_id)
             }
         };
+        tracing::debug!(%method, path, status = response.status().as_u16(), "answered");
         if let Some(function) = &function {
             function.metrics.count(response.status().as_u16());
             function.stats.record(response.status().as_u16());
@@ -171,6 +188,7 @@ impl HttpService {
             (&Method::GET, "/readyz") => Ok(text(StatusCode::OK, "ready\n")),
             (&Method::GET, "/metrics") => {
                 let mut metrics = self.metrics.render();
+                self.registry.log_store().render(&mut metrics);
                 if let Some(fleet) = &self.fleet {
                     fleet.state.render(&mut metrics);
                 }
@@ -217,9 +235,9 @@ fn ui_asset(path: &str) -> Result<Response<BoxBody>, ApiError> {
 }
 
 /// A 5xx is the node's or a guest's fault, not the client's, so the operator needs to see it;
-/// the request id ties the log line to what the client was told. 4xx are the client's business
-/// and are not logged.
-fn log_server_error(e: &ApiError, request_id: &str, path: &str, function: Option<&Deployed>) {
+/// the request id (from the request's span) ties the log line to what the client was told. 4xx
+/// are the client's business and are not logged.
+fn log_server_error(e: &ApiError, path: &str, function: Option<&Deployed>) {
     if !e.status.is_server_error() {
         return;
     }
@@ -228,15 +246,7 @@ fn log_server_error(e: &ApiError, request_id: &str, path: &str, function: Option
     // One event, at a level chosen at run time (tracing's levels are fixed per call site).
     macro_rules! log {
         ($level:ident) => {
-            tracing::$level!(
-                request_id,
-                status,
-                code = e.code,
-                path,
-                function,
-                "{}",
-                e.message
-            )
+            tracing::$level!(status, code = e.code, path, function, "{}", e.message)
         };
     }
     if e.status == StatusCode::INTERNAL_SERVER_ERROR {

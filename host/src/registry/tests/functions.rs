@@ -46,7 +46,13 @@ async fn a_deploy_creates_a_live_version_the_request_path_routes() {
     assert_eq!(list.functions[0].name, "echo");
     assert_eq!(list.functions[0].live, v.version);
     assert_eq!(list.functions[0].versions, 1);
-    assert!(node.registry.logs(&fk("echo")).await.unwrap().is_empty());
+    assert!(
+        node.registry
+            .logs(&fk("echo"), Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -307,7 +313,7 @@ async fn delete_removes_the_function_and_its_versions() {
     assert!(!node.blob(&a2) && node.blob(&b));
     for e in [
         refused(node.registry.get(&fk("a")).await),
-        refused(node.registry.logs(&fk("a")).await),
+        refused(node.registry.logs(&fk("a"), Default::default()).await),
         refused(node.registry.rollback(&fk("a"), None).await),
         refused(node.registry.delete(&fk("a")).await),
     ] {
@@ -331,7 +337,7 @@ async fn list_get_and_logs_of_what_is_not_there() {
     assert!(node.registry.list(None).await.functions.is_empty());
     assert!(node.registry.is_empty());
     for e in [
-        refused(node.registry.logs(&fk("nobody")).await),
+        refused(node.registry.logs(&fk("nobody"), Default::default()).await),
         refused(node.registry.get(&fk("nobody")).await),
         refused(node.registry.delete(&fk("nobody")).await),
     ] {

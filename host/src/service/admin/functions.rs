@@ -1,6 +1,6 @@
 //! `functions[/{name}[/versions|rollback|logs|aliases[/{alias}]|rollout[/promote|abort]]]`: deploying, listing, rolling back and removing
-//! functions, and reading their guest logs. On a node with tenants functions belong to tenants,
-//! so these routes refuse the operator token.
+//! functions, and reading their guest logs (`logs.rs`). On a node with tenants functions belong
+//! to tenants, so these routes refuse the operator token.
 
 use http::{Method, Request, Response, StatusCode};
 use serde_json::Value;
@@ -89,11 +89,8 @@ impl HttpService {
             (["functions", _, "aliases", _], _) => Err(ApiError::method_not_allowed("PUT, DELETE")),
             (["functions", name, "logs"], &Method::GET) => {
                 let key = self.function_key(caller, name)?;
-                let lines = self.registry.logs(&key).await?;
-                ok(crate::api::Logs {
-                    name: name.to_string(),
-                    lines: lines.into_iter().map(log_line_view).collect(),
-                })
+                self.function_logs(&key, req.uri().query().unwrap_or(""))
+                    .await
             }
             (["functions", _, "logs"], _) => Err(ApiError::method_not_allowed("GET")),
             _ => Err(ApiError::not_found(req.uri().path())),
@@ -156,15 +153,4 @@ pub(crate) fn alias_target(body: &[u8]) -> Result<String, ApiError> {
         ))
     })?;
     Ok(r.version)
-}
-
-/// The API's view of a captured guest output line.
-fn log_line_view(l: crate::runtime::LogLine) -> crate::api::LogLineView {
-    crate::api::LogLineView {
-        time: l.time,
-        version: l.version,
-        request_id: l.request_id,
-        stream: l.stream.to_string(),
-        line: l.line,
-    }
 }

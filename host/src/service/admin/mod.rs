@@ -8,6 +8,7 @@ mod dashboard;
 mod fleet;
 mod functions;
 mod keys;
+mod logs;
 mod models;
 mod tenants;
 
