@@ -7,6 +7,7 @@
 #   logs    guest output persisted to the data directory
 #   traces  otlp_endpoint = a loopback sink (bench/otlp_sink.py) that accepts every batch
 #   all     the three together
+#   all10   the three together, with otlp_sample_ratio = 0.1 (one new trace in ten recorded)
 # Functions: hello (tests/fixtures/hello-plain, GET), logger (tests/fixtures/logger: prints a
 # line per request, so persistence has work to do), and, when the models are fetched, embed-text
 # (POST one ~25-token sentence; minilm-int8). Load: wrk -t1 -c${CONNS} -d${DUR}, ${ROUNDS} rounds;
@@ -38,11 +39,12 @@ PIDS+=($!)
 until [ -s "$DIR/sink.port" ]; do sleep 0.05; done
 SINK="http://127.0.0.1:$(head -1 "$DIR/sink.port")"
 
-CONFIGS="off detect logs traces all"
+CONFIGS="off detect logs traces all all10"
 config() { # name -> TOML
-  local detect=false persist=false otlp=""
-  case $1 in detect) detect=true;; logs) persist=true;; traces) otlp=$SINK;; all) detect=true persist=true otlp=$SINK;; esac
-  [ -n "$otlp" ] && echo "otlp_endpoint = \"$otlp\""
+  local detect=false persist=false otlp="" ratio=1.0
+  case $1 in detect) detect=true;; logs) persist=true;; traces) otlp=$SINK;;
+    all) detect=true persist=true otlp=$SINK;; all10) detect=true persist=true otlp=$SINK ratio=0.1;; esac
+  [ -n "$otlp" ] && printf 'otlp_endpoint = "%s"\notlp_sample_ratio = %s\n' "$otlp" "$ratio"
   printf '[anomalies]\nenabled = %s\ninterval = "1s"\nwindow = "10s"\n[logs]\npersist = %s\n' "$detect" "$persist"
 }
 declare -A NODE
@@ -63,8 +65,8 @@ for c in $CONFIGS; do
     "$TL" deploy embed "$WASMDIR/embed_text.wasm" --model minilm --max-concurrency 256 >/dev/null
   fi
 done
-KINDS="hello logger"
-[ -f "$MODEL" ] && KINDS="$KINDS embed"
+KINDS="${KINDS:-hello logger embed}"
+[ -f "$MODEL" ] || KINDS="${KINDS/embed/}"
 printf '%s\n' '{"texts": ["Tensorlet runs WebAssembly functions at the edge and keeps neural networks on the host for speed."]}' > "$DIR/embed.json"
 
 run() { # kind config -> req/s
@@ -90,12 +92,12 @@ for kind in $KINDS; do
   done
   off=$(median < "$DIR/$kind.off")
   line="$kind medians: off $off req/s"
-  for c in detect logs traces all; do
+  for c in detect logs traces all all10; do
     m=$(median < "$DIR/$kind.$c")
     line="$line, $c $m ($(awk -v a="$m" -v b="$off" 'BEGIN {printf "%.3f", a/b}'))"
   done
   echo "$line"
 done
 # The features were on where they should be: spans exported, lines kept, detector running.
-for c in traces all; do curl -s "${NODE[$c]}/metrics" | grep -E '^tensorlet_trace_spans_(exported|dropped)_total' | sed "s/^/$c: /"; done
+for c in traces all all10; do curl -s "${NODE[$c]}/metrics" | grep -E '^tensorlet_trace_spans_(exported|dropped)_total' | sed "s/^/$c: /"; done
 for c in logs all; do echo "$c: $(du -sk "$DIR/$c/logs" 2>/dev/null | cut -f1) KiB of guest logs on disk"; done

@@ -62,6 +62,8 @@ pub struct Config {
     pub alert_webhook: Option<String>,
     /// The OTLP/HTTP collector function requests are traced to (`http://HOST:4318`), if any.
     pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded (a caller's `traceparent` decides for its own).
+    pub otlp_sample_ratio: f64,
     /// How the node writes its own log lines (`log_format`).
     pub log_format: crate::node_log::LogFormat,
     /// How much guest output is kept (`[logs]`).
@@ -178,6 +180,7 @@ struct FileConfig {
     anomalies: crate::anomaly::FileAnomalies,
     alert_webhook: Option<String>,
     otlp_endpoint: Option<String>,
+    otlp_sample_ratio: Option<f64>,
     log_format: Option<String>,
     #[serde(default)]
     logs: crate::logs::FileLogs,
@@ -330,6 +333,7 @@ impl Config {
             anomalies: crate::anomaly::AnomalyConfig::from_file(f.anomalies)?,
             alert_webhook: f.alert_webhook,
             otlp_endpoint: f.otlp_endpoint,
+            otlp_sample_ratio: f.otlp_sample_ratio.unwrap_or(1.0),
             log_format: match f.log_format.as_deref() {
                 Some(text) => crate::node_log::LogFormat::parse(text)?,
                 None => crate::node_log::LogFormat::Text,
@@ -359,6 +363,9 @@ impl Config {
         }
         if let Some(endpoint) = &self.otlp_endpoint {
             check_otlp_endpoint(endpoint)?;
+        }
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            bail!("otlp_sample_ratio must be from 0 to 1 (the share of new traces recorded)");
         }
         self.check_limits(&self.defaults)
             .map_err(|e| anyhow::anyhow!("[defaults] {e}"))

@@ -185,8 +185,9 @@ pub(super) async fn serve(config: Config) -> anyhow::Result<()> {
             let instance = fleet
                 .as_ref()
                 .map_or_else(|| addr.to_string(), |f| f.fleet.node_id().to_string());
-            let tracer = crate::traces::Tracer::start(endpoint, &instance)
-                .context("starting the OTLP trace exporter")?;
+            let tracer =
+                crate::traces::Tracer::start(endpoint, &instance, config.otlp_sample_ratio)
+                    .context("starting the OTLP trace exporter")?;
             tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
             Some(Arc::new(tracer))
         }

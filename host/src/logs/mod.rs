@@ -58,6 +58,7 @@ pub const MAX_LIMIT: usize = 10_000;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLogs {
+    persist: Option<bool>,
     max_bytes_per_function: Option<String>,
     max_bytes_per_tenant: Option<String>,
     max_bytes_total: Option<String>,
@@ -67,6 +68,9 @@ pub struct FileLogs {
 /// How much guest output the node keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogsConfig {
+    /// Whether guest output is kept at all (`false`: it is discarded, and `tensorlet logs` has
+    /// nothing to show).
+    pub persist: bool,
     /// Bytes of one function's log files.
     pub max_bytes_per_function: u64,
     /// Bytes of all of one tenant's functions' log files (a node with tenants).
@@ -107,6 +111,7 @@ impl LogsConfig {
             "logs.max_age must be at least 1s"
         );
         Ok(Self {
+            persist: f.persist.unwrap_or(true),
             max_bytes_per_function: size(
                 &f.max_bytes_per_function,
                 16 << 20,
@@ -282,7 +287,7 @@ impl LogStore {
             tx: self.tx.clone(),
             shared: Arc::clone(&self.shared),
             dropped: AtomicU64::new(0),
-            retired: AtomicBool::new(false),
+            retired: AtomicBool::new(!self.config.persist),
         }
     }
 
@@ -376,7 +381,7 @@ pub struct FunctionLog {
     shared: Arc<Shared>,
     /// Lines this function dropped since its last lines were queued.
     dropped: AtomicU64,
-    /// The function was deleted.
+    /// The function was deleted, or the node keeps no guest output (`persist = false`).
     retired: AtomicBool,
 }
 

@@ -15,6 +15,7 @@ fn key(tenant: Option<&str>, name: &str) -> FunctionKey {
 
 fn config(per_function: u64, per_tenant: u64, total: u64) -> LogsConfig {
     LogsConfig {
+        persist: true,
         max_bytes_per_function: per_function,
         max_bytes_per_tenant: per_tenant,
         max_bytes_total: total,
@@ -174,6 +175,21 @@ async fn tenant_and_node_caps_count_every_function() {
     // Both of acme's functions keep their newest lines.
     assert_eq!(texts(&store.read(&a, &all(1))), ["line 297"]);
     assert_eq!(texts(&store.read(&b, &all(1))), ["line 298"]);
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_persist_keeps_nothing() {
+    let dir = TempDir::new("logs-off");
+    let f = key(None, "f");
+    let off = LogsConfig {
+        persist: false,
+        ..config(1 << 20, 1 << 30, 1 << 30)
+    };
+    let store = LogStore::open(&dir, off, [&f]).unwrap();
+    store.function(&f).append(vec![line(1, 10, "v1", "r1")]);
+    store.settled().await;
+    assert!(store.read(&f, &all(10)).is_empty());
+    assert_eq!(disk_bytes(&dir), 0);
 }
 
 #[tokio::test]

@@ -35,6 +35,11 @@ use context::{new_span_id, new_trace_id};
 use export::Exporter;
 pub use otlp::{Attribute, Kind, Span, Value};
 
+/// The threshold of [`Tracer::samples`] for `ratio` (0 to 1).
+fn sample_below(ratio: f64) -> Option<u64> {
+    (ratio < 1.0).then(|| (ratio.max(0.0) * 18_446_744_073_709_551_616.0) as u64)
+}
+
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 /// The longest `tracestate` recorded on spans (the specification's limit for propagating it).
@@ -43,13 +48,16 @@ const MAX_TRACESTATE: usize = 512;
 /// The node's tracer: where finished spans go. Exists only with `otlp_endpoint`.
 pub struct Tracer {
     exporter: Arc<Exporter>,
+    /// A new trace is sampled when the low 64 bits of its id are below this (`sample_ratio`
+    /// of the range, as OpenTelemetry's trace-id-ratio sampler); `None`: every one is.
+    sample_below: Option<u64>,
 }
 
 impl Tracer {
     /// Starts exporting to the OTLP/HTTP collector at `endpoint` (`http://HOST:4318`; spans go to
     /// `{endpoint}/v1/traces`), on the current runtime. `instance` names this node
     /// (`service.instance.id`).
-    pub fn start(endpoint: &str, instance: &str) -> anyhow::Result<Self> {
+    pub fn start(endpoint: &str, instance: &str, sample_ratio: f64) -> anyhow::Result<Self> {
         let resource = vec![
             ("service.name", Value::from("tensorlet")),
             ("service.version", Value::from(env!("CARGO_PKG_VERSION"))),
@@ -58,7 +66,14 @@ impl Tracer {
         let exporter = Exporter::start(traces_url(endpoint), resource)?;
         Ok(Self {
             exporter: Arc::new(exporter),
+            sample_below: sample_below(sample_ratio),
         })
+    }
+
+    /// Whether a new trace (one without a caller) is recorded.
+    fn samples(&self, trace_id: &TraceId) -> bool {
+        let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or([0; 8]));
+        self.sample_below.is_none_or(|below| low < below)
     }
 
     /// Begins the span of a function request: continues the trace of its `traceparent` (if valid)
@@ -76,11 +91,19 @@ impl Tracer {
                 parent_id: span_id,
                 ..*p
             },
-            None => TraceParent {
-                trace_id: new_trace_id(),
-                parent_id: span_id,
-                flags: context::SAMPLED,
-            },
+            None => {
+                // A caller's trace is sampled as the caller says; a new one by the ratio.
+                let trace_id = new_trace_id();
+                TraceParent {
+                    trace_id,
+                    parent_id: span_id,
+                    flags: if self.samples(&trace_id) {
+                        context::SAMPLED
+                    } else {
+                        0
+                    },
+                }
+            }
         };
         let trace_state = match incoming {
             Some(_) => trace_state(headers),

@@ -9,8 +9,29 @@ fn tracer(capacity: usize) -> (Tracer, tokio::sync::mpsc::Receiver<Span>) {
     let (exporter, rx) = Exporter::detached(capacity);
     let tracer = Tracer {
         exporter: Arc::new(exporter),
+        sample_below: None,
     };
     (tracer, rx)
+}
+
+#[test]
+fn new_traces_are_sampled_by_the_ratio_and_callers_decide_for_theirs() {
+    let (mut t, _rx) = tracer(16);
+    let sampled = |t: &Tracer, headers: &[(&str, &str)]| {
+        let mut req = request(headers);
+        let recorded = t.begin(&mut req, "r").is_some();
+        // Either way the guest is told the trace, with the flag that was decided.
+        assert_eq!(traceparent(&req).sampled(), recorded);
+        recorded
+    };
+    assert!((0..100).all(|_| sampled(&t, &[])));
+    t.sample_below = sample_below(0.0);
+    assert!(!(0..100).any(|_| sampled(&t, &[])));
+    // A caller that samples is followed, whatever the ratio.
+    assert!(sampled(&t, &[("traceparent", CALLER)]));
+    t.sample_below = sample_below(0.25);
+    let n = (0..10_000).filter(|_| sampled(&t, &[])).count();
+    assert!((2_000..3_000).contains(&n), "{n}");
 }
 
 fn request(headers: &[(&str, &str)]) -> Request<()> {
