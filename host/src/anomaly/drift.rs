@@ -62,8 +62,11 @@ impl Outputs {
     }
 }
 
-/// One model version's outputs.
+/// One model version as the detector watches it: its computes' outcomes and latency
+/// (`inferences`, judged by the same rules as a function version's requests), and its outputs.
 pub struct OutputProfile {
+    /// Computes: failed ones count as errors, and the time each took, queue wait included.
+    pub inferences: crate::rollout::VersionStats,
     windows: DriftWindows,
     outputs: Mutex<Vec<(String, Series)>>,
 }
@@ -97,6 +100,7 @@ pub struct Drift {
 impl OutputProfile {
     fn new(windows: DriftWindows) -> Self {
         Self {
+            inferences: crate::rollout::VersionStats::default(),
             windows,
             outputs: Mutex::new(Vec::new()),
         }

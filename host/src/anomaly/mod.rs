@@ -219,7 +219,9 @@ pub struct Detector {
 
 #[derive(Default)]
 struct State {
+    /// By subject (`function:KEY` or `model:KEY`) and version.
     histories: HashMap<(String, String), History>,
+    /// Output-drift streaks, by the same.
     drift: HashMap<(String, String), u32>,
     active: BTreeMap<Subject, Anomaly>,
     events: VecDeque<Event>,
@@ -250,33 +252,50 @@ impl Detector {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *state;
         let mut made = Vec::new();
-        let seen: HashSet<(String, String)> = versions
-            .iter()
-            .map(|o| (o.function.to_string(), o.version.clone()))
-            .collect();
+        let mut seen = HashSet::new();
         for o in versions {
-            let id = (o.function.to_string(), o.version.clone());
-            let history = state.histories.entry(id.clone()).or_default();
-            for (kind, change) in history.evaluate(now, o.totals, o.live, &self.config.rules) {
-                let subject = (id.0.clone(), id.1.clone(), kind);
-                let anomaly = || Anomaly {
-                    function: Some(o.function.name().to_string()),
-                    model: None,
-                    tenant: o.function.tenant().map(str::to_string),
-                    version: o.version.clone(),
-                    kind,
-                    score: 0.0,
-                    message: String::new(),
-                    since: now_rfc3339(),
-                };
-                apply(state, &mut made, subject, change, anomaly);
-            }
+            let id = (format!("function:{}", o.function), o.version.clone());
+            seen.insert(id.clone());
+            let fresh = |kind| Anomaly {
+                function: Some(o.function.name().to_string()),
+                model: None,
+                tenant: o.function.tenant().map(str::to_string),
+                version: o.version.clone(),
+                kind,
+                score: 0.0,
+                message: String::new(),
+                since: now_rfc3339(),
+            };
+            self.evaluate_rules(state, &mut made, (now, id, o.totals, o.live), fresh);
         }
-        // Versions no longer retained: forget them, and clear what they had raised.
+        // Model versions: their inferences as a function's requests (no traffic rule: a pinned
+        // version loses its traffic by design), then their outputs.
+        for (model, version, profile) in outputs.all() {
+            let id = (format!("model:{model}"), version.clone());
+            seen.insert(id.clone());
+            let (tenant, name) = match model.split_once('/') {
+                Some((t, n)) => (Some(t.to_string()), n.to_string()),
+                None => (None, model.clone()),
+            };
+            let fresh = |kind| Anomaly {
+                function: None,
+                model: Some(name.clone()),
+                tenant: tenant.clone(),
+                version: version.clone(),
+                kind,
+                score: 0.0,
+                message: String::new(),
+                since: now_rfc3339(),
+            };
+            let totals = profile.inferences.totals();
+            self.evaluate_rules(state, &mut made, (now, id.clone(), totals, false), fresh);
+            self.evaluate_drift(state, &mut made, id, &profile, fresh);
+        }
+        // Versions no longer retained or served: forget them, and clear what they had raised.
         state.histories.retain(|id, _| seen.contains(id));
-        self.evaluate_drift(state, &mut made, outputs);
+        state.drift.retain(|id, _| seen.contains(id));
         let gone: Vec<Subject> = (state.active.keys())
-            .filter(|(f, v, k)| *k != Kind::OutputDrift && !seen.contains(&(f.clone(), v.clone())))
+            .filter(|(s, v, _)| !seen.contains(&(s.clone(), v.clone())))
             .cloned()
             .collect();
         for subject in gone {
@@ -285,73 +304,77 @@ impl Detector {
         made
     }
 
-    fn evaluate_drift(&self, state: &mut State, made: &mut Vec<Event>, outputs: &Outputs) {
-        let threshold = self.config.drift_threshold;
-        let confirm = self.config.rules.confirm;
-        for (model, version, profile) in outputs.all() {
-            let worst = profile
-                .drift()
-                .into_iter()
-                .max_by(|a, b| a.psi.total_cmp(&b.psi));
-            let Some(worst) = worst else {
-                continue;
-            };
-            let subject = (model.clone(), version.clone(), Kind::OutputDrift);
-            let active = state.active.contains_key(&subject);
-            let holds = match active {
-                true => worst.psi >= threshold * 0.4,
-                false => worst.psi > threshold,
-            };
-            let streak = state
-                .drift
-                .entry((model.clone(), version.clone()))
-                .or_default();
-            let change = match (active, holds) {
-                (false, true) | (true, false) => {
-                    *streak += 1;
-                    if *streak < confirm {
-                        continue;
-                    }
-                    *streak = 0;
-                    match active {
-                        false => Change::Raised(
-                            worst.psi,
-                            format!(
-                                "output `{}` drifted: PSI {:.3} of the last {} samples against the first {} (over {threshold})",
-                                worst.output,
-                                worst.psi,
-                                self.config.drift.recent,
-                                self.config.drift.reference
-                            ),
-                        ),
-                        true => Change::Cleared,
-                    }
-                }
-                (true, true) => {
-                    *streak = 0;
-                    Change::Still(worst.psi)
-                }
-                (false, false) => {
-                    *streak = 0;
-                    continue;
-                }
-            };
-            let (tenant, name) = match model.split_once('/') {
-                Some((t, n)) => (Some(t.to_string()), n.to_string()),
-                None => (None, model.clone()),
-            };
-            let anomaly = || Anomaly {
-                function: None,
-                model: Some(name.clone()),
-                tenant: tenant.clone(),
-                version: version.clone(),
-                kind: Kind::OutputDrift,
-                score: 0.0,
-                message: String::new(),
-                since: now_rfc3339(),
-            };
-            apply(state, made, subject, change, anomaly);
+    /// Runs the rate and latency rules of one version on its totals now.
+    fn evaluate_rules(
+        &self,
+        state: &mut State,
+        made: &mut Vec<Event>,
+        (now, id, totals, live): (Instant, (String, String), Totals, bool),
+        fresh: impl Fn(Kind) -> Anomaly,
+    ) {
+        let history = state.histories.entry(id.clone()).or_default();
+        for (kind, change) in history.evaluate(now, totals, live, &self.config.rules) {
+            let subject = (id.0.clone(), id.1.clone(), kind);
+            apply(state, made, subject, change, || fresh(kind));
         }
+    }
+
+    /// The drift rule of one model version.
+    fn evaluate_drift(
+        &self,
+        state: &mut State,
+        made: &mut Vec<Event>,
+        id: (String, String),
+        profile: &OutputProfile,
+        fresh: impl Fn(Kind) -> Anomaly,
+    ) {
+        let threshold = self.config.drift_threshold;
+        let worst = profile
+            .drift()
+            .into_iter()
+            .max_by(|a, b| a.psi.total_cmp(&b.psi));
+        let Some(worst) = worst else {
+            return;
+        };
+        let subject = (id.0.clone(), id.1.clone(), Kind::OutputDrift);
+        let active = state.active.contains_key(&subject);
+        let holds = match active {
+            true => worst.psi >= threshold * 0.4,
+            false => worst.psi > threshold,
+        };
+        let streak = state.drift.entry(id).or_default();
+        let change = match (active, holds) {
+            (true, true) => {
+                *streak = 0;
+                Change::Still(worst.psi)
+            }
+            (false, false) => {
+                *streak = 0;
+                return;
+            }
+            _ => {
+                *streak += 1;
+                if *streak < self.config.rules.confirm {
+                    return;
+                }
+                *streak = 0;
+                if active {
+                    Change::Cleared
+                } else {
+                    Change::Raised(
+                        worst.psi,
+                        format!(
+                            "output `{}` drifted: PSI {:.3} of the last {} samples against the first {} (over {threshold})",
+                            worst.output,
+                            worst.psi,
+                            self.config.drift.recent,
+                            self.config.drift.reference
+                        ),
+                    )
+                }
+            }
+        };
+        apply(state, made, subject, change, || fresh(Kind::OutputDrift));
     }
 
     /// The active anomalies and latest events, of one tenant (`Some`) or all (`None`).
@@ -444,4 +467,62 @@ fn record(state: &mut State, made: &mut Vec<Event>, event: &str, anomaly: Anomal
         state.events.pop_front();
     }
     made.push(e);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anomaly::drift::DriftWindows;
+
+    fn detector() -> Detector {
+        let mut config = AnomalyConfig::default();
+        config.rules.window = Duration::from_secs(10);
+        config.rules.baseline = Duration::from_secs(60);
+        Detector::new(config)
+    }
+
+    #[test]
+    fn a_failing_model_version_is_raised_and_cleared_when_it_is_no_longer_served() {
+        let (d, outputs, mut now) = (detector(), Outputs::default(), Instant::now());
+        let windows = DriftWindows {
+            reference: 100,
+            recent: 100,
+        };
+        let p = outputs.profile("acme/minilm", "2f62c9bfb830", windows);
+        let mut events = Vec::new();
+        for second in 0..60 {
+            for _ in 0..30 {
+                // Healthy for 40 s, then every compute fails.
+                p.inferences.record(if second < 40 { 200 } else { 500 });
+                p.inferences.observe(Duration::from_millis(3));
+            }
+            now += Duration::from_secs(1);
+            events.extend(d.evaluate(now, Vec::new(), &outputs));
+        }
+        let raised: Vec<&Event> = events.iter().filter(|e| e.event == "raised").collect();
+        assert_eq!(raised.len(), 1, "{events:?}");
+        let a = &raised[0].anomaly;
+        assert_eq!(
+            (
+                a.kind,
+                a.model.as_deref(),
+                a.tenant.as_deref(),
+                a.function.as_deref()
+            ),
+            (Kind::ErrorRate, Some("minilm"), Some("acme"), None)
+        );
+        assert_eq!(d.list(Some("acme")).active.len(), 1);
+        assert!(d.list(Some("other")).active.is_empty());
+        let mut text = String::new();
+        d.render(&mut text);
+        assert!(text.contains(
+            "tensorlet_anomaly{model=\"minilm\",tenant=\"acme\",version=\"2f62c9bfb830\",kind=\"error_rate\"} 1"
+        ));
+        // The version is no longer served: its anomaly clears with it.
+        outputs.retain(|_, _| false);
+        let cleared = d.evaluate(now + Duration::from_secs(1), Vec::new(), &outputs);
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].event, "cleared");
+        assert!(d.list(None).active.is_empty());
+    }
 }

@@ -34,6 +34,20 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Whether the caller (the guest) is at fault: bad tensors or a model it may not use,
+    /// rather than the model or the node.
+    pub fn is_callers(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::InvalidArgument
+                | ErrorCode::InvalidEncoding
+                | ErrorCode::NotFound
+                | ErrorCode::Security
+                | ErrorCode::TooLarge
+                | ErrorCode::UnsupportedOperation
+        )
+    }
+
     /// A failure with a code and a message that says what to do.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {

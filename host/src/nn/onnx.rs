@@ -392,9 +392,20 @@ impl Model {
         deadline: Instant,
         span: Option<&Child>,
     ) -> NnResult<Vec<(String, Tensor)>> {
+        let started = Instant::now();
         let result = self.run_checked(inputs, deadline, span).await;
-        if let (Ok(outputs), Some(profile)) = (&result, &self.outputs) {
-            profile.observe(outputs);
+        if let Some(profile) = &self.outputs {
+            // The model's failures count against it; a guest's bad tensors do not.
+            let status = match &result {
+                Ok(outputs) => {
+                    profile.observe(outputs);
+                    200
+                }
+                Err(f) if f.is_callers() => 400,
+                Err(_) => 500,
+            };
+            profile.inferences.record(status);
+            profile.inferences.observe(started.elapsed());
         }
         let counter = if result.is_ok() {
             &self.metrics.inferences
