@@ -176,6 +176,9 @@ mod tests {
 
     #[test]
     fn json_lines_carry_their_spans_fields_at_the_top() {
+        let _one_subscriber_at_a_time = crate::test_support::SUBSCRIBERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let out = Captured::default();
         let writer = out.clone();
         let subscriber = tracing_subscriber::fmt()

@@ -106,3 +106,8 @@ pub(crate) fn fixture(relative: &str, hint: &str) -> Bytes {
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{} ({e}): {hint}", path.display()));
     Bytes::from(bytes)
 }
+
+/// Held by tests that install a tracing subscriber: tracing-core rebuilds every callsite's
+/// interest when a dispatcher is registered, and one registered on another thread meanwhile can
+/// make an event of this test's go unrecorded.
+pub static SUBSCRIBERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
