@@ -169,6 +169,9 @@ fn the_dashboard_shows_a_function_fills_its_charts_and_rolls_it_back() {
             .contains("frame-ancestors 'none'")
     );
     assert_eq!(node.get("/ui/nothing-here").status, 404);
+    let page = node.get("/ui");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/ui/app.js"));
     assert_eq!(node.get("/admin/v1/dashboard").status, 401);
     let overview = node.send(as_tenant(&token, "GET", "/admin/v1/dashboard"));
     assert_eq!(overview.status, 200, "{overview}");

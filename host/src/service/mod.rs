@@ -203,13 +203,7 @@ impl HttpService {
                 Ok(r)
             }
             (_, "/healthz" | "/readyz" | "/metrics") => Err(ApiError::method_not_allowed("GET")),
-            (&Method::GET, "/ui") => {
-                // Relative asset links need the trailing slash.
-                let mut r = text(StatusCode::PERMANENT_REDIRECT, "");
-                r.headers_mut()
-                    .insert(header::LOCATION, HeaderValue::from_static("/ui/"));
-                Ok(r)
-            }
+            (&Method::GET, "/ui") => ui_asset(""),
             (&Method::GET, p) if p.starts_with("/ui/") => ui_asset(&p[3..]),
             _ => Err(ApiError::not_found(path)),
         }
