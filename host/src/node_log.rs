@@ -187,6 +187,8 @@ mod tests {
             .event_format(JsonLines)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            // See `test_support::SUBSCRIBERS`.
+            tracing::callsite::rebuild_interest_cache();
             let span = tracing::error_span!("request", request_id = "abc-1");
             let _in = span.enter();
             tracing::warn!(status = 503u64, "too \"busy\"\nnow");

@@ -109,5 +109,6 @@ pub(crate) fn fixture(relative: &str, hint: &str) -> Bytes {
 
 /// Held by tests that install a tracing subscriber: tracing-core rebuilds every callsite's
 /// interest when a dispatcher is registered, and one registered on another thread meanwhile can
-/// make an event of this test's go unrecorded.
+/// make an event of this test's go unrecorded (such a test also rebuilds the cache itself once
+/// its subscriber is in place).
 pub static SUBSCRIBERS: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -329,6 +329,9 @@ async fn a_5xx_is_counted_once_and_logged_once_with_its_request_id() {
         .finish();
     // Current-thread test runtime: everything below runs on this thread.
     let _logging = tracing::subscriber::set_default(subscriber);
+    // Another test's thread, with no subscriber, may have hit the request span's callsite first
+    // and cached "never" for it while this subscriber was being registered: ask again.
+    tracing::callsite::rebuild_interest_cache();
 
     let node = node("");
     node.deploy("functions/echo/versions?max_concurrency=1", "echo", None)
