@@ -110,7 +110,7 @@ impl OutputProfile {
     pub fn observe(&self, outputs: &[(String, Tensor)]) {
         let mut series = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
         for (name, tensor) in outputs.iter().take(MAX_OUTPUTS) {
-            let Some(values) = f32_values(tensor) else {
+            let Some(values) = Values::of(tensor) else {
                 continue;
             };
             let classes = tensor
@@ -216,51 +216,65 @@ fn reference(mut taken: Vec<f32>, classes: Option<usize>) -> Reference {
     }
 }
 
-/// The output's elements as f32, for the element types models answer with.
-fn f32_values(t: &Tensor) -> Option<Vec<f32>> {
-    use crate::nn::bindings::wasi::nn::tensor::TensorType;
-    match t.ty {
-        TensorType::Fp32 => Some(
-            t.data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
-        TensorType::Fp64 => Some(
-            t.data
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
-                .collect(),
-        ),
-        TensorType::I64 => Some(
-            t.data
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
-                .collect(),
-        ),
-        _ => None,
+/// An output's elements read as f32 where they are (an output may be hundreds of megabytes:
+/// only the sampled elements are decoded).
+struct Values<'a> {
+    data: &'a [u8],
+    width: usize,
+    decode: fn(&[u8]) -> f32,
+}
+
+impl<'a> Values<'a> {
+    /// The elements of `t`, for the element types models answer with.
+    fn of(t: &'a Tensor) -> Option<Self> {
+        use crate::nn::bindings::wasi::nn::tensor::TensorType;
+        let (width, decode): (usize, fn(&[u8]) -> f32) = match t.ty {
+            TensorType::Fp32 => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            TensorType::Fp64 => (8, |b| {
+                f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32
+            }),
+            TensorType::I64 => (8, |b| {
+                i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32
+            }),
+            _ => return None,
+        };
+        Some(Self {
+            data: &t.data,
+            width,
+            decode,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.data.len() / self.width
+    }
+
+    fn get(&self, i: usize) -> f32 {
+        (self.decode)(&self.data[i * self.width..(i + 1) * self.width])
     }
 }
 
 /// The samples of one output: the arg-max of up to [`SAMPLES_PER_OUTPUT`] rows of a classifier,
 /// else up to as many finite values spread evenly over the tensor.
-fn samples(values: &[f32], classes: Option<usize>) -> Vec<f32> {
+fn samples(values: &Values, classes: Option<usize>) -> Vec<f32> {
     match classes {
         Some(k) => {
             let rows = values.len() / k;
             let step = rows.div_ceil(SAMPLES_PER_OUTPUT).max(1);
             (0..rows)
                 .step_by(step)
-                .filter_map(|r| argmax(&values[r * k..(r + 1) * k]))
+                .filter_map(|r| {
+                    let row: Vec<f32> = (r * k..(r + 1) * k).map(|i| values.get(i)).collect();
+                    argmax(&row)
+                })
                 .map(|c| c as f32)
                 .collect()
         }
         None => {
             let step = values.len().div_ceil(SAMPLES_PER_OUTPUT).max(1);
-            values
-                .iter()
+            (0..values.len())
                 .step_by(step)
-                .copied()
+                .map(|i| values.get(i))
                 .filter(|v| v.is_finite())
                 .collect()
         }
