@@ -176,9 +176,7 @@ mod tests {
 
     #[test]
     fn json_lines_carry_their_spans_fields_at_the_top() {
-        let _one_subscriber_at_a_time = crate::test_support::SUBSCRIBERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _one_subscriber_at_a_time = crate::test_support::one_subscriber_at_a_time();
         let out = Captured::default();
         let writer = out.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -187,7 +185,7 @@ mod tests {
             .event_format(JsonLines)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            // See `test_support::SUBSCRIBERS`.
+            // See `test_support::one_subscriber_at_a_time`.
             tracing::callsite::rebuild_interest_cache();
             let span = tracing::error_span!("request", request_id = "abc-1");
             let _in = span.enter();

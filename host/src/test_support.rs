@@ -107,8 +107,21 @@ pub(crate) fn fixture(relative: &str, hint: &str) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// Held by tests that install a tracing subscriber: tracing-core rebuilds every callsite's
-/// interest when a dispatcher is registered, and one registered on another thread meanwhile can
-/// make an event of this test's go unrecorded (such a test also rebuilds the cache itself once
-/// its subscriber is in place).
-pub static SUBSCRIBERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SUBSCRIBERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Taken by a test before it installs a tracing subscriber of its own (`set_default`), held while
+/// that subscriber is in place.
+///
+/// tracing-core caches each callsite's interest. While a single dispatcher is registered it asks
+/// only the *calling thread's* default: another test's thread, which has none, then caches
+/// "never" for a callsite it hits first (the request span), and this test's subscriber misses
+/// it. A global no-op subscriber makes two registered dispatchers, so every cached interest is
+/// asked of all of them. The lock keeps two such tests from rebuilding under each other.
+pub fn one_subscriber_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        // Fails only if a global subscriber is already set, which serves as well.
+        let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new());
+    });
+    SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner())
+}

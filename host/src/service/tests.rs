@@ -317,9 +317,7 @@ impl Captured {
 // The lock only keeps other tests' subscribers out; nothing else on this thread takes it.
 #[allow(clippy::await_holding_lock)]
 async fn a_5xx_is_counted_once_and_logged_once_with_its_request_id() {
-    let _one_subscriber_at_a_time = crate::test_support::SUBSCRIBERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one_subscriber_at_a_time = crate::test_support::one_subscriber_at_a_time();
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
