@@ -167,6 +167,9 @@ pub struct ModelVersionView {
     pub target: Target,
     /// Most queued requests one inference stacks (1: no batching).
     pub max_batch: u32,
+    /// Callable over the inference protocol without an invoke key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 /// One entry of [`ModelList`].

@@ -68,6 +68,13 @@ pub struct Config {
     pub log_format: crate::node_log::LogFormat,
     /// How much guest output is kept (`[logs]`).
     pub logs: crate::logs::LogsConfig,
+    /// Where the inference protocol's gRPC service listens (`grpc_listen`); off when unset.
+    pub grpc_listen: Option<SocketAddr>,
+    /// How long an inference protocol request may wait for quotas, a session and its
+    /// inference together (`model_timeout`).
+    pub model_timeout: Duration,
+    /// Largest inference protocol request: a REST body or a gRPC message (`max_infer_body`).
+    pub max_infer_body: u64,
 }
 
 /// A tenant's quotas, fixed by the operator (`tenant create/update`) and stored with the tenant.
@@ -184,6 +191,9 @@ struct FileConfig {
     log_format: Option<String>,
     #[serde(default)]
     logs: crate::logs::FileLogs,
+    grpc_listen: Option<SocketAddr>,
+    model_timeout: Option<String>,
+    max_infer_body: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,6 +344,11 @@ impl Config {
             alert_webhook: f.alert_webhook,
             otlp_endpoint: f.otlp_endpoint,
             otlp_sample_ratio: f.otlp_sample_ratio.unwrap_or(1.0),
+            grpc_listen: f.grpc_listen,
+            model_timeout: opt(&f.model_timeout, parse_duration, Duration::from_secs(10))
+                .context("model_timeout")?,
+            max_infer_body: opt(&f.max_infer_body, parse_size, 32 << 20)
+                .context("max_infer_body")?,
             log_format: match f.log_format.as_deref() {
                 Some(text) => crate::node_log::LogFormat::parse(text)?,
                 None => crate::node_log::LogFormat::Text,

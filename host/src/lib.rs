@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod nn;
 pub mod node_log;
+pub mod oip;
 pub mod pace;
 pub mod records;
 pub mod registry;

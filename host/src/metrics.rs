@@ -27,6 +27,11 @@ pub fn bucket_bounds_ms() -> Vec<f64> {
 }
 
 impl Histogram {
+    /// The sum of every observation, in whole microseconds.
+    pub fn sum_micros(&self) -> u64 {
+        self.sum_nanos.load(Ordering::Relaxed) / 1000
+    }
+
     /// The count in each bucket (not cumulative).
     pub fn bucket_counts(&self) -> Vec<u64> {
         self.counts
@@ -111,13 +116,57 @@ impl FunctionMetrics {
     }
 }
 
+/// How an inference reached a model: a guest's wasi:nn compute, or a client of the Open
+/// Inference Protocol (REST or gRPC). The `path` label of the model's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferencePath {
+    /// A function's `wasi:nn` compute.
+    WasiNn = 0,
+    /// `/v2/models/.../infer` or gRPC `ModelInfer`.
+    Oip = 1,
+}
+
+impl InferencePath {
+    /// Both paths, in the order they are rendered.
+    pub const ALL: [InferencePath; 2] = [InferencePath::WasiNn, InferencePath::Oip];
+
+    /// The `path` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            InferencePath::WasiNn => "wasi-nn",
+            InferencePath::Oip => "oip",
+        }
+    }
+}
+
+/// A counter per [`InferencePath`].
+#[derive(Default)]
+pub struct PerPath([AtomicU64; 2]);
+
+impl PerPath {
+    /// Adds one on `path`.
+    pub fn add(&self, path: InferencePath) {
+        self.0[path as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count on `path`.
+    pub fn get(&self, path: InferencePath) -> u64 {
+        self.0[path as usize].load(Ordering::Relaxed)
+    }
+
+    /// The count on both paths.
+    pub fn total(&self) -> u64 {
+        InferencePath::ALL.iter().map(|p| self.get(*p)).sum()
+    }
+}
+
 /// Series of one model.
 #[derive(Default)]
 pub struct ModelMetrics {
-    /// Successful inferences.
-    pub inferences: AtomicU64,
-    /// Failed computes (bad inputs, runtime errors, timeouts).
-    pub errors: AtomicU64,
+    /// Successful inferences, by path.
+    pub inferences: PerPath,
+    /// Failed computes (bad inputs, runtime errors, timeouts), by path.
+    pub errors: PerPath,
     /// Time ONNX Runtime spent in one inference.
     pub latency: Histogram,
     /// Times the model asked for the GPU and was put on the CPU.
@@ -198,8 +247,8 @@ impl Metrics {
             .filter(|(name, _)| visible(name) && name.as_str() != crate::nn::GUEST_LOADED)
             .map(|(name, m)| crate::dashboard::ModelOverview {
                 name: name.clone(),
-                inferences: m.inferences.load(Ordering::Relaxed),
-                errors: m.errors.load(Ordering::Relaxed),
+                inferences: m.inferences.total(),
+                errors: m.errors.total(),
                 inference_buckets: m.latency.bucket_counts(),
                 queue_buckets: m.session_wait.bucket_counts(),
             })
@@ -303,25 +352,40 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let counters: [(&str, &str, ModelField<AtomicU64>); 4] = [
+        let per_path: [(&str, &str, ModelField<PerPath>); 2] = [
+            (
+                "tensorlet_model_inferences_total",
+                "Successful inferences by model and path (wasi-nn: a function's compute; oip: the inference protocol).",
+                |m| &m.inferences,
+            ),
+            (
+                "tensorlet_model_errors_total",
+                "Failed inferences by model and path (bad inputs, runtime errors, timeouts).",
+                |m| &m.errors,
+            ),
+        ];
+        for (metric, help, value) in per_path {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (name, m) in &models {
+                for path in InferencePath::ALL {
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{model=\"{name}\",path=\"{}\"}} {}",
+                        path.label(),
+                        value(m).get(path)
+                    );
+                }
+            }
+        }
+        let counters: [(&str, &str, ModelField<AtomicU64>); 2] = [
             (
                 "tensorlet_model_gpu_fallbacks_total",
                 "Models that asked for the GPU and run on the CPU (gpu_fallback = cpu).",
                 |m| &m.gpu_fallbacks,
             ),
             (
-                "tensorlet_model_inferences_total",
-                "Successful wasi:nn inferences by model.",
-                |m| &m.inferences,
-            ),
-            (
-                "tensorlet_model_errors_total",
-                "Failed wasi:nn computes by model.",
-                |m| &m.errors,
-            ),
-            (
                 "tensorlet_model_batched_total",
-                "wasi:nn computes that ran stacked with others in one inference (max_batch).",
+                "Inferences (of either path) that ran stacked with others in one inference (max_batch).",
                 |m| &m.batched,
             ),
         ];
@@ -351,6 +415,30 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} histogram");
             for (name, m) in &models {
                 value(m).render(out, metric, &format!("model=\"{name}\""));
+            }
+        }
+        // The same two times as Triton's cumulative counters, for dashboards built on
+        // `nv_inference_queue_duration_us` and `nv_inference_compute_infer_duration_us`.
+        let triton: [(&str, &str, ModelField<Histogram>); 2] = [
+            (
+                "tensorlet_model_queue_duration_us",
+                "Cumulative time inferences waited for a free session, in microseconds (Triton's queue duration).",
+                |m| &m.session_wait,
+            ),
+            (
+                "tensorlet_model_compute_infer_duration_us",
+                "Cumulative time ONNX Runtime spent in inferences, in microseconds (Triton's compute duration).",
+                |m| &m.latency,
+            ),
+        ];
+        for (metric, help, value) in triton {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (name, m) in &models {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{model=\"{name}\"}} {}",
+                    value(m).sum_micros()
+                );
             }
         }
     }

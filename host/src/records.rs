@@ -117,6 +117,9 @@ pub struct ModelVersion {
     /// Most rows one inference may stack from queued requests (1: no batching).
     #[serde(default = "one")]
     pub max_batch: u32,
+    /// Callable over the inference protocol without an invoke key (`model add --public`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 fn one() -> u32 {
@@ -138,6 +141,7 @@ impl ModelVersion {
         crate::nn::onnx::ModelOptions {
             target: self.target,
             max_batch: self.max_batch,
+            public: self.public,
         }
     }
 }

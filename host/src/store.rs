@@ -327,6 +327,7 @@ mod tests {
             size: 1,
             target: Default::default(),
             max_batch: 1,
+            public: false,
         }
     }
 

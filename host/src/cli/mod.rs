@@ -104,6 +104,10 @@ struct ModelAddArgs {
     /// input and output must have a dynamic first dimension). 1 = no batching.
     #[arg(long, default_value_t = 1)]
     max_batch: u32,
+    /// On a node with tenants, let inference protocol clients (/v2, gRPC) call it without an
+    /// invoke key.
+    #[arg(long)]
+    public: bool,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -519,10 +523,11 @@ async fn model(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Add(a) => {
             let path = format!(
-                "models/{}/versions?target={}&max_batch={}",
+                "models/{}/versions?target={}&max_batch={}{}",
                 encode(&a.name),
                 encode(&a.target),
-                a.max_batch
+                a.max_batch,
+                if a.public { "&public=true" } else { "" }
             );
             let client = a.node.client()?;
             let kind = "application/octet-stream";

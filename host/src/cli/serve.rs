@@ -220,6 +220,24 @@ pub(super) async fn serve(config: Config) -> anyhow::Result<()> {
         config.alert_webhook.as_deref(),
     )?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The inference protocol's gRPC edge, on this runtime (inference runs on the models' own
+    // session threads either way).
+    let grpc = match config.grpc_listen {
+        Some(at) => {
+            let listener = crate::oip::grpc::bind(at)
+                .await
+                .with_context(|| format!("binding grpc_listen {at}"))?;
+            let bound = listener.local_addr()?;
+            let serving = tokio::spawn(crate::oip::grpc::serve(
+                listener,
+                node.inference(),
+                stopped.clone(),
+                config.shutdown_grace,
+            ));
+            Some((bound, serving))
+        }
+        None => None,
+    };
     let workers = crate::server::run_workers(
         listeners,
         node,
@@ -231,6 +249,9 @@ pub(super) async fn serve(config: Config) -> anyhow::Result<()> {
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
+        if let Some((bound, _)) = &grpc {
+            writeln!(out, "inference grpc listening on {bound}")?;
+        }
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
     }
@@ -244,6 +265,9 @@ pub(super) async fn serve(config: Config) -> anyhow::Result<()> {
         }
     })
     .await?;
+    if let Some((_, serving)) = grpc {
+        let _ = serving.await;
+    }
     if let Some(tracer) = tracer {
         // Best effort: the spans of the last requests, if the collector takes them promptly.
         tracer.flush(std::time::Duration::from_secs(2)).await;

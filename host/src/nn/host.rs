@@ -14,6 +14,7 @@ use super::checked::Named;
 use super::onnx::{LoadError, Model, ModelOptions};
 use super::tensor::Tensor;
 use super::{ExecutionContext, Failure, GraphHandle, NnView};
+use crate::metrics::InferencePath;
 use crate::traces::Child;
 
 fn not_loaded() -> Failure {
@@ -236,7 +237,7 @@ impl NnView<'_> {
             }
             None => None,
         };
-        model.run(inputs, self.ctx.deadline, span).await
+        (model.run(inputs, self.ctx.deadline, span, InferencePath::WasiNn)).await
     }
 }
 

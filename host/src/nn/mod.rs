@@ -13,7 +13,7 @@ pub mod onnx;
 mod queue;
 pub mod tensor;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use bindings::wasi::nn::errors::ErrorCode;
 pub use onnx::{Model, Onnx};
 
-use crate::key::ModelPin;
+use crate::key::{ModelKey, ModelPin};
 use crate::metrics::ModelMetrics;
 use crate::traces::TraceCtx;
 
@@ -48,6 +48,16 @@ impl Failure {
         )
     }
 
+    /// The wasi:nn error code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// What went wrong and what to do.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// A failure with a code and a message that says what to do.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
@@ -69,25 +79,56 @@ pub struct ExecutionContext {
 }
 
 /// Models loaded on this node: each model's live version (`name@live`) and the versions live
-/// functions pin. Swapped as a whole when models change.
+/// functions pin, with what the inference protocol asks about each model. Swapped as a whole
+/// when models change.
 #[derive(Default)]
 pub struct ModelSet {
-    models: RwLock<Arc<HashMap<ModelPin, Arc<Model>>>>,
+    models: RwLock<Arc<Loaded>>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    by_pin: HashMap<ModelPin, Arc<Model>>,
+    entries: HashMap<ModelKey, Arc<ModelEntry>>,
+}
+
+/// A model's versions as its records hold them, read on the inference protocol's path without
+/// the registry's lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// Full hex digest of the live version.
+    pub live: String,
+    /// Full hex digests of the retained versions, oldest first.
+    pub versions: Vec<String>,
+    /// Aliases to full digests.
+    pub aliases: BTreeMap<String, String>,
+    /// Whether the live version was added `--public`.
+    pub public: bool,
 }
 
 impl ModelSet {
     /// The model `pin` names, if loaded.
     pub fn get(&self, key: &ModelPin) -> Option<Arc<Model>> {
-        self.models
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
+        self.loaded().by_pin.get(key).cloned()
+    }
+
+    /// What is known of model `key`'s versions, if it exists.
+    pub fn entry(&self, key: &ModelKey) -> Option<Arc<ModelEntry>> {
+        self.loaded().entries.get(key).cloned()
+    }
+
+    fn loaded(&self) -> Arc<Loaded> {
+        Arc::clone(&self.models.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Replaces the whole set.
-    pub fn replace(&self, models: HashMap<ModelPin, Arc<Model>>) {
-        *self.models.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(models);
+    pub fn replace(
+        &self,
+        by_pin: HashMap<ModelPin, Arc<Model>>,
+        entries: HashMap<ModelKey, Arc<ModelEntry>>,
+    ) {
+        *self.models.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Loaded { by_pin, entries });
     }
 }
 

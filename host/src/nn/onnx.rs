@@ -27,7 +27,7 @@ use super::checked::{self, CheckedInputs, Named};
 use super::queue::{self, Done, Job, Queue};
 use super::tensor::{self, MAX_TENSOR_BYTES, Tensor};
 use super::{Failure, NnResult};
-use crate::metrics::ModelMetrics;
+use crate::metrics::{InferencePath, ModelMetrics};
 use crate::traces::Child;
 
 /// Where a model runs.
@@ -41,13 +41,16 @@ pub enum Target {
     Gpu,
 }
 
-/// How a model version runs; part of the version (versions never change).
+/// How a model version runs and who may call it; part of the version (versions never change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelOptions {
     /// Execution provider.
     pub target: Target,
     /// Most rows one inference may stack from queued requests (1: no batching).
     pub max_batch: u32,
+    /// Whether inference protocol clients need no invoke key for it (on a node with tenants).
+    /// Not a property of its sessions: the same sessions serve a public and a private name.
+    pub public: bool,
 }
 
 impl Default for ModelOptions {
@@ -55,6 +58,7 @@ impl Default for ModelOptions {
         Self {
             target: Target::Cpu,
             max_batch: 1,
+            public: false,
         }
     }
 }
@@ -378,6 +382,11 @@ impl Model {
         &self.sessions.inputs
     }
 
+    /// Declared outputs.
+    pub fn outputs(&self) -> &[Slot] {
+        &self.sessions.outputs
+    }
+
     /// Checks named inputs against the model's declared inputs (see [`checked::check`]).
     pub fn check_inputs(&self, inputs: Named) -> NnResult<CheckedInputs> {
         checked::check(&self.name, self.inputs(), inputs)
@@ -391,6 +400,7 @@ impl Model {
         inputs: Vec<(String, Tensor)>,
         deadline: Instant,
         span: Option<&Child>,
+        path: InferencePath,
     ) -> NnResult<Vec<(String, Tensor)>> {
         let started = Instant::now();
         let result = self.run_checked(inputs, deadline, span).await;
@@ -412,7 +422,7 @@ impl Model {
         } else {
             &self.metrics.errors
         };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counter.add(path);
         result
     }
 

@@ -260,6 +260,11 @@ impl Registry {
         &self.logs
     }
 
+    /// ONNX Runtime and the loaded models.
+    pub fn nn(&self) -> &Arc<NnNode> {
+        &self.nn
+    }
+
     /// Number of functions served.
     pub fn len(&self) -> usize {
         self.live.read().unwrap_or_else(|e| e.into_inner()).len()

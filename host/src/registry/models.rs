@@ -104,6 +104,7 @@ impl Registry {
                             size,
                             target: options.target,
                             max_batch: options.max_batch,
+                            public: options.public,
                         };
                         // Versions a function version pins stay (a rollback brings them back).
                         let mut pinned = pinned_versions(meta, name);
@@ -147,14 +148,15 @@ impl Registry {
         match state.meta.models.get(name).and_then(|m| m.find(digest)) {
             Some(v) if v.options() != options => Err(RegistryError::version_conflict(format!(
                 "model `{}` already has version {} with other options, and versions never change: \
-                 add it with --target {} --max-batch {}",
+                 add it with --target {} --max-batch {}{}",
                 name.name(),
                 store::short_id(&v.digest),
                 serde_json::to_value(v.target)
                     .unwrap_or_default()
                     .as_str()
                     .unwrap_or("cpu"),
-                v.max_batch
+                v.max_batch,
+                if v.public { " --public" } else { "" }
             ))),
             Some(v) => Ok(Some(v.clone())),
             None => {
@@ -334,7 +336,18 @@ impl Registry {
             })
             .collect();
         let set = live.into_iter().chain(pinned).collect();
-        self.nn.models.replace(set);
+        let entries = (state.meta.models.iter())
+            .map(|(name, m)| {
+                let entry = crate::nn::ModelEntry {
+                    live: m.live.clone(),
+                    versions: m.versions.iter().map(|v| v.digest.clone()).collect(),
+                    aliases: m.aliases.clone(),
+                    public: m.live_version().is_some_and(|v| v.public),
+                };
+                (name.clone(), Arc::new(entry))
+            })
+            .collect();
+        self.nn.models.replace(set, entries);
         // Profiles of versions no longer served are forgotten (a version served again starts a
         // new reference).
         (self.metrics.outputs).retain(|m, v| profiled.contains(&(m.to_string(), v.to_string())));
@@ -370,8 +383,9 @@ pub(super) fn wanted_sessions(meta: &Meta) -> Vec<(ModelKey, String, String, Mod
 
 /// Every model version that a function version that may be called pins, with its sessions
 /// key: the live version, aliased ones, a running rollout's candidate, and versions deployed
-/// after the live one (staged, to be tried directly before they take traffic). Older versions'
-/// models load again when they go live.
+/// after the live one (staged, to be tried directly before they take traffic); and every model
+/// version an alias of the model names (callable by that alias over the inference protocol).
+/// Older versions' models load again when they go live.
 pub(super) fn pinned_by_served(meta: &Meta) -> Vec<(ModelPin, String)> {
     let served = meta.functions.iter().flat_map(|(name, f)| {
         let candidate = (meta.rollouts.get(name))
@@ -394,6 +408,17 @@ pub(super) fn pinned_by_served(meta: &Meta) -> Vec<(ModelPin, String)> {
             Some((pin.clone(), sessions_key(digest, v.options())))
         })
         .collect();
+    for (name, m) in &meta.models {
+        for digest in m.aliases.values() {
+            if let Some(v) = m.find(digest) {
+                let pin = ModelPin {
+                    model: name.clone(),
+                    version: Some(digest.clone()),
+                };
+                pins.push((pin, sessions_key(digest, v.options())));
+            }
+        }
+    }
     pins.sort();
     pins.dedup();
     pins
@@ -432,5 +457,6 @@ pub fn model_version_view(v: &ModelVersion, live: bool) -> api::ModelVersionView
         live,
         target: v.target,
         max_batch: v.max_batch,
+        public: v.public,
     }
 }

@@ -361,6 +361,7 @@ mod tests {
                     size: 1,
                     target: Default::default(),
                     max_batch: 1,
+                    public: false,
                 },
                 5,
             );

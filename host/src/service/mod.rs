@@ -14,6 +14,7 @@ mod admin;
 mod admission;
 mod body;
 mod invoke;
+mod oip;
 mod query;
 mod shadow;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
+use crate::oip::Inference;
 use crate::registry::{Deployed, Registry};
 use crate::runtime::Runtime;
 use crate::traces::Tracer;
@@ -60,6 +62,8 @@ pub struct HttpService {
     node_header: Option<HeaderValue>,
     /// Where function requests are traced, with `otlp_endpoint`.
     traces: Option<Arc<Tracer>>,
+    /// The inference protocol's core, shared with its gRPC edge.
+    inference: Arc<Inference>,
 }
 
 impl HttpService {
@@ -76,7 +80,9 @@ impl HttpService {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let inference = Arc::new(Inference::new(Arc::clone(&config), Arc::clone(&registry)));
         Self {
+            inference,
             config,
             registry,
             runtime,
@@ -102,6 +108,11 @@ impl HttpService {
     pub fn with_traces(mut self, tracer: Arc<Tracer>) -> Self {
         self.traces = Some(tracer);
         self
+    }
+
+    /// The inference protocol's core, for its gRPC edge.
+    pub fn inference(&self) -> Arc<Inference> {
+        Arc::clone(&self.inference)
     }
 
     /// Handles one request. Never fails: errors become JSON error responses.
@@ -135,6 +146,12 @@ impl HttpService {
             self.invoke(rest, req, &request_id).await
         } else if let Some(rest) = path.strip_prefix("/admin/v1/") {
             (None, self.admin(rest, req).await)
+        } else if let Some(rest) = path
+            .strip_prefix("/v2")
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+        {
+            // The inference protocol answers its errors in its own shape.
+            (None, Ok(self.oip(rest, req).await))
         } else {
             (None, self.node_route(req.method(), &path))
         };

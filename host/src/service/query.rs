@@ -181,9 +181,20 @@ pub(crate) fn model_options(query: &str) -> Result<ModelOptions, ApiError> {
                         ))
                     })?
             }
+            "public" => {
+                options.public = match &*v {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::invalid_request(format!(
+                            "bad `public`: `{v}` is neither true nor false"
+                        )));
+                    }
+                }
+            }
             other => {
                 return Err(ApiError::invalid_request(format!(
-                    "unknown model parameter `{other}`: use target (cpu or gpu) or max_batch"
+                    "unknown model parameter `{other}`: use target (cpu or gpu), max_batch or public"
                 )));
             }
         }

@@ -15,6 +15,7 @@ fn batch(max_batch: u32) -> ModelOptions {
     ModelOptions {
         target: Target::Cpu,
         max_batch,
+        public: false,
     }
 }
 
