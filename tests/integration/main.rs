@@ -27,6 +27,8 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod nn;
+mod oip;
+mod oip_tenants;
 mod ops;
 mod persistence;
 mod pinned;

@@ -272,6 +272,50 @@ nn_test! {
 }
 
 nn_test! {
+    fn protocol_requests_batch_with_wasi_nn_computes() {
+        let dir = TestDir::new();
+        let node = Node::start(&dir.data(), Some("model_sessions = 1"));
+        let path = repo_root().join("tests/models/slow_rows.onnx");
+        let out = node.cli(&["model", "add", "slow-rows", path.to_str().unwrap(), "--max-batch", "8"]);
+        cli_ok(&out, "model add --max-batch");
+        node.deploy_ok("nn", "nn-probe", "model=slow-rows&timeout=30s");
+
+        // A function's compute takes the only session for ~0.5 s; protocol requests and another
+        // compute queue behind it and run as one inference, each getting its own rows (y = 2x).
+        let addr = node.addr();
+        let first = thread::spawn(move || Request::get("/fn/nn/rows/1").send(addr).text());
+        node.wait_in_flight("nn", 1);
+        let infer = |k: usize| {
+            thread::spawn(move || {
+                let x: Vec<f32> = (0..k * 8).map(|i| i as f32).collect();
+                let body = serde_json::json!({"inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [k, 8], "data": x}]});
+                let r = Request::new("POST", "/v2/models/slow-rows/infer")
+                    .body(body.to_string().into_bytes())
+                    .send(addr);
+                assert_eq!(r.status, 200, "{r}");
+                let y = r.json()["outputs"][0]["data"].clone();
+                let want: Vec<f32> = x.iter().map(|v| 2.0 * v).collect();
+                assert_eq!(y, serde_json::json!(want));
+            })
+        };
+        let protocol = [infer(2), infer(3)];
+        let compute = thread::spawn(move || Request::get("/fn/nn/rows/2").send(addr).text());
+        assert_eq!(first.join().unwrap(), "ok 1");
+        for p in protocol {
+            p.join().unwrap();
+        }
+        assert_eq!(compute.join().unwrap(), "ok 2");
+        let metrics = node.metrics();
+        let count = |name, path| metric_value(&metrics, name, &[("model", "slow-rows"), ("path", path)]);
+        assert_eq!(count("tensorlet_model_inferences_total", "oip"), Some(2.0));
+        assert_eq!(count("tensorlet_model_inferences_total", "wasi-nn"), Some(2.0));
+        let batched = metric_value(&metrics, "tensorlet_model_batched_total", &[("model", "slow-rows")]);
+        assert!(batched >= Some(2.0), "batched: {batched:?}\n{metrics}");
+    }
+}
+
+nn_test! {
     fn identical_model_bytes_load_once() {
         let dir = TestDir::new();
         let mut node = Node::start(&dir.data(), None);

@@ -1293,3 +1293,14 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The node's stdout
+// ---------------------------------------------------------------------------------------------
+
+impl Node {
+    /// What the node wrote to stdout so far.
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+}

@@ -449,7 +449,8 @@ impl Model {
         done.map_err(|_| {
             Failure::new(
                 ErrorCode::Timeout,
-                "inference did not finish before the function's deadline (a request waits for a \
+                "inference did not finish before the request's deadline (the function's timeout, or \
+                 model_timeout for the inference protocol; a request waits for a \
                  free session of the model, then for the inference)",
             )
         })?

@@ -306,8 +306,9 @@ mod tests {
             assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
         }
         assert_eq!(f32_to_bf16(1.0), 0x3f80);
-        assert_eq!(f32_to_bf16(1.00390625), 0x3f80, "a tie rounds to even");
-        assert_eq!(f32_to_bf16(1.01171875), 0x3f82);
+        // Halfway between two bfloat16s: to the even one, down here and up there.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
         assert_eq!(bf16_to_f32(0x3f80), 1.0);
         assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
     }

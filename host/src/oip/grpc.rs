@@ -334,6 +334,9 @@ pub fn to_response(r: InferResponse) -> pb::ModelInferResponse {
     }
 }
 
+/// The flow-control window of each call (and four times it for a connection).
+const WINDOW: u32 = 8 << 20;
+
 /// Serves the service on `listener` until `stop`, then lets calls in flight finish for up to
 /// `grace`.
 pub async fn serve(
@@ -360,7 +363,12 @@ pub async fn serve(
             let inference = Arc::clone(&inference);
             async move { Ok::<_, Infallible>(call(&inference, req).await) }
         });
+        // Tensors are large messages: with HTTP/2's default 64 KiB windows a 600 KB image waits
+        // for several window updates, a round trip each; let a whole request arrive at once.
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(4 * WINDOW)
+            .max_frame_size(1 << 20)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -486,7 +494,23 @@ where
     let mut grpc = Grpc::new(codec)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    grpc.unary(Once(Some(f)), req).await
+    let response = grpc.unary(Once(Some(f)), req).await;
+    // tonic refuses a message over the limit as OUT_OF_RANGE (no call here answers that); the
+    // protocol's clients expect a size limit as RESOURCE_EXHAUSTED, and the fix named.
+    if response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|s| s == "11")
+    {
+        return status(&OipError::new(
+            Kind::TooLarge,
+            format!(
+                "the request message is larger than this node's max_infer_body of {limit} bytes"
+            ),
+        ))
+        .into_http();
+    }
+    response
 }
 
 /// A function called once as tonic's unary service.

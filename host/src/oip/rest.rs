@@ -86,6 +86,12 @@ pub fn parse_request(
             body.split_at(n)
         }
     };
+    // serde also takes a struct's fields as an array, in order: the protocol's body is an object.
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(OipError::invalid(
+            "the inference request must be a JSON object: {\"inputs\": [...], ...}",
+        ));
+    }
     let parsed: RequestJson = serde_json::from_slice(json).map_err(|e| {
         OipError::invalid(format!(
             "the inference request is not valid JSON of the protocol: {e}"
