@@ -45,6 +45,9 @@ pub struct VersionView {
     pub models: Vec<String>,
     /// Whether anyone may invoke it.
     pub public: bool,
+    /// Destinations its outbound HTTP may reach (`scheme://host[:port]` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<String>,
 }
 
 /// One entry of [`FunctionList`].

@@ -75,6 +75,8 @@ pub struct Config {
     pub model_timeout: Duration,
     /// Largest inference protocol request: a REST body or a gRPC message (`max_infer_body`).
     pub max_infer_body: u64,
+    /// The bounds on guests' outbound HTTP (`[outbound]`).
+    pub outbound: crate::outbound::OutboundConfig,
 }
 
 /// A tenant's quotas, fixed by the operator (`tenant create/update`) and stored with the tenant.
@@ -194,6 +196,8 @@ struct FileConfig {
     grpc_listen: Option<SocketAddr>,
     model_timeout: Option<String>,
     max_infer_body: Option<String>,
+    #[serde(default)]
+    outbound: crate::outbound::FileOutbound,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -345,6 +349,7 @@ impl Config {
             otlp_endpoint: f.otlp_endpoint,
             otlp_sample_ratio: f.otlp_sample_ratio.unwrap_or(1.0),
             grpc_listen: f.grpc_listen,
+            outbound: crate::outbound::OutboundConfig::from_file(f.outbound)?,
             model_timeout: opt(&f.model_timeout, parse_duration, Duration::from_secs(10))
                 .context("model_timeout")?,
             max_infer_body: opt(&f.max_infer_body, parse_size, 32 << 20)

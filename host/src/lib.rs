@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nn;
 pub mod node_log;
 pub mod oip;
+pub mod outbound;
 pub mod pace;
 pub mod records;
 pub mod registry;

@@ -12,6 +12,7 @@
 //! max_response_body = "64MiB"
 //! models = ["orientation"]
 //! public = false
+//! allowed_outbound_hosts = ["https://api.example.com", "https://*.example.org:8443"]
 //!
 //! [env]
 //! LABELS = "0,90,180,270"
@@ -52,6 +53,9 @@ pub struct Manifest {
     /// Whether anyone may invoke it (on a node with tenants).
     #[serde(default)]
     pub public: bool,
+    /// Destinations its outbound HTTP may reach (`scheme://host[:port]`, as Spin writes them).
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 impl Manifest {

@@ -174,6 +174,9 @@ pub struct VersionRecord {
     /// its tenant's invoke keys.
     #[serde(default)]
     pub public: bool,
+    /// Destinations its outbound HTTP may reach (`scheme://host[:port]` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<String>,
 }
 
 impl Version for VersionRecord {

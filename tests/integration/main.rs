@@ -30,6 +30,8 @@ mod nn;
 mod oip;
 mod oip_tenants;
 mod ops;
+mod outbound;
+mod outbound_tls;
 mod persistence;
 mod pinned;
 mod rollouts;

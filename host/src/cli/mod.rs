@@ -244,6 +244,10 @@ struct DeployArgs {
     /// Anyone may invoke it (on a node with tenants, functions otherwise need an invoke key).
     #[arg(long)]
     public: bool,
+    /// A destination its outbound HTTP may reach: SCHEME://HOST[:PORT], e.g.
+    /// https://api.example.com or https://*.example.com:* (repeatable; else none).
+    #[arg(long = "allow-outbound", value_name = "URL_PATTERN")]
+    allow_outbound: Vec<String>,
     /// Store the version without making it live (roll it out with `tensorlet rollout start`).
     #[arg(long)]
     stage: bool,
@@ -338,6 +342,9 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     }
     if a.public || m.public {
         query.push("public=true".into());
+    }
+    for pattern in m.allowed_outbound_hosts.iter().chain(&a.allow_outbound) {
+        query.push(format!("allow_outbound={}", encode(pattern)));
     }
     if a.stage || a.rollout.starts() {
         query.push("stage=true".into());

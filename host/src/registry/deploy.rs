@@ -37,6 +37,7 @@ impl Registry {
                 env: settings.env,
                 models,
                 public: settings.public,
+                allow_outbound: settings.allow_outbound,
                 stage: settings.stage,
             };
             if settings.stage && !state.meta.functions.contains_key(name) {
@@ -129,6 +130,7 @@ impl Registry {
             env: settings.env,
             models: settings.models,
             public: settings.public,
+            allow_outbound: settings.allow_outbound.clone(),
         };
         state.compiled.insert(digest, pre);
         let stage = settings.stage;
@@ -165,7 +167,12 @@ impl Registry {
         let Some(v) = state.meta.functions.get(name).and_then(|f| f.find(version)) else {
             return Ok(None);
         };
-        if v.limits != s.limits || v.env != s.env || v.models != s.models || v.public != s.public {
+        if v.limits != s.limits
+            || v.env != s.env
+            || v.models != s.models
+            || v.public != s.public
+            || v.allow_outbound != s.allow_outbound
+        {
             return Err(RegistryError::version_conflict(format!(
                 "function `{}` has version {} from before version ids covered settings, with other \
                  settings: deploy it with the same settings, or roll back and delete the function",
@@ -196,6 +203,8 @@ pub struct DeploySettings<M = String> {
     pub models: Vec<M>,
     /// Whether callers need no invoke key (`public`, `public=true`).
     pub public: bool,
+    /// Destinations its outbound HTTP may reach, from repeated `allow_outbound=PATTERN`.
+    pub allow_outbound: Vec<String>,
     /// Store the version without making it live (`stage=true`), for a rollout. Not part of the
     /// version.
     pub stage: bool,

@@ -190,6 +190,10 @@ impl Registry {
                 env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 logs,
                 models: v.models.iter().cloned().collect(),
+                // Checked when it was deployed; a record edited since allows nothing.
+                outbound: Arc::new(
+                    crate::outbound::AllowList::parse(&v.allow_outbound).unwrap_or_default(),
+                ),
             }),
             version: v.key().to_string(),
             permits: Arc::new(Semaphore::new(v.limits.max_concurrency as usize)),

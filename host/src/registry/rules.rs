@@ -105,16 +105,25 @@ pub(crate) fn identity(
     defaults: &FunctionLimits,
 ) -> String {
     let s = settings;
-    if s.limits == *defaults && s.env.is_empty() && s.models.is_empty() && !s.public {
+    if s.limits == *defaults
+        && s.env.is_empty()
+        && s.models.is_empty()
+        && !s.public
+        && s.allow_outbound.is_empty()
+    {
         return digest.to_string();
     }
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "component": digest,
         "limits": s.limits,
         "env": s.env,
         "models": s.models,
         "public": s.public,
     });
+    // Only when set: the identities of versions from before outbound HTTP stay as they were.
+    if !s.allow_outbound.is_empty() {
+        doc["allow_outbound"] = serde_json::json!(s.allow_outbound);
+    }
     store::digest(format!("tensorlet.version.v1\n{doc}").as_bytes())
 }
 
@@ -327,6 +336,7 @@ mod tests {
             env: Default::default(),
             models: Vec::new(),
             public: false,
+            allow_outbound: Vec::new(),
         }
     }
 

@@ -89,5 +89,6 @@ pub fn version_view(v: &VersionRecord, live: bool) -> api::VersionView {
         env: v.env.clone(),
         models: v.models.iter().map(|p| p.shown()).collect(),
         public: v.public,
+        allow_outbound: v.allow_outbound.clone(),
     }
 }

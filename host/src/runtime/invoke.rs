@@ -43,6 +43,8 @@ pub struct Function {
     pub logs: Arc<FunctionLog>,
     /// Models the function may load by name.
     pub models: Arc<[crate::key::ModelPin]>,
+    /// Destinations its outbound HTTP may reach.
+    pub outbound: Arc<crate::outbound::AllowList>,
 }
 
 /// One request to a function: the version it runs and what belongs to this request alone.
@@ -123,7 +125,8 @@ impl Runtime {
             self.tensor_budget.unwrap_or(limits.memory),
         )
         .traced(trace.clone());
-        let mut state = HostState::new(&function.env, limits.memory as usize, deadline, nn);
+        let hooks = (self.outbound).hooks(&function.name, Arc::clone(&function.outbound), deadline);
+        let mut state = HostState::new(&function.env, limits.memory as usize, deadline, nn, hooks);
         let cpu = inv.tenant.map(|t| self.workers.share(req.extensions(), t));
         state.cpu = cpu.clone();
         let (stdout, stderr) = (state.stdout.clone(), state.stderr.clone());

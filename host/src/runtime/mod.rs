@@ -43,6 +43,8 @@ pub struct Runtime {
     nn: Arc<NnNode>,
     /// `max_tensor_bytes_per_request`, when the node sets it.
     tensor_budget: Option<u64>,
+    /// Guests' outbound HTTP.
+    outbound: Arc<crate::outbound::Outbound>,
     ticker: epoch::EpochTicker,
     /// Each worker thread's tenant slots ([`fair`]).
     workers: fair::Workers,
@@ -78,9 +80,18 @@ impl Runtime {
             pooling,
             nn,
             tensor_budget: config.max_tensor_bytes_per_request,
+            outbound: Arc::new(
+                crate::outbound::Outbound::new(config.outbound.clone())
+                    .context("setting up outbound HTTP")?,
+            ),
             ticker,
             workers: fair::Workers::default(),
         })
+    }
+
+    /// Guests' outbound HTTP: the policy, TLS and the numbers.
+    pub fn outbound(&self) -> &Arc<crate::outbound::Outbound> {
+        &self.outbound
     }
 
     /// Whether instances come from the pooling allocator.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::capture::Capture;
 use crate::nn::{NnCtx, NnView};
@@ -20,7 +20,7 @@ pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: NoOutbound,
+    hooks: crate::outbound::Hooks,
     nn: NnCtx,
     pub(super) limits: StoreLimits,
     pub(super) deadline: Instant,
@@ -33,8 +33,15 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// Fresh state: only the configured environment, no files, no sockets, no outbound HTTP.
-    pub fn new(env: &[(String, String)], memory: usize, deadline: Instant, nn: NnCtx) -> Self {
+    /// Fresh state: only the configured environment, no files, no sockets; outbound HTTP only
+    /// as `hooks` allow it.
+    pub fn new(
+        env: &[(String, String)],
+        memory: usize,
+        deadline: Instant,
+        nn: NnCtx,
+        hooks: crate::outbound::Hooks,
+    ) -> Self {
         let stdout = Capture::default();
         let stderr = Capture::default();
         let wasi = WasiCtx::builder()
@@ -58,7 +65,7 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table,
-            hooks: NoOutbound,
+            hooks,
             nn,
             limits,
             deadline,
@@ -93,25 +100,5 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outbound HTTP is not part of a function's sandbox (yet): every `outgoing-handler.handle`
-/// is answered with `HTTP-request-denied`, which the guest sees as an ordinary error.
-struct NoOutbound;
-
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
-
-impl WasiHttpHooks for NoOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<dyn Future<Output = SendResult> + Send> {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }

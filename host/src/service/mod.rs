@@ -212,6 +212,7 @@ impl HttpService {
                 if let Some(traces) = &self.traces {
                     traces.render(&mut metrics);
                 }
+                self.runtime.outbound().render(&mut metrics);
                 let mut r = text(StatusCode::OK, metrics);
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

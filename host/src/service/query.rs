@@ -92,6 +92,7 @@ pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySett
         env: BTreeMap::new(),
         models: Vec::new(),
         public: false,
+        allow_outbound: Vec::new(),
         stage: false,
     };
     let bad = |k: &str, e: anyhow::Error| ApiError::invalid_request(format!("bad `{k}`: {e:#}"));
@@ -123,6 +124,20 @@ pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySett
                 s.env.insert(ek.to_string(), ev.to_string());
             }
             "model" => s.models.push(check_model_pin(&v)?.to_string()),
+            "allow_outbound" => {
+                let pattern: crate::outbound::HostPattern = v.parse().map_err(|e: String| {
+                    ApiError::invalid_request(format!("bad `allow_outbound`: {e}"))
+                })?;
+                // The operator's policy bounds what any deploy may allow.
+                let ceiling = &config.outbound.allowed_hosts;
+                if ceiling.find_covering(&pattern).is_none() {
+                    return Err(ApiError::invalid_request(format!(
+                        "bad `allow_outbound`: `{pattern}` is outside what this node lets functions reach \
+                         (its [outbound] allowed_hosts): ask the operator"
+                    )));
+                }
+                s.allow_outbound.push(pattern.to_string());
+            }
             "stage" => {
                 s.stage = match &*v {
                     "true" | "" => true,
@@ -143,7 +158,7 @@ pub(crate) fn deploy_settings(config: &Config, query: &str) -> Result<DeploySett
             }
             other => {
                 return Err(ApiError::invalid_request(format!(
-                    "unknown deploy parameter `{other}`: use memory, timeout, max_concurrency, max_request_body, max_response_body, env, model or public"
+                    "unknown deploy parameter `{other}`: use memory, timeout, max_concurrency, max_request_body, max_response_body, env, model, public or allow_outbound"
                 )));
             }
         }

@@ -133,6 +133,7 @@ impl Node {
             env,
             models,
             public: false,
+            allow_outbound: Vec::new(),
             stage: false,
         }
     }
