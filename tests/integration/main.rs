@@ -31,6 +31,7 @@ mod oip;
 mod oip_tenants;
 mod ops;
 mod outbound;
+mod outbound_local;
 mod outbound_tls;
 mod persistence;
 mod pinned;

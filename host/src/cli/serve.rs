@@ -167,6 +167,8 @@ pub(super) async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = crate::server::bind(config.listen, workers)
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listeners[0].local_addr()?;
+    // Functions call each other (`{name}.fn.internal`) through this listener.
+    runtime.outbound().serve_locally(addr);
     let registry_for_rollouts = Arc::clone(&registry);
     let audit_for_rollouts = audit.clone();
     let metrics_for_anomalies = Arc::clone(&metrics);

@@ -7,6 +7,7 @@
 //! Everything else is answered `HTTP-request-denied`, as before.
 
 pub mod addr;
+pub mod local;
 pub mod pattern;
 mod send;
 
@@ -109,6 +110,8 @@ pub struct Outbound {
     config: OutboundConfig,
     tls: Arc<rustls::ClientConfig>,
     stats: send::StatsMap,
+    /// The node's own listener, once it serves: where `{name}.fn.internal` calls go.
+    local: std::sync::OnceLock<local::Local>,
 }
 
 impl Outbound {
@@ -149,6 +152,7 @@ impl Outbound {
             config,
             tls: Arc::new(tls),
             stats: Default::default(),
+            local: std::sync::OnceLock::new(),
         })
     }
 
@@ -157,10 +161,26 @@ impl Outbound {
         &self.config
     }
 
-    /// Hooks for one request of `function` that may reach `allow`, until `deadline`.
+    /// Sends `{name}.fn.internal` calls to the node's listener at `listen` from now on.
+    pub fn serve_locally(&self, listen: std::net::SocketAddr) {
+        if let Some(local) = local::Local::new(listen) {
+            let _ = self.local.set(local);
+        }
+    }
+
+    /// How many calls deep a request with `headers` is, if the node sent it itself (a call
+    /// from one of its functions to another); `None` for every other request.
+    pub fn internal_hops(&self, headers: &http::HeaderMap) -> Option<u8> {
+        self.local.get()?.hops(headers)
+    }
+
+    /// Hooks for one request of `function` (of `tenant`, `hops` calls deep) that may reach
+    /// `allow`, until `deadline`.
     pub fn hooks(
         self: &Arc<Self>,
         function: &str,
+        tenant: Option<Arc<str>>,
+        hops: u8,
         allow: Arc<AllowList>,
         deadline: Instant,
     ) -> Hooks {
@@ -170,6 +190,8 @@ impl Outbound {
             allow,
             deadline,
             open: Arc::new(tokio::sync::Semaphore::new(self.config.max_concurrent)),
+            tenant,
+            hops,
         }
     }
 }
@@ -183,6 +205,8 @@ pub struct Hooks {
     deadline: Instant,
     /// `max_concurrent` permits of this instance.
     open: Arc<tokio::sync::Semaphore>,
+    tenant: Option<Arc<str>>,
+    hops: u8,
 }
 
 impl Hooks {
@@ -194,6 +218,8 @@ impl Hooks {
             allow: Arc::default(),
             deadline: Instant::now(),
             open: Arc::new(tokio::sync::Semaphore::new(0)),
+            tenant: None,
+            hops: 0,
         }
     }
 }
@@ -219,6 +245,8 @@ impl WasiHttpHooks for Hooks {
             allow: Arc::clone(&self.allow),
             deadline: self.deadline,
             open: Arc::clone(&self.open),
+            tenant: self.tenant.clone(),
+            hops: self.hops,
         };
         Box::new(call.send(request))
     }

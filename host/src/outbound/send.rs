@@ -32,6 +32,10 @@ pub(super) struct Call {
     pub allow: Arc<AllowList>,
     pub deadline: Instant,
     pub open: Arc<tokio::sync::Semaphore>,
+    /// The calling function's tenant (the namespace of its `{name}.fn.internal` calls).
+    pub tenant: Option<Arc<str>>,
+    /// How many function-to-function calls deep the calling request is.
+    pub hops: u8,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -58,7 +62,10 @@ impl Call {
         };
         let stats = stats(&pattern.to_string());
         let started = Instant::now();
-        let result = self.exchange(req, https, &host, port).await;
+        let result = match super::local::function_name(&host) {
+            Some(name) => self.local_call(req, name).await,
+            None => self.exchange(req, https, &host, port).await,
+        };
         match &result {
             Ok(_) => {
                 stats.responses.fetch_add(1, Ordering::Relaxed);
@@ -71,17 +78,61 @@ impl Call {
         result
     }
 
+    /// A call to another function of this node, through its own listener.
+    async fn local_call(&self, mut req: http::Request<WasiBody>, name: &str) -> SendResult {
+        use super::local::{HOPS, INTERNAL, MAX_HOPS};
+        let Some(local) = self.node.local.get() else {
+            return Err(Error::HttpRequestDenied);
+        };
+        if self.hops >= MAX_HOPS {
+            return Err(Error::LoopDetected);
+        }
+        let permit = self.permit()?;
+        let connect_by = (Instant::now() + self.node.config.connect_timeout).min(self.deadline);
+        let tenant = self
+            .tenant
+            .as_deref()
+            .map(|t| format!("{t}/"))
+            .unwrap_or_default();
+        let rest = (req.uri().path_and_query()).map_or("/", |p| p.as_str());
+        let rest = if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            format!("/{rest}")
+        };
+        *req.uri_mut() = format!("http://{}/fn/{tenant}{name}{rest}", local.addr)
+            .parse()
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        let h = req.headers_mut();
+        let value =
+            |v: &str| http::HeaderValue::from_str(v).map_err(|_| Error::InternalError(None));
+        h.insert(http::header::HOST, value(&local.addr.to_string())?);
+        h.insert(INTERNAL, value(&local.secret)?);
+        h.insert(HOPS, value(&(self.hops + 1).to_string())?);
+        let tcp = timeout_at(connect_by.into(), TcpStream::connect(local.addr))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)?
+            .map_err(|_| Error::ConnectionRefused)?;
+        let _ = tcp.set_nodelay(true);
+        self.http(Box::new(tcp), req, connect_by, permit).await
+    }
+
+    /// One of the instance's `max_concurrent` outbound requests.
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.open)
+            .try_acquire_owned()
+            .map_err(|_| Error::ConnectionLimitReached)
+    }
+
     async fn exchange(
         &self,
-        mut req: http::Request<WasiBody>,
+        req: http::Request<WasiBody>,
         https: bool,
         host: &str,
         port: u16,
     ) -> SendResult {
         let config = &self.node.config;
-        let permit = Arc::clone(&self.open)
-            .try_acquire_owned()
-            .map_err(|_| Error::ConnectionLimitReached)?;
+        let permit = self.permit()?;
         let connect_by = (Instant::now() + config.connect_timeout).min(self.deadline);
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -137,6 +188,19 @@ impl Call {
         } else {
             Box::new(tcp)
         };
+        self.http(io, req, connect_by, permit).await
+    }
+
+    /// HTTP/1.1 over a connected stream: the request in origin form, its response head within
+    /// `first_byte_timeout`, its body capped.
+    async fn http(
+        &self,
+        io: Box<dyn Stream>,
+        mut req: http::Request<WasiBody>,
+        connect_by: Instant,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> SendResult {
+        let config = &self.node.config;
         let (mut sender, conn) = timeout_at(
             connect_by.into(),
             hyper::client::conn::http1::handshake(TokioIo::new(io)),

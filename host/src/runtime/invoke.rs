@@ -58,6 +58,8 @@ pub struct Invocation {
     pub inferences: Option<InferenceQuota>,
     /// Its tenant, on a node with tenants (CPU-bound guests share by tenant: [`super::fair`]).
     pub tenant: Option<Arc<str>>,
+    /// How many function-to-function calls deep it is (0: a client's request).
+    pub hops: u8,
 }
 
 /// Why an invocation has no response to send. It does not name the function: the caller knows
@@ -125,7 +127,13 @@ impl Runtime {
             self.tensor_budget.unwrap_or(limits.memory),
         )
         .traced(trace.clone());
-        let hooks = (self.outbound).hooks(&function.name, Arc::clone(&function.outbound), deadline);
+        let hooks = self.outbound.hooks(
+            &function.name,
+            inv.tenant.clone(),
+            inv.hops,
+            Arc::clone(&function.outbound),
+            deadline,
+        );
         let mut state = HostState::new(&function.env, limits.memory as usize, deadline, nn, hooks);
         let cpu = inv.tenant.map(|t| self.workers.share(req.extensions(), t));
         state.cpu = cpu.clone();

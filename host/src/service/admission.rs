@@ -35,15 +35,19 @@ impl Drop for Admission {
 }
 
 /// Admits a request for `function` (called `name` in messages), sent with `headers`; on a node
-/// with tenants, `tenant` is the tenant named in the path, with its live state.
+/// with tenants, `tenant` is the tenant named in the path, with its live state. `internal`: the
+/// node sent it itself, for one of that tenant's functions (no key needed).
 pub(super) fn admit(
     function: &Deployed,
     name: &str,
     tenant: Option<(&str, &TenantLive)>,
     headers: &HeaderMap,
+    internal: bool,
 ) -> Result<Admission, ApiError> {
     let tenant_permit = match tenant {
-        Some((tenant, live)) => Some(admit_tenant(function, name, tenant, live, headers)?),
+        Some((tenant, live)) => Some(admit_tenant(
+            function, name, tenant, live, headers, internal,
+        )?),
         None => None,
     };
     let limits = function.function.limits;
@@ -71,8 +75,9 @@ fn admit_tenant(
     tenant: &str,
     live: &TenantLive,
     headers: &HeaderMap,
+    internal: bool,
 ) -> Result<OwnedSemaphorePermit, ApiError> {
-    if !function.public {
+    if !function.public && !internal {
         let key_ok = auth::bearer(headers)
             .and_then(auth::parse_key)
             .is_some_and(|(kt, id, secret)| kt == tenant && live.key_matches(id, secret));

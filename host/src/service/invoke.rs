@@ -101,7 +101,11 @@ impl HttpService {
         request_id: &str,
         shadow: Option<(Arc<Deployed>, Shadow)>,
     ) -> Result<Response<BoxBody>, ApiError> {
-        let admission = admission::admit(deployed, name, tenant, req.headers())?;
+        // A call from another function of this node (`{name}.fn.internal`) carries the node's
+        // own secret: it stands in for an invoke key of the tenant in the path, which is the
+        // caller's own.
+        let hops = self.runtime.outbound().internal_hops(req.headers());
+        let admission = admission::admit(deployed, name, tenant, req.headers(), hops.is_some())?;
         let req = guest_request(req, guest_path)?;
         let label = || FunctionKey::new(tenant.map(|(t, _)| t), name).to_string();
         let shadow = match shadow {
@@ -135,6 +139,7 @@ impl HttpService {
             request_id: Arc::from(request_id),
             inferences: tenant.map(|(_, live)| live.inferences.clone()),
             tenant: tenant.map(|(_, live)| Arc::clone(&live.name)),
+            hops: hops.unwrap_or(0),
         };
         let result = self
             .runtime
@@ -184,6 +189,9 @@ fn guest_request<B: RequestBody>(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| ApiError::invalid_request(format!("bad request target: {e}")))?;
+    // The node's own secret and hop count are never a guest's to see.
+    parts.headers.remove(crate::outbound::local::INTERNAL);
+    parts.headers.remove(crate::outbound::local::HOPS);
     if !parts.headers.contains_key(header::HOST) {
         // wasi:http requires an authority; HTTP/1.0 clients may not send one.
         parts
@@ -191,4 +199,28 @@ fn guest_request<B: RequestBody>(
             .insert(header::HOST, HeaderValue::from_static("localhost"));
     }
     Ok(Request::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_guest_never_sees_the_node_s_own_headers() {
+        let req = http::Request::builder()
+            .uri("/fn/f/x?y=1")
+            .header(crate::outbound::local::INTERNAL, "secret")
+            .header(crate::outbound::local::HOPS, "2")
+            .header("x-other", "kept")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let seen = super::guest_request(req, "/x").unwrap();
+        assert_eq!(seen.uri(), "/x?y=1");
+        assert!(
+            seen.headers()
+                .get(crate::outbound::local::INTERNAL)
+                .is_none()
+        );
+        assert!(seen.headers().get(crate::outbound::local::HOPS).is_none());
+        assert_eq!(seen.headers()["x-other"], "kept");
+        assert_eq!(seen.headers()["host"], "localhost");
+    }
 }

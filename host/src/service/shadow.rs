@@ -210,6 +210,7 @@ async fn compare(p: Pending, stable: Stable, runtime: Arc<Runtime>) -> ShadowOut
         // Outside the tenant's quotas, and off the serving threads' CPU shares.
         inferences: None,
         tenant: None,
+        hops: 0,
     };
     let started = Instant::now();
     let answered = runtime.invoke(inv, req, |_| {}).await;
