@@ -23,4 +23,6 @@ scripts/fetch-ops-tools.sh
 scripts/fetch-oip-clients.sh > /dev/null
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The guest SDK's own tests (natively: its JSON and error responses).
+cargo test --quiet --manifest-path guest-sdk/Cargo.toml
 cargo test -- --test-threads=2 "$@"

@@ -53,14 +53,18 @@
 //! # What the handler returns
 //!
 //! Anything that implements [`IntoResponse`]: a [`Response`], a `String` or `&'static str`
-//! (`text/plain`), a `Vec<u8>`, `(StatusCode, body)`, or a `Result` of those. To use
-//! `http::Response::builder()`, add `http = "1"` to your own dependencies.
+//! (`text/plain`), a `Vec<u8>`, a [`Json`] body, `(StatusCode, body)`, or a `Result` of those.
+//! Return `Result<T, `[`Error`]`>` to use `?`: wasi:nn, JSON and I/O errors convert into an
+//! [`Error`], answered as `{"error": {"code", "message"}}` with its status, like the node's own
+//! errors. To use `http::Response::builder()`, add `http = "1"` to your own dependencies.
 
 #![deny(missing_docs)]
 
+mod error;
 mod http;
 pub mod nn;
 
+pub use crate::error::{Error, Json};
 pub use crate::http::{IntoResponse, Request, Response};
 pub use ::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 

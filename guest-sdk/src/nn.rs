@@ -198,6 +198,38 @@ impl Outputs {
         self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
+    /// Takes the output called `name` out of the set, or an error that names the outputs there
+    /// are (so `?` says what went wrong).
+    ///
+    /// ```no_run
+    /// # use tensorlet_sdk::nn::{Graph, Tensor};
+    /// let x = Tensor::f32(&[1, 16], &[0.0; 16]);
+    /// let mut outputs = Graph::by_name("mlp")?.run(&[("x", &x)])?;
+    /// let y = outputs.take("y")?.to_f32()?;
+    /// # Ok::<(), tensorlet_sdk::nn::NnError>(())
+    /// ```
+    pub fn take(&mut self, name: &str) -> Result<Tensor, NnError> {
+        match self.0.iter().position(|(n, _)| n == name) {
+            Some(i) => Ok(self.0.remove(i).1),
+            None => Err(NnError::Conversion(format!(
+                "the model has no output `{name}`; its outputs are {:?}",
+                self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+            ))),
+        }
+    }
+
+    /// The only output, for models with one; an error if there are none or several.
+    pub fn single(self) -> Result<Tensor, NnError> {
+        let mut outputs = self.0;
+        match outputs.len() {
+            1 => Ok(outputs.remove(0).1),
+            n => Err(NnError::Conversion(format!(
+                "the model has {n} outputs, not one: take them by name ({:?})",
+                outputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+            ))),
+        }
+    }
+
     /// Every output as `(name, tensor)`.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.0.iter().map(|(n, t)| (n.as_str(), t))

@@ -36,6 +36,7 @@ mod outbound_tls;
 mod persistence;
 mod pinned;
 mod rollouts;
+mod sdk;
 mod shadow;
 mod tenants;
 mod traces;
