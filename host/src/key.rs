@@ -9,6 +9,17 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+/// Whether `name` is a valid function, model or tenant name: 1 to 63 characters of a-z, 0-9 and
+/// '-', not starting with '-'.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
 /// A name in an owner's namespace; `K` says what it names ([`OfFunction`] or [`OfModel`]).
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,

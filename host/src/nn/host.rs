@@ -217,24 +217,15 @@ impl NnView<'_> {
     ) -> Result<Named, Failure> {
         // The tenant's inference quota: wait for a permit, bounded by the deadline like the rest.
         let _permit = match &self.ctx.inferences {
-            Some(quota) => {
-                let permits = Arc::clone(&quota.permits);
-                let waiting = &quota.metrics.inferences_waiting;
-                waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let acquired =
-                    tokio::time::timeout_at(self.ctx.deadline.into(), permits.acquire_owned())
-                        .await;
-                waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                match acquired {
-                    Ok(Ok(permit)) => Some(permit),
-                    _ => {
-                        return Err(Failure::new(
-                            ErrorCode::Timeout,
-                            "the tenant's max_inferences quota kept this compute waiting until the deadline",
-                        ));
-                    }
+            Some(quota) => match quota.acquire(self.ctx.deadline).await {
+                Some(permit) => Some(permit),
+                None => {
+                    return Err(Failure::new(
+                        ErrorCode::Timeout,
+                        "the tenant's max_inferences quota kept this compute waiting until the deadline",
+                    ));
                 }
-            }
+            },
             None => None,
         };
         (model.run(inputs, self.ctx.deadline, span, InferencePath::WasiNn)).await

@@ -221,6 +221,20 @@ pub struct InferenceQuota {
     pub metrics: Arc<crate::metrics::TenantMetrics>,
 }
 
+impl InferenceQuota {
+    /// One of the tenant's permits, waited for (and counted as waiting) until `deadline`;
+    /// `None` once the deadline passed.
+    pub async fn acquire(&self, deadline: Instant) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let waiting = &self.metrics.inferences_waiting;
+        waiting.fetch_add(1, Relaxed);
+        let permits = Arc::clone(&self.permits);
+        let acquired = tokio::time::timeout_at(deadline.into(), permits.acquire_owned()).await;
+        waiting.fetch_sub(1, Relaxed);
+        acquired.ok()?.ok()
+    }
+}
+
 impl NnCtx {
     /// State for one request of `function`.
     pub fn new(

@@ -58,6 +58,15 @@ pub fn element_count(dims: &[u32], ty: TensorType) -> Result<usize, String> {
         })
 }
 
+/// An input's declared element type, dimensions and element count, checked: a datatype this
+/// node runs, non-negative dimensions, within the tensor limit.
+pub fn declared(datatype: &str, shape: &[i64]) -> Result<(TensorType, Vec<u32>, usize), String> {
+    let ty = parse_datatype(datatype)?;
+    let dims = dims(shape)?;
+    let count = element_count(&dims, ty)?;
+    Ok((ty, dims, count))
+}
+
 /// The bytes of JSON `data` (a flat or nested array of numbers, row-major) for `count` elements
 /// of `ty`.
 pub fn from_json(ty: TensorType, count: usize, data: &Value) -> Result<Vec<u8>, String> {

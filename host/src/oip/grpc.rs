@@ -249,9 +249,7 @@ pub fn to_request(m: pb::ModelInferRequest) -> Result<InferRequest, OipError> {
     for input in m.inputs {
         let name = input.name;
         let at = |m: String| OipError::invalid(format!("input `{}`: {m}", name.escape_default()));
-        let ty = data::parse_datatype(&input.datatype).map_err(at)?;
-        let dims = data::dims(&input.shape).map_err(at)?;
-        let count = data::element_count(&dims, ty).map_err(at)?;
+        let (ty, dims, count) = data::declared(&input.datatype, &input.shape).map_err(at)?;
         let bytes = match (raw.next(), input.contents) {
             (Some(bytes), None) => bytes,
             (Some(_), Some(_)) => {

@@ -390,23 +390,15 @@ impl Inference {
         }
         let deadline = admitted.deadline;
         let _inference = match &r.tenant {
-            Some(t) => {
-                let permits = Arc::clone(&t.inferences.permits);
-                let waiting = &t.inferences.metrics.inferences_waiting;
-                waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let acquired =
-                    tokio::time::timeout_at(deadline.into(), permits.acquire_owned()).await;
-                waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                match acquired {
-                    Ok(Ok(permit)) => Some(permit),
-                    _ => {
-                        return Err(OipError::new(
-                            Kind::Timeout,
-                            "the tenant's max_inferences quota kept this request waiting past model_timeout",
-                        ));
-                    }
+            Some(t) => match t.inferences.acquire(deadline).await {
+                Some(permit) => Some(permit),
+                None => {
+                    return Err(OipError::new(
+                        Kind::Timeout,
+                        "the tenant's max_inferences quota kept this request waiting past model_timeout",
+                    ));
                 }
-            }
+            },
             None => None,
         };
         let outputs = r

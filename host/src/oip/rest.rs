@@ -101,9 +101,7 @@ pub fn parse_request(
     for input in parsed.inputs {
         let name = input.name;
         let at = |m: String| OipError::invalid(format!("input `{}`: {m}", name.escape_default()));
-        let ty = data::parse_datatype(&input.datatype).map_err(at)?;
-        let dims = data::dims(&input.shape).map_err(at)?;
-        let count = data::element_count(&dims, ty).map_err(at)?;
+        let (ty, dims, count) = data::declared(&input.datatype, &input.shape).map_err(at)?;
         let bytes = match (input.parameters.get("binary_data_size"), &input.data) {
             (Some(_), Some(_)) => {
                 return Err(at(

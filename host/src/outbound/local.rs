@@ -62,13 +62,7 @@ impl Local {
 /// The function a `{name}.fn.internal` host names, if it is one.
 pub fn function_name(host: &str) -> Option<&str> {
     let name = host.strip_suffix(SUFFIX)?;
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-');
-    ok.then_some(name)
+    crate::key::is_valid_name(name).then_some(name)
 }
 
 #[cfg(test)]

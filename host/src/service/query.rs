@@ -13,13 +13,7 @@ use crate::nn::onnx::{MAX_BATCH, ModelOptions, Target};
 
 /// Function names are DNS-label-like so they are safe in paths, files, logs and metrics.
 pub(crate) fn check_name(name: &str) -> Result<&str, ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-');
-    if ok {
+    if crate::key::is_valid_name(name) {
         Ok(name)
     } else {
         Err(ApiError::invalid_request(format!(
