@@ -1,37 +1,10 @@
 //! The Open Inference Protocol on a node with tenants (invoke keys, public and operator models,
 //! rate limits) and model versions, with the real Python clients (see oip.rs).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::oip::{GRPC, client, oip_node};
 use crate::support::*;
-
-fn operator_token(node: &Node) -> String {
-    std::fs::read_to_string(node.data_dir().join("operator-token"))
-        .expect("the node writes its operator token at first start")
-        .trim()
-        .to_string()
-}
-
-fn as_(token: &str, method: &str, path: &str) -> Request {
-    Request::new(method, path).header("authorization", &format!("Bearer {token}"))
-}
-
-/// Creates tenant `name` with `quotas`; returns its token.
-fn create_tenant(node: &Node, op: &str, name: &str, quotas: Value) -> String {
-    let r = node.send(
-        as_(op, "POST", &format!("/admin/v1/tenants/{name}")).body(quotas.to_string().into_bytes()),
-    );
-    assert_eq!(r.status, 201, "tenant create {name}: {r}");
-    r.json()["token"].as_str().unwrap().to_string()
-}
-
-/// A new invoke key of the tenant whose token is `token`.
-fn new_key(node: &Node, token: &str) -> String {
-    let r = node.send(as_(token, "POST", "/admin/v1/keys"));
-    assert_eq!(r.status, 201, "key create: {r}");
-    r.json()["key"].as_str().unwrap().to_string()
-}
 
 /// Adds tests/models/`file` as `name` with the admin API, as the owner of `token`, with `query`.
 fn add_model_as(node: &Node, token: &str, name: &str, file: &str, query: &str) {

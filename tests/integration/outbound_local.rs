@@ -2,8 +2,6 @@
 //! the node's own listener (the callee's limits, keys and metrics apply), allowed like any
 //! destination, within the caller's tenant, and stopped after a chain of 8 (`LoopDetected`).
 
-use serde_json::Value;
-
 use crate::support::*;
 
 /// Percent-encodes everything but unreserved characters.
@@ -16,10 +14,6 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn bearer(token: &str, method: &str, path: &str) -> Request {
-    Request::new(method, path).header("authorization", &format!("Bearer {token}"))
 }
 
 #[test]
@@ -78,19 +72,15 @@ fn functions_call_each_other_by_name_through_the_node() {
 fn a_tenant_s_functions_call_its_own_private_functions_only() {
     let dir = TestDir::new();
     let node = Node::start(&dir.data(), Some("tenants = true"));
-    let op = std::fs::read_to_string(node.data_dir().join("operator-token")).unwrap();
-    let op = op.trim();
-    let create = |name: &str| -> String {
-        let r = node
-            .send(bearer(op, "POST", &format!("/admin/v1/tenants/{name}")).body(b"{}".to_vec()));
-        assert_eq!(r.status, 201, "{r}");
-        r.json()["token"].as_str().unwrap().to_string()
-    };
-    let (acme, other) = (create("acme"), create("other"));
+    let op = operator_token(&node);
+    let (acme, other) = (
+        create_tenant(&node, &op, "acme", serde_json::json!({})),
+        create_tenant(&node, &op, "other", serde_json::json!({})),
+    );
     let deploy = |token: &str, name: &str, fixture_name: &str, query: &str| {
         let bytes = std::fs::read(fixture(fixture_name)).unwrap();
         let path = format!("/admin/v1/functions/{name}/versions?{query}");
-        let r = node.send(bearer(token, "POST", &path).body(bytes));
+        let r = node.send(as_(token, "POST", &path).body(bytes));
         assert_eq!(r.status, 201, "{r}");
     };
     deploy(&acme, "target", "echo", "");
@@ -101,9 +91,7 @@ fn a_tenant_s_functions_call_its_own_private_functions_only() {
         "allow_outbound=http%3A%2F%2F*.fn.internal",
     );
     deploy(&other, "secret", "echo", "");
-    let key = node.send(bearer(&acme, "POST", "/admin/v1/keys"));
-    let key: Value = key.json();
-    let key = key["key"].as_str().unwrap().to_string();
+    let key = new_key(&node, &acme);
 
     // Private: a client needs acme's key; a forged internal header does not stand in for it.
     assert_eq!(node.get("/fn/acme/target/").status, 401);
@@ -114,7 +102,7 @@ fn a_tenant_s_functions_call_its_own_private_functions_only() {
 
     // acme's caller reaches acme's private target without a key of its own...
     let call = |url: &str| {
-        node.send(bearer(
+        node.send(as_(
             &key,
             "GET",
             &format!("/fn/acme/caller/fetch?url={}", encode(url)),

@@ -1304,3 +1304,34 @@ impl Node {
         self.stdout.lock().unwrap().clone()
     }
 }
+
+/// The operator token a node with tenants wrote at its first start.
+pub fn operator_token(node: &Node) -> String {
+    std::fs::read_to_string(node.data_dir().join("operator-token"))
+        .expect("the node writes its operator token at first start")
+        .trim()
+        .to_string()
+}
+
+/// A request sent with `Authorization: Bearer {token}`.
+pub fn as_(token: &str, method: &str, path: &str) -> Request {
+    Request::new(method, path).header("authorization", &format!("Bearer {token}"))
+}
+
+/// Creates tenant `name` with `quotas` as the operator `op`; returns its token.
+pub fn create_tenant(node: &Node, op: &str, name: &str, quotas: serde_json::Value) -> String {
+    let r = node.send(
+        as_(op, "POST", &format!("/admin/v1/tenants/{name}")).body(quotas.to_string().into_bytes()),
+    );
+    assert_eq!(r.status, 201, "tenant create {name}: {r}");
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with(&format!("tlt_{name}_")), "{token}");
+    token
+}
+
+/// A new invoke key of the tenant whose token is `token`.
+pub fn new_key(node: &Node, token: &str) -> String {
+    let r = node.send(as_(token, "POST", "/admin/v1/keys"));
+    assert_eq!(r.status, 201, "key create: {r}");
+    r.json()["key"].as_str().unwrap().to_string()
+}

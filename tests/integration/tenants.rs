@@ -4,32 +4,11 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::*;
 
 const TENANTS: &str = "tenants = true";
-
-fn operator_token(node: &Node) -> String {
-    std::fs::read_to_string(node.data_dir().join("operator-token"))
-        .expect("the node writes its operator token at first start")
-        .trim()
-        .to_string()
-}
-
-fn as_(token: &str, method: &str, path: &str) -> Request {
-    Request::new(method, path).header("authorization", &format!("Bearer {token}"))
-}
-
-fn create_tenant(node: &Node, op: &str, name: &str, quotas: Value) -> String {
-    let r = node.send(
-        as_(op, "POST", &format!("/admin/v1/tenants/{name}")).body(quotas.to_string().into_bytes()),
-    );
-    assert_eq!(r.status, 201, "tenant create {name}: {r}");
-    let token = r.json()["token"].as_str().unwrap().to_string();
-    assert!(token.starts_with(&format!("tlt_{name}_")), "{token}");
-    token
-}
 
 fn deploy_as(node: &Node, token: &str, name: &str, fixture_name: &str, query: &str) -> Response {
     let bytes = std::fs::read(fixture(fixture_name)).unwrap();
@@ -51,12 +30,6 @@ fn one_request_a_second(dir: &TestDir, name: &str, query: &str) -> (Node, String
         201
     );
     (node, t)
-}
-
-fn new_key(node: &Node, token: &str) -> String {
-    let r = node.send(as_(token, "POST", "/admin/v1/keys"));
-    assert_eq!(r.status, 201, "key create: {r}");
-    r.json()["key"].as_str().unwrap().to_string()
 }
 
 #[test]
