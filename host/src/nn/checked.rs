@@ -122,6 +122,24 @@ impl CheckedInputs {
         Ok(())
     }
 
+    /// Grows the batch to `rows` rows by repeating its last row (outputs for those rows are
+    /// dropped). Repeating keeps every stacked tensor's bytes matching its shape, as `stack` does;
+    /// inputs that cannot be batched, or that already have `rows` or more, are left as they are.
+    pub fn pad_to(&mut self, rows: u32) {
+        let Some(have) = self.rows().filter(|&r| r > 0 && r < rows) else {
+            return;
+        };
+        for (_, t) in &mut self.0 {
+            let row = t.data.len() / have as usize;
+            let last = t.data[t.data.len() - row..].to_vec();
+            t.data.reserve(row * (rows - have) as usize);
+            for _ in have..rows {
+                t.data.extend_from_slice(&last);
+            }
+            t.dims[0] = rows;
+        }
+    }
+
     /// Copies the inputs into tensors allocated by ONNX Runtime, ready for `Session::run`.
     pub fn into_values(self) -> NnResult<Vec<(String, DynValue)>> {
         let runtime = |m: String| Failure::new(ErrorCode::RuntimeError, m);
