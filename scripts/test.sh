@@ -23,6 +23,8 @@ scripts/fetch-ops-tools.sh
 scripts/fetch-oip-clients.sh > /dev/null
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-# The guest SDK's own tests (natively: its JSON and error responses).
-cargo test --quiet --manifest-path guest-sdk/Cargo.toml
+# The guest SDK's own tests (natively: its JSON and error responses, its doc examples compiled),
+# and detect-speech's frame-by-frame segmenter against the whole-list rules.
+cargo test --quiet --manifest-path guest-sdk/Cargo.toml --all-features
+cargo test --quiet --manifest-path examples/detect-speech/Cargo.toml --locked --target-dir target/native-examples
 cargo test -- --test-threads=2 "$@"

@@ -6,10 +6,16 @@ use std::fmt::Write;
 fn main() {
     println!("cargo::rerun-if-changed=vocab.txt");
     let vocab = std::fs::read_to_string("vocab.txt").expect("read vocab.txt");
-    let mut entries: Vec<(&str, usize)> = vocab.lines().enumerate().map(|(id, t)| (t, id)).collect();
+    let mut entries: Vec<(&str, usize)> =
+        vocab.lines().enumerate().map(|(id, t)| (t, id)).collect();
     entries.sort_unstable();
     let mut out = String::from("/// Vocabulary tokens with their ids, sorted by token.\n");
-    writeln!(out, "pub static VOCAB: [(&str, u32); {}] = [", entries.len()).unwrap();
+    writeln!(
+        out,
+        "pub static VOCAB: [(&str, u32); {}] = [",
+        entries.len()
+    )
+    .unwrap();
     for (token, id) in entries {
         writeln!(out, "    ({token:?}, {id}),").unwrap();
     }

@@ -32,7 +32,7 @@ use ::http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::http::{IntoResponse, Request, Response};
+use crate::handler::{IntoResponse, Request};
 use crate::nn::NnError;
 
 /// A failed request: the status, a stable machine-readable code and a message for people.
@@ -66,7 +66,11 @@ impl Error {
     /// 500 with code `internal`: the handler failed. The message goes to the client: say what
     /// failed, not secrets.
     pub fn internal(message: impl fmt::Display) -> Error {
-        Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message.to_string())
+        Error::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            message.to_string(),
+        )
     }
 
     /// The status.
@@ -87,7 +91,13 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -95,7 +105,7 @@ impl std::error::Error for Error {}
 
 /// `{"error": {"code", "message"}}` with the error's status.
 impl IntoResponse for Error {
-    fn into_response(self) -> Response {
+    fn into_response(self) -> crate::Response {
         #[derive(Serialize)]
         struct Body<'a> {
             error: Inner<'a>,
@@ -136,7 +146,11 @@ impl From<NnError> for Error {
             NnError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Error::new(status, format!("nn_{}", e.code().replace('-', "_")), e.message())
+        Error::new(
+            status,
+            format!("nn_{}", e.code().replace('-', "_")),
+            e.message(),
+        )
     }
 }
 
@@ -144,6 +158,15 @@ impl From<NnError> for Error {
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Error {
         Error::bad_request("invalid_json", e.to_string())
+    }
+}
+
+/// Any other error (with the `anyhow` feature): 500 `internal`, with the error's chain of
+/// causes as the message. Use [`Error::new`] for errors the client should see differently.
+#[cfg(feature = "anyhow")]
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Error {
+        Error::internal(format!("{e:#}"))
     }
 }
 
@@ -167,7 +190,7 @@ impl<T: DeserializeOwned> Json<T> {
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
+    fn into_response(self) -> crate::Response {
         match serde_json::to_vec(&self.0) {
             Ok(bytes) => {
                 let mut response = bytes.into_response();
@@ -192,10 +215,16 @@ mod tests {
         let r = Error::bad_request("empty", "say \"something\"").into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
-        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
-        assert_eq!(v, serde_json::json!({"error": {"code": "empty", "message": "say \"something\""}}));
+        let v: serde_json::Value = serde_json::from_slice(r.body().as_bytes().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "empty", "message": "say \"something\""}})
+        );
         let nn: Error = NnError::InvalidArgument("bad dims".into()).into();
-        assert_eq!((nn.status(), nn.code()), (StatusCode::BAD_REQUEST, "nn_invalid_argument"));
+        assert_eq!(
+            (nn.status(), nn.code()),
+            (StatusCode::BAD_REQUEST, "nn_invalid_argument")
+        );
         let nn: Error = NnError::RuntimeError("boom".into()).into();
         assert_eq!(nn.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let json: Error = serde_json::from_str::<u8>("x").unwrap_err().into();
@@ -212,7 +241,7 @@ mod tests {
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let r = (StatusCode::CREATED, Json(vec![1, 2])).into_response();
         assert_eq!(r.status(), StatusCode::CREATED);
-        assert_eq!(r.body(), b"[1,2]");
+        assert_eq!(r.body().as_bytes(), Some(&b"[1,2]"[..]));
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
     }
 }

@@ -56,16 +56,23 @@
 //! (`text/plain`), a `Vec<u8>`, a [`Json`] body, `(StatusCode, body)`, or a `Result` of those.
 //! Return `Result<T, `[`Error`]`>` to use `?`: wasi:nn, JSON and I/O errors convert into an
 //! [`Error`], answered as `{"error": {"code", "message"}}` with its status, like the node's own
-//! errors. To use `http::Response::builder()`, add `http = "1"` to your own dependencies.
+//! errors. The `http` crate is re-exported as [`tensorlet_sdk::http`](crate::http).
 
 #![deny(missing_docs)]
 
+mod body;
 mod error;
-mod http;
+mod fetch;
+mod handler;
 pub mod nn;
+pub mod rt;
 
+pub use crate::body::{Body, BodyReader, BodyWriter};
 pub use crate::error::{Error, Json};
-pub use crate::http::{IntoResponse, Request, Response};
+pub use crate::fetch::{FETCH_BODY_LIMIT, fetch, fetch_stream};
+pub use crate::handler::{FromRequest, IntoResponse, Request, Response, StreamRequest};
+/// The [`http`](https://docs.rs/http) crate the SDK's types come from (`http::Request::get`, ...).
+pub use ::http;
 pub use ::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 
 /// Exports a handler function as the component's `wasi:http/incoming-handler`.
@@ -102,10 +109,49 @@ macro_rules! export_handler {
     };
 }
 
-/// Not public API: used by [`export_handler!`].
+/// Exports an `async fn` handler as the component's `wasi:http/incoming-handler`, run on the
+/// SDK's executor ([`rt`]): inside it, [`fetch`], [`rt::sleep`], [`BodyReader::next_chunk`] and
+/// [`rt::join_all`] wait without blocking each other.
+///
+/// The argument is the path of an `async fn(Q) -> R` where `Q` is [`Request`] or
+/// [`StreamRequest`] and `R:` [`IntoResponse`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// async fn handle(_req: tensorlet_sdk::Request) -> &'static str {
+///     tensorlet_sdk::rt::sleep(Duration::from_millis(10)).await;
+///     "hello, later\n"
+/// }
+///
+/// tensorlet_sdk::export_async_handler!(handle);
+/// ```
+#[macro_export]
+macro_rules! export_async_handler {
+    ($handler:path) => {
+        const _: () = {
+            struct __TensorletHandler;
+
+            impl $crate::__private::Guest for __TensorletHandler {
+                fn handle(
+                    request: $crate::__private::IncomingRequest,
+                    response_out: $crate::__private::ResponseOutparam,
+                ) {
+                    $crate::__private::serve_async(request, response_out, $handler)
+                }
+            }
+
+            $crate::__private::wasi::http::proxy::export!(__TensorletHandler);
+        };
+    };
+}
+
+/// Not public API: used by [`export_handler!`] and [`export_async_handler!`].
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::http::serve;
+    pub use crate::handler::{serve, serve_async};
     pub use wasi;
     pub use wasi::exports::http::incoming_handler::Guest;
     pub use wasi::http::types::{IncomingRequest, ResponseOutparam};

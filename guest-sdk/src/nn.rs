@@ -37,26 +37,51 @@ pub use bindings::wasi::nn as raw;
 /// The element type of a [`Tensor`] (`Fp16`, `Fp32`, `Fp64`, `Bf16`, `U8`, `I32`, `I64`).
 pub use raw::tensor::TensorType;
 
-use raw::errors::ErrorCode;
-use std::fmt;
+/// `half`'s 16-bit floats, the element types of [`Tensor::f16`] and [`Tensor::bf16`].
+pub use half::{bf16, f16};
 
-/// A model loaded by the host, ready to run.
+use raw::errors::ErrorCode;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+
+thread_local! {
+    /// Graphs this instance loaded, by name: one request is one instance, so a handler that
+    /// runs a model many times (or loads it in several places) asks the host once.
+    static GRAPHS: RefCell<HashMap<String, Graph>> = RefCell::new(HashMap::new());
+}
+
+/// A model loaded by the host, ready to run. Cheap to clone (a handle).
+#[derive(Clone, Debug)]
+pub struct Graph(Rc<Loaded>);
+
 #[derive(Debug)]
-pub struct Graph {
+struct Loaded {
+    // Field order is drop order: the context before its graph.
+    context: RefCell<Option<raw::inference::GraphExecutionContext>>,
     raw: raw::graph::Graph,
 }
 
 impl Graph {
-    /// Loads the model the node knows as `name` (`wasi:nn` `load-by-name`).
+    /// Loads the model the node knows as `name` (`wasi:nn` `load-by-name`). Loaded once per
+    /// instance (that is, per request): later calls with the same name return the same graph.
     ///
     /// ```no_run
     /// let graph = tensorlet_sdk::nn::Graph::by_name("mlp")?;
     /// # Ok::<(), tensorlet_sdk::nn::NnError>(())
     /// ```
     pub fn by_name(name: &str) -> Result<Graph, NnError> {
-        Ok(Graph {
+        if let Some(graph) = GRAPHS.with(|g| g.borrow().get(name).cloned()) {
+            return Ok(graph);
+        }
+        let graph = Graph(Rc::new(Loaded {
+            context: RefCell::new(None),
             raw: raw::graph::load_by_name(name)?,
-        })
+        }));
+        GRAPHS.with(|g| g.borrow_mut().insert(name.to_string(), graph.clone()));
+        Ok(graph)
     }
 
     /// Runs one inference: a fresh execution context, then `compute` on the named inputs.
@@ -71,13 +96,34 @@ impl Graph {
     /// # Ok::<(), tensorlet_sdk::nn::NnError>(())
     /// ```
     pub fn run(&self, inputs: &[(&str, &Tensor)]) -> Result<Outputs, NnError> {
-        let context = self.raw.init_execution_context()?;
+        let refs: Vec<(&str, TensorRef<'_>)> =
+            inputs.iter().map(|(name, t)| (*name, t.as_ref())).collect();
+        self.run_refs(&refs)
+    }
+
+    /// Like [`run`](Graph::run), with inputs that borrow the caller's data ([`TensorRef`]):
+    /// the elements go to the host straight from the caller's slice, without a copy in the guest.
+    ///
+    /// ```no_run
+    /// # use tensorlet_sdk::nn::{Graph, TensorRef};
+    /// let pixels = vec![0.5f32; 3 * 224 * 224];
+    /// let x = TensorRef::f32(&[1, 3, 224, 224], &pixels);
+    /// let outputs = Graph::by_name("orientation")?.run_refs(&[("x", x)])?;
+    /// # Ok::<(), tensorlet_sdk::nn::NnError>(())
+    /// ```
+    pub fn run_refs(&self, inputs: &[(&str, TensorRef<'_>)]) -> Result<Outputs, NnError> {
+        // One execution context per graph and instance, reused by every run.
+        let mut context = self.0.context.borrow_mut();
+        if context.is_none() {
+            *context = Some(self.0.raw.init_execution_context()?);
+        }
+        let context = context.as_ref().expect("set just above");
         let inputs = inputs
             .iter()
             .map(|(name, t)| {
                 (
                     name.to_string(),
-                    raw::tensor::Tensor::new(&t.dims, t.ty, &t.data),
+                    raw::tensor::Tensor::new(t.dims, t.ty, &t.data),
                 )
             })
             .collect();
@@ -123,6 +169,8 @@ macro_rules! typed {
 }
 
 typed! {
+    f16, to_f16, f16, Fp16;
+    bf16, to_bf16, bf16, Bf16;
     f32, to_f32, f32, Fp32;
     f64, to_f64, f64, Fp64;
     i32, to_i32, i32, I32;
@@ -162,6 +210,44 @@ impl Tensor {
         &self.data
     }
 
+    /// A view of this tensor for [`Graph::run_refs`].
+    pub fn as_ref(&self) -> TensorRef<'_> {
+        TensorRef {
+            dims: &self.dims,
+            ty: self.ty,
+            data: Cow::Borrowed(&self.data),
+        }
+    }
+
+    /// An `Fp16` tensor from `f32` elements, rounded to the nearest `f16`.
+    ///
+    /// ```
+    /// use tensorlet_sdk::nn::{Tensor, f16};
+    /// let t = Tensor::f16_from_f32(&[2], &[1.0, 0.1]);
+    /// assert_eq!(t.to_f16().unwrap(), [f16::from_f32(1.0), f16::from_f32(0.1)]);
+    /// assert_eq!(t.to_f32_lossy().unwrap(), [1.0, f16::from_f32(0.1).to_f32()]);
+    /// ```
+    pub fn f16_from_f32(dims: &[u32], data: &[f32]) -> Tensor {
+        let halves: Vec<f16> = data.iter().map(|v| f16::from_f32(*v)).collect();
+        Tensor::f16(dims, &halves)
+    }
+
+    /// A `Bf16` tensor from `f32` elements, rounded to the nearest `bf16`.
+    pub fn bf16_from_f32(dims: &[u32], data: &[f32]) -> Tensor {
+        let halves: Vec<bf16> = data.iter().map(|v| bf16::from_f32(*v)).collect();
+        Tensor::bf16(dims, &halves)
+    }
+
+    /// The elements as `f32`, from `Fp32`, `Fp16` or `Bf16` (the 16-bit types widened
+    /// exactly); an error for other types.
+    pub fn to_f32_lossy(&self) -> Result<Vec<f32>, NnError> {
+        match self.ty {
+            TensorType::Fp16 => Ok(self.to_f16()?.into_iter().map(f16::to_f32).collect()),
+            TensorType::Bf16 => Ok(self.to_bf16()?.into_iter().map(bf16::to_f32).collect()),
+            _ => self.to_f32(),
+        }
+    }
+
     /// Copies a host tensor into guest memory.
     pub fn from_raw(raw: &raw::tensor::Tensor) -> Tensor {
         Tensor {
@@ -178,13 +264,65 @@ impl Tensor {
                 self.ty
             )));
         }
-        if self.data.len() % size != 0 {
+        if !self.data.len().is_multiple_of(size) {
             let n = self.data.len();
             return Err(NnError::Conversion(format!(
                 "{n} bytes is not a whole number of {ty:?}"
             )));
         }
         Ok(())
+    }
+}
+
+/// A tensor that borrows its elements: made from a typed slice without copying it (on
+/// little-endian targets such as wasm32, the slice's bytes are the tensor's bytes), for
+/// [`Graph::run_refs`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorRef<'a> {
+    dims: &'a [u32],
+    ty: TensorType,
+    data: Cow<'a, [u8]>,
+}
+
+macro_rules! borrowed {
+    ($($make:ident, $t:ty, $ty:ident;)*) => {
+        impl<'a> TensorRef<'a> {
+            $(
+                #[doc = concat!("A `", stringify!($ty), "` view of `dims` over `", stringify!($t), "` elements.")]
+                pub fn $make(dims: &'a [u32], data: &'a [$t]) -> TensorRef<'a> {
+                    #[cfg(target_endian = "little")]
+                    // SAFETY: the elements are plain numbers without padding, and any byte of
+                    // them may be read as a `u8` (alignment 1); the view lives as long as `data`.
+                    let bytes = Cow::Borrowed(unsafe {
+                        std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+                    });
+                    #[cfg(not(target_endian = "little"))]
+                    let bytes = Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect());
+                    TensorRef { dims, ty: TensorType::$ty, data: bytes }
+                }
+            )*
+        }
+    };
+}
+
+borrowed! {
+    f16, f16, Fp16;
+    bf16, bf16, Bf16;
+    f32, f32, Fp32;
+    f64, f64, Fp64;
+    i32, i32, I32;
+    i64, i64, I64;
+    u8, u8, U8;
+}
+
+impl<'a> TensorRef<'a> {
+    /// A view of little-endian bytes of any element type.
+    pub fn from_bytes(dims: &'a [u32], ty: TensorType, bytes: &'a [u8]) -> TensorRef<'a> {
+        TensorRef {
+            dims,
+            ty,
+            data: Cow::Borrowed(bytes),
+        }
     }
 }
 

@@ -71,11 +71,18 @@ fn png_chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     png.extend_from_slice(&(!crc).to_be_bytes());
 }
 
+/// Asserts an error in the SDK's shape: `status`, `{"error":{"code":code,"message":"..."}}`.
 #[track_caller]
-fn assert_json_error(resp: &Response, status: u16, what: &str) {
+fn assert_json_error(resp: &Response, status: u16, code: &str, what: &str) {
     assert_eq!(resp.status, status, "{what}: {resp}");
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/json"),
+        "{what}: {resp}"
+    );
     let body = resp.json();
-    let message = body["error"].as_str().unwrap_or("");
+    assert_eq!(body["error"]["code"], code, "{what}: {resp}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
     assert!(!message.is_empty(), "{what}: no error message: {resp}");
 }
 
@@ -101,22 +108,32 @@ nn_test! {
         let garbage = pseudo_random_bytes(4096, 7);
         let resp = node.post("/fn/classify/", &garbage);
         eprintln!("garbage: {}", resp.text().trim_end());
-        assert_json_error(&resp, 400, "garbage");
-        assert_json_error(&node.post("/fn/classify/", b""), 400, "empty body");
+        assert_json_error(&resp, 400, "bad_image", "garbage");
+        assert_json_error(
+            &node.post("/fn/classify/", b""),
+            400,
+            "bad_image",
+            "empty body",
+        );
         let png = testdata("page-0.png");
         let resp = node.post("/fn/classify/", &png[..png.len() / 2]);
         eprintln!("truncated png: {}", resp.text().trim_end());
-        assert_json_error(&resp, 400, "truncated png");
-        assert_json_error(&node.get("/fn/classify/"), 405, "GET");
+        assert_json_error(&resp, 400, "bad_image", "truncated png");
+        assert_json_error(
+            &node.get("/fn/classify/"),
+            405,
+            "method_not_allowed",
+            "GET",
+        );
         // An image that would not fit the instance is refused before it is decoded.
         let resp = node.post("/fn/classify/", &png_header(9000, 9000));
         eprintln!("9000x9000 png: {}", resp.text().trim_end());
-        assert_json_error(&resp, 413, "9000x9000 png");
+        assert_json_error(&resp, 413, "image_too_large", "9000x9000 png");
 
         // Deployed without the model: the model error is a 500 with a JSON error.
         node.deploy_file_ok("classify-nomodel", &example("classify-image"), "");
         let resp = node.post("/fn/classify-nomodel/", &png);
         eprintln!("without the model: {}", resp.text().trim_end());
-        assert_json_error(&resp, 500, "without the model");
+        assert_json_error(&resp, 500, "model_failed", "without the model");
     }
 }

@@ -86,6 +86,22 @@ nn_test! {
             (last_end - speech_end).abs() <= 0.5,
             "last segment ends at {last_end}, speech at {speech_end}: {body}"
         );
+        // The NDJSON form: the same segments, one line each, then the totals.
+        let streamed = node.send(
+            Request::new("POST", "/fn/vad/")
+                .header("accept", "application/x-ndjson")
+                .body(speech.clone()),
+        );
+        assert_eq!(streamed.status, 200, "{streamed}");
+        assert_eq!(streamed.header("content-type"), Some("application/x-ndjson"));
+        let lines: Vec<Value> = streamed
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let (totals, lines) = lines.split_last().expect("at least the totals line");
+        assert_eq!(totals, &serde_json::json!({"frames": body["frames"], "duration": body["duration"]}));
+        assert_eq!(lines, body["segments"].as_array().unwrap().as_slice(), "{streamed}");
         for (start, end) in &segs {
             assert!(
                 *start >= 0.6 && end > start,
@@ -108,8 +124,9 @@ nn_test! {
         for (what, bytes) in [("garbage", garbage), ("stereo", stereo)] {
             let resp = node.post("/fn/vad/", &bytes);
             assert_eq!(resp.status, 400, "{what}: {resp}");
-            let error = resp.json()["error"].as_str().map(str::to_owned);
-            assert!(error.is_some_and(|e| !e.is_empty()), "{what}: {resp}");
+            assert_eq!(resp.json()["error"]["code"], "bad_wav", "{what}: {resp}");
+            let message = resp.json()["error"]["message"].as_str().map(str::to_owned);
+            assert!(message.is_some_and(|e| !e.is_empty()), "{what}: {resp}");
         }
     }
 }

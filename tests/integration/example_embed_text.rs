@@ -90,19 +90,33 @@ nn_test! {
         let alone = vectors(&single.json()["embeddings"]);
         assert!(cosine(&alone[0], cat) > 0.9999, "batching changes nothing");
 
-        for bad in [
-            &b"{not json"[..],
-            br#"{"texts": []}"#,
-            br#"{"texts": "one"}"#,
-            b"",
+        // Errors in the SDK's shape: `{"error": {"code": ..., "message": ...}}`.
+        let too_many = json!({ "texts": vec!["a"; 257] }).to_string();
+        for (bad, code) in [
+            (&b"{not json"[..], "invalid_json"),
+            (br#"{"texts": []}"#, "empty_input"),
+            (br#"{"texts": "one"}"#, "invalid_json"),
+            (b"", "invalid_json"),
+            (too_many.as_bytes(), "too_many_texts"),
         ] {
             let r = node.post("/fn/embed", bad);
-            assert_eq!(r.status, 400, "{:?}: {r}", String::from_utf8_lossy(bad));
+            let what = String::from_utf8_lossy(&bad[..bad.len().min(40)]);
+            assert_eq!(r.status, 400, "{what:?}: {r}");
+            assert_eq!(r.header("content-type"), Some("application/json"), "{r}");
             let error = r.json();
+            assert_eq!(error["error"]["code"], code, "{what:?}: {r}");
             assert!(
-                error["error"].as_str().is_some_and(|m| !m.is_empty()),
+                error["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
                 "{r}"
             );
         }
+
+        // Deployed without the model: the wasi:nn error is a 500 `model_failed`.
+        node.deploy_file_ok("embed-nomodel", &example("embed-text"), "");
+        let r = node.post("/fn/embed-nomodel", br#"{"texts": ["a"]}"#);
+        assert_eq!(r.status, 500, "{r}");
+        assert_eq!(r.json()["error"]["code"], "model_failed", "{r}");
     }
 }

@@ -37,6 +37,7 @@ mod persistence;
 mod pinned;
 mod rollouts;
 mod sdk;
+mod sdk_stream;
 mod shadow;
 mod tenants;
 mod traces;

@@ -136,23 +136,11 @@ fn hello_upstream() -> Upstream {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Percent-encodes everything but unreserved characters.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The deploy query allowing each pattern.
 fn allow(patterns: &[&str]) -> String {
     patterns
         .iter()
-        .map(|p| format!("allow_outbound={}", enc(p)))
+        .map(|p| format!("allow_outbound={}", url_encode(p)))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -160,7 +148,7 @@ fn allow(patterns: &[&str]) -> String {
 /// `GET /fn/{function}/{op}?url={url}` through the fetcher.
 fn call(node: &Node, function: &str, op: &str, url: &str) -> Response {
     node.send(
-        Request::get(&format!("/fn/{function}/{op}?url={}", enc(url)))
+        Request::get(&format!("/fn/{function}/{op}?url={}", url_encode(url)))
             .timeout(Duration::from_secs(30)),
     )
 }

@@ -4,18 +4,6 @@
 
 use crate::support::*;
 
-/// Percent-encodes everything but unreserved characters.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn functions_call_each_other_by_name_through_the_node() {
     let dir = TestDir::new();
@@ -30,7 +18,7 @@ fn functions_call_each_other_by_name_through_the_node() {
 
     let r = node.get(&format!(
         "/fn/caller/fetch?url={}",
-        encode("http://target.fn.internal/some/path?q=1")
+        url_encode("http://target.fn.internal/some/path?q=1")
     ));
     assert_eq!(r.status, 200, "{r}");
     assert!(r.text().starts_with("status 200\n"), "{r}");
@@ -45,7 +33,7 @@ fn functions_call_each_other_by_name_through_the_node() {
     // Without the allowance, the name is denied like any host.
     let r = node.get(&format!(
         "/fn/plain/fetch?url={}",
-        encode("http://target.fn.internal/")
+        url_encode("http://target.fn.internal/")
     ));
     assert_eq!(
         (r.status, r.text()),
@@ -54,16 +42,16 @@ fn functions_call_each_other_by_name_through_the_node() {
     // An unknown function answers 404 through the node.
     let r = node.get(&format!(
         "/fn/caller/fetch?url={}",
-        encode("http://nobody.fn.internal/")
+        url_encode("http://nobody.fn.internal/")
     ));
     assert_eq!(r.text().lines().next(), Some("status 404"), "{r}");
 
     // A chain of calls (caller -> caller -> ... -> target) stops at 8 hops.
     let mut url = "http://target.fn.internal/".to_string();
     for _ in 0..10 {
-        url = format!("http://caller.fn.internal/fetch?url={}", encode(&url));
+        url = format!("http://caller.fn.internal/fetch?url={}", url_encode(&url));
     }
-    let r = node.get(&format!("/fn/caller/fetch?url={}", encode(&url)));
+    let r = node.get(&format!("/fn/caller/fetch?url={}", url_encode(&url)));
     assert!(r.text().contains("error: LoopDetected"), "{r}");
     assert_eq!(node.get("/fn/target/").status, 200, "the node carries on");
 }
@@ -105,7 +93,7 @@ fn a_tenant_s_functions_call_its_own_private_functions_only() {
         node.send(as_(
             &key,
             "GET",
-            &format!("/fn/acme/caller/fetch?url={}", encode(url)),
+            &format!("/fn/acme/caller/fetch?url={}", url_encode(url)),
         ))
     };
     let r = call("http://target.fn.internal/x");

@@ -339,6 +339,18 @@ pub fn version_ids(versions: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Percent-encodes everything but unreserved characters (for URLs in query strings).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -738,7 +750,12 @@ impl Drop for Node {
 }
 
 /// Runs a prepared CLI command with a bounded wait; returns its output.
-pub fn run_cli(mut cmd: Command) -> Output {
+pub fn run_cli(cmd: Command) -> Output {
+    run_cli_within(cmd, CLI_LIMIT)
+}
+
+/// [`run_cli`] for a command that may take longer than [`CLI_LIMIT`] (`tensorlet build`).
+pub fn run_cli_within(mut cmd: Command, limit: Duration) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -748,14 +765,14 @@ pub fn run_cli(mut cmd: Command) -> Output {
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(CLI_LIMIT) {
+    match rx.recv_timeout(limit) {
         Ok(out) => out.expect("wait for tensorlet CLI"),
         Err(_) => {
             let _ = Command::new("kill")
                 .arg("-KILL")
                 .arg(pid.to_string())
                 .status();
-            panic!("tensorlet CLI {cmd:?} did not finish within {CLI_LIMIT:?}");
+            panic!("tensorlet CLI {cmd:?} did not finish within {limit:?}");
         }
     }
 }

@@ -6,16 +6,20 @@
 //!
 //! - 200 `{"label":"90","score":0.92,"scores":{"0":..,"90":..,"180":..,"270":..}}`: the label
 //!   is how far the page is turned CLOCKWISE; turn it back that far counter-clockwise to read it.
-//! - 400 `{"error":"..."}`: an empty body, or not a PNG/JPEG the decoder can read.
-//! - 405 `{"error":"..."}`: not a `POST`.
-//! - 413 `{"error":"..."}`: more than 40 MiB decoded (about 12 MP of RGB) or 10000 pixels a side.
-//! - 500 `{"error":"..."}`: the model failed (not deployed with `--model orientation`, a wrong
+//!
+//! Errors are the SDK's `{"error":{"code":"...","message":"..."}}`:
+//!
+//! - 400 `bad_image`: an empty body, or not a PNG/JPEG the decoder can read.
+//! - 405 `method_not_allowed`: not a `POST`.
+//! - 413 `image_too_large`: more than 40 MiB decoded (about 12 MP of RGB) or 10000 pixels a side.
+//! - 500 `model_failed`: the model failed (not deployed with `--model orientation`, a wrong
 //!   model, a runtime error).
 
 use image::{DynamicImage, GenericImageView, ImageDecoder, ImageReader, Limits, RgbImage};
+use serde::{Serialize, Serializer};
 use std::io::Cursor;
 use tensorlet_sdk::nn::{Graph, NnError, Tensor};
-use tensorlet_sdk::{HeaderValue, Method, Request, Response, StatusCode, header};
+use tensorlet_sdk::{Error, Json, Method, Request, StatusCode};
 
 /// The model name the node must provide (`tensorlet deploy ... --model orientation`).
 const MODEL: &str = "orientation";
@@ -34,27 +38,55 @@ const STD: [f32; 3] = [0.229, 0.224, 0.225];
 const MAX_SIDE: u32 = 10_000;
 const MAX_DECODED: u64 = 40 << 20;
 
-fn handle(req: Request) -> Response {
+fn handle(req: Request) -> Result<Json<Answer>, Error> {
     if req.method() != Method::POST {
-        return error(
+        return Err(Error::new(
             StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
             "POST a PNG or JPEG image as the request body",
-        );
+        ));
     }
-    let pixels = match decode(req.body()) {
-        Ok(pixels) => pixels,
-        Err((status, message)) => return error(status, &message),
-    };
-    match classify(&preprocess(&pixels)) {
-        Ok(scores) => json_response(StatusCode::OK, answer(&scores)),
-        Err(e) => error(
+    let pixels = decode(req.body())?;
+    // Whatever wasi:nn says (a model the function may not load included), the model failed: 500.
+    let scores = classify(&preprocess(&pixels)).map_err(|e| {
+        Error::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("model `{MODEL}`: {e}"),
-        ),
-    }
+            "model_failed",
+            format!("model `{MODEL}`: {e}"),
+        )
+    })?;
+    Ok(Json(Answer::new(scores)))
 }
 
 tensorlet_sdk::export_handler!(handle);
+
+/// `{"label":..,"score":..,"scores":{"0":..,"90":..,"180":..,"270":..}}` (keys in label order; a
+/// NaN or infinite score is `null`, which is what serde_json writes for them).
+#[derive(Serialize)]
+struct Answer {
+    label: &'static str,
+    score: f32,
+    #[serde(serialize_with = "by_label")]
+    scores: [f32; 4],
+}
+
+impl Answer {
+    fn new(scores: [f32; 4]) -> Answer {
+        let best = (0..4)
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap_or(0);
+        Answer {
+            label: LABELS[best],
+            score: scores[best],
+            scores,
+        }
+    }
+}
+
+/// The scores as an object keyed by label, in `LABELS` order.
+fn by_label<S: Serializer>(scores: &[f32; 4], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(LABELS.iter().zip(scores))
+}
 
 /// Decoded 8-bit pixels, interleaved: 1 channel (grey, kept as is: document scans mostly are,
 /// and it is a third of the work) or 3 (RGB).
@@ -67,8 +99,8 @@ struct Pixels {
 
 /// PNG or JPEG bytes → grey or RGB, box-shrunk so its short side stays at least 512 (see
 /// [`shrink`]), EXIF orientation applied; transparent pixels are put on white.
-fn decode(body: &[u8]) -> Result<Pixels, (StatusCode, String)> {
-    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+fn decode(body: &[u8]) -> Result<Pixels, Error> {
+    let bad = |message: String| Error::bad_request("bad_image", message);
     if body.is_empty() {
         return Err(bad("empty body: POST a PNG or JPEG image".into()));
     }
@@ -88,8 +120,9 @@ fn decode(body: &[u8]) -> Result<Pixels, (StatusCode, String)> {
     // Some decoders do not count their output against `max_alloc`: check it before decoding.
     let (w, h) = decoder.dimensions();
     if decoder.total_bytes() > MAX_DECODED || w > MAX_SIDE || h > MAX_SIDE {
-        return Err((
+        return Err(Error::new(
             StatusCode::PAYLOAD_TOO_LARGE,
+            "image_too_large",
             format!(
                 "image too large: {w}x{h} ({} MiB decoded); at most {} MiB and {MAX_SIDE} per side",
                 decoder.total_bytes() >> 20,
@@ -288,11 +321,7 @@ fn taps(src: u32, dst: u32, offset: u32) -> Vec<(usize, Vec<f32>)> {
 fn classify(x: &[f32]) -> Result<[f32; 4], NnError> {
     let graph = Graph::by_name(MODEL)?;
     let input = Tensor::f32(&[1, 3, CROP, CROP], x);
-    let outputs = graph.run(&[(INPUT, &input)])?;
-    let (_, output) = outputs
-        .iter()
-        .next()
-        .ok_or_else(|| NnError::Conversion("the model gave no output".into()))?;
+    let output = graph.run(&[(INPUT, &input)])?.single()?;
     let values = output.to_f32()?;
     values.as_slice().try_into().map_err(|_| {
         NnError::Conversion(format!(
@@ -301,66 +330,4 @@ fn classify(x: &[f32]) -> Result<[f32; 4], NnError> {
             output.dims()
         ))
     })
-}
-
-/// `{"label":..,"score":..,"scores":{"0":..,"90":..,"180":..,"270":..}}` (keys in label order).
-fn answer(scores: &[f32; 4]) -> String {
-    let best = (0..4)
-        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
-        .unwrap_or(0);
-    let all: Vec<String> = LABELS
-        .iter()
-        .zip(scores)
-        .map(|(label, score)| format!("\"{label}\":{}", number(*score)))
-        .collect();
-    format!(
-        "{{\"label\":\"{}\",\"score\":{},\"scores\":{{{}}}}}",
-        LABELS[best],
-        number(scores[best]),
-        all.join(",")
-    )
-}
-
-/// A JSON number (`null` for NaN or infinity, which JSON cannot hold).
-fn number(v: f32) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    json_response(status, format!("{{\"error\":{}}}", string(message)))
-}
-
-/// A JSON string literal.
-fn string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_response(status: StatusCode, json: String) -> Response {
-    let mut body = json.into_bytes();
-    body.push(b'\n');
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }

@@ -28,8 +28,17 @@ impl Tokenizer {
     /// Uses a sorted vocabulary; panics if `[CLS]`, `[SEP]` or `[UNK]` is missing (a build error,
     /// not something a request can cause).
     pub fn new(ids: &'static [(&'static str, u32)]) -> Tokenizer {
-        let mut tokenizer = Tokenizer { ids, cls: 0, sep: 0, unk: 0 };
-        let id = |t: &str| tokenizer.id(t).unwrap_or_else(|| panic!("vocabulary has no {t}"));
+        let mut tokenizer = Tokenizer {
+            ids,
+            cls: 0,
+            sep: 0,
+            unk: 0,
+        };
+        let id = |t: &str| {
+            tokenizer
+                .id(t)
+                .unwrap_or_else(|| panic!("vocabulary has no {t}"))
+        };
         let (cls, sep, unk) = (id("[CLS]"), id("[SEP]"), id("[UNK]"));
         tokenizer.cls = cls;
         tokenizer.sep = sep;
