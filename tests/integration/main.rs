@@ -13,6 +13,7 @@ mod aliases;
 mod anomalies;
 mod cli_json;
 mod clients;
+mod compat;
 mod dashboard;
 mod example_classify_image;
 mod example_detect_speech;
