@@ -189,6 +189,19 @@ enum Owner {
 /// with [`read_all`](BodyReader::read_all) up to a limit. Only what the handler holds is in
 /// memory, so a body larger than the function's memory can be hashed, counted or parsed line
 /// by line.
+///
+/// ```no_run
+/// use std::io::BufRead;
+/// use tensorlet_sdk::{Error, StreamRequest};
+///
+/// // Counts the lines of an upload of any size.
+/// fn handle(req: StreamRequest) -> Result<String, Error> {
+///     let lines = std::io::BufReader::new(req.into_body()).lines().count();
+///     Ok(format!("{lines} lines\n"))
+/// }
+///
+/// tensorlet_sdk::export_handler!(handle);
+/// ```
 pub struct BodyReader {
     // Field order is drop order: the stream, then the body, then what owns it.
     stream: Option<InputStream>,

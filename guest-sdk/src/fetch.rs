@@ -59,6 +59,18 @@ pub async fn fetch(request: ::http::Request<Vec<u8>>) -> Result<::http::Response
 
 /// Like [`fetch`], but answers as soon as the response's head arrives, its body a
 /// [`BodyReader`] to read as it comes.
+///
+/// ```no_run
+/// # use tensorlet_sdk::{Error, fetch_stream, http};
+/// # async fn f() -> Result<usize, Error> {
+/// let request = http::Request::get("https://data.example.com/big.csv").body(Vec::new()).unwrap();
+/// let mut body = fetch_stream(request).await?.into_body();
+/// let mut bytes = 0;
+/// while let Some(chunk) = body.next_chunk().await {
+///     bytes += chunk?.len();
+/// }
+/// # Ok(bytes) }
+/// ```
 pub async fn fetch_stream(
     request: ::http::Request<Vec<u8>>,
 ) -> Result<::http::Response<BodyReader>, Error> {

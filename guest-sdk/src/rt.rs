@@ -106,6 +106,12 @@ impl Future for Wait {
 }
 
 /// Waits for `duration` (on the host's monotonic clock) without blocking other futures.
+///
+/// ```no_run
+/// # async fn f() {
+/// tensorlet_sdk::rt::sleep(std::time::Duration::from_millis(100)).await;
+/// # }
+/// ```
 pub async fn sleep(duration: Duration) {
     let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
     wait(wasi::clocks::monotonic_clock::subscribe_duration(nanos)).await
