@@ -39,8 +39,9 @@ const CONFIG_KEYS: [&str; 16] = [
     "[tenant_defaults]\nmax_stored",
 ];
 
-const MANIFEST_KEYS: [&str; 9] = [
+const MANIFEST_KEYS: [&str; 10] = [
     "name",
+    "build",
     "component",
     "memory",
     "timeout",

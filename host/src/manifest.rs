@@ -1,9 +1,11 @@
 //! The function manifest: a function's component and deploy settings in a TOML file (by
 //! convention `tensorlet.toml` next to the crate), for `tensorlet deploy --manifest FILE`.
-//! Unknown keys are errors; flags on the command line win over the file.
+//! Unknown keys are errors; flags on the command line win over the file. `build` is the shell
+//! command `tensorlet build` runs in the manifest's directory; `deploy` ignores it.
 //!
 //! ```toml
 //! name = "classify-image"
+//! build = "cargo build --target wasm32-wasip2 --release"
 //! component = "target/wasm32-wasip2/release/classify_image.wasm"   # relative to this file
 //! memory = "64MiB"
 //! timeout = "10s"
@@ -32,6 +34,9 @@ use crate::config::{parse_duration, parse_size};
 pub struct Manifest {
     /// Function name.
     pub name: Option<String>,
+    /// The shell command that builds the component (`tensorlet build`), run in the manifest's
+    /// directory.
+    pub build: Option<String>,
     /// The component, relative to the manifest's directory.
     pub component: Option<PathBuf>,
     /// Linear memory cap per instance.
@@ -71,6 +76,11 @@ impl Manifest {
             if let Some(v) = value {
                 parse_size(v).with_context(|| format!("manifest key `{key}`"))?;
             }
+        }
+        if m.build.as_ref().is_some_and(|b| b.trim().is_empty()) {
+            bail!(
+                "manifest key `build` is empty: give the command that builds the component, or leave the key out"
+            );
         }
         if let Some(t) = &m.timeout {
             parse_duration(t).context("manifest key `timeout`")?;
@@ -113,6 +123,11 @@ mod tests {
         assert_eq!(m.name.as_deref(), Some("f"));
         assert_eq!(m.env["A"], "1");
         assert!(m.public);
+        assert_eq!(m.build, None);
+        let b = Manifest::parse("build = \"cargo build --release\"").unwrap();
+        assert_eq!(b.build.as_deref(), Some("cargo build --release"));
+        assert!(Manifest::parse("build = \" \"").is_err());
+        assert!(Manifest::parse("build = [\"cargo\"]").is_err());
         assert!(Manifest::parse("memroy = \"1MiB\"").is_err());
         assert!(Manifest::parse("memory = \"lots\"").is_err());
         assert!(Manifest::parse("timeout = \"soon\"").is_err());

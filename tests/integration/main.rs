@@ -37,6 +37,7 @@ mod outbound_tls;
 mod persistence;
 mod pinned;
 mod rollouts;
+mod scaffold;
 mod sdk;
 mod sdk_stream;
 mod shadow;

@@ -4,8 +4,10 @@
 
 mod aliases;
 mod background;
+mod build;
 mod fleet;
 mod rollout;
+mod scaffold;
 mod serve;
 mod tenants;
 
@@ -37,6 +39,10 @@ pub struct Cli {
 enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Start a handler crate from a template: Cargo.toml, src/lib.rs, tensorlet.toml, README.
+    New(scaffold::NewArgs),
+    /// Run the manifest's `build` command, then check that its `component` is there.
+    Build(build::BuildArgs),
     /// Deploy a component as a new version of a function and make it live.
     Deploy(Box<DeployArgs>),
     /// List functions.
@@ -278,6 +284,9 @@ impl Cli {
         rt.block_on(async move {
             match self.command {
                 Command::Serve(_) => unreachable!("served above"),
+                // Local work, no node: blocking is fine, the runtime has nothing else to do.
+                Command::New(a) => scaffold::new(a),
+                Command::Build(a) => build::build(a),
                 Command::Deploy(args) => deploy(*args).await,
                 Command::List(node) => list(node).await,
                 Command::Versions(a) => versions(a).await,
