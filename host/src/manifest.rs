@@ -98,12 +98,14 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Reads and parses `path`; a relative `component` becomes relative to the manifest.
+    /// Reads and parses `path`; a relative `component` file becomes relative to the manifest
+    /// (an `oci://` reference stays as it is).
     pub fn load(path: &Path) -> anyhow::Result<Manifest> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading manifest {}", path.display()))?;
         let mut m = Manifest::parse(&text).with_context(|| format!("in {}", path.display()))?;
-        if let Some(c) = m.component.as_ref().filter(|c| c.is_relative()) {
+        let is_file = |c: &&PathBuf| !c.to_str().is_some_and(|s| s.starts_with("oci://"));
+        if let Some(c) = (m.component.as_ref()).filter(|c| c.is_relative() && is_file(c)) {
             m.component = Some(path.parent().unwrap_or(Path::new(".")).join(c));
         }
         Ok(m)
@@ -113,6 +115,24 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_components_follow_the_manifest_but_oci_references_do_not() {
+        let dir = std::env::temp_dir().join(format!("tensorlet-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tensorlet.toml");
+        for (component, expected) in [
+            ("f.wasm", dir.join("f.wasm")),
+            (
+                "oci://127.0.0.1:5000/fns/f:v1",
+                PathBuf::from("oci://127.0.0.1:5000/fns/f:v1"),
+            ),
+        ] {
+            std::fs::write(&path, format!("component = \"{component}\"\n")).unwrap();
+            assert_eq!(Manifest::load(&path).unwrap().component, Some(expected));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_and_checks() {
