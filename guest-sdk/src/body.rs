@@ -81,6 +81,12 @@ impl Body {
     }
 
     /// The bytes of a whole body, `None` for a streamed one.
+    ///
+    /// ```
+    /// use tensorlet_sdk::Body;
+    /// assert_eq!(Body::from("hi").as_bytes(), Some(&b"hi"[..]));
+    /// assert_eq!(Body::from_chunks(["h", "i"]).as_bytes(), None);
+    /// ```
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match &self.0 {
             Inner::Full(bytes) => Some(bytes),
@@ -125,6 +131,18 @@ impl From<&'static str> for Body {
 
 /// Writes a streamed response body (see [`Body::from_writer`]). Every `write` is flushed to
 /// the client before it returns; wrap it in a `std::io::BufWriter` to send fewer, bigger chunks.
+///
+/// ```
+/// use std::io::Write;
+/// let body = tensorlet_sdk::Body::from_writer(|w| {
+///     let mut w = std::io::BufWriter::new(w);
+///     for i in 0..1000 {
+///         writeln!(w, "{i}")?;
+///     }
+///     w.flush()
+/// });
+/// assert!(body.as_bytes().is_none());
+/// ```
 pub struct BodyWriter<'a> {
     stream: &'a OutputStream,
 }
@@ -239,6 +257,16 @@ impl BodyReader {
     }
 
     /// The next chunk as it arrives (waiting for it), `None` at the end.
+    ///
+    /// ```no_run
+    /// # fn f(req: tensorlet_sdk::StreamRequest) -> Result<u64, tensorlet_sdk::Error> {
+    /// let mut body = req.into_body();
+    /// let mut total = 0;
+    /// while let Some(chunk) = body.chunk() {
+    ///     total += chunk?.len() as u64;
+    /// }
+    /// # Ok(total) }
+    /// ```
     pub fn chunk(&mut self) -> Option<Result<Vec<u8>, Error>> {
         let stream = self.stream.as_ref()?;
         match stream.blocking_read(READ_CHUNK) {
@@ -261,6 +289,14 @@ impl BodyReader {
 
     /// The whole rest of the body, refused with 413 `body_too_large` past `limit` bytes (so a
     /// client cannot make the handler hold more than it chose to).
+    ///
+    /// ```no_run
+    /// # fn f(req: tensorlet_sdk::StreamRequest) -> Result<(), tensorlet_sdk::Error> {
+    /// // At most 1 MiB of JSON; a bigger body is answered 413 by the `?`.
+    /// let bytes = req.into_body().read_all(1 << 20)?;
+    /// let value: serde_json::Value = serde_json::from_slice(&bytes)?;
+    /// # Ok(()) }
+    /// ```
     pub fn read_all(&mut self, limit: usize) -> Result<Vec<u8>, Error> {
         let mut bytes = std::mem::take(&mut self.pending).split_off(self.offset);
         self.offset = 0;

@@ -36,6 +36,19 @@ use crate::handler::{IntoResponse, Request};
 use crate::nn::NnError;
 
 /// A failed request: the status, a stable machine-readable code and a message for people.
+///
+/// ```
+/// use tensorlet_sdk::{Error, IntoResponse, StatusCode};
+///
+/// let e = Error::bad_request("empty_input", "send at least one text");
+/// assert_eq!((e.status(), e.code()), (StatusCode::BAD_REQUEST, "empty_input"));
+/// let response = e.into_response();
+/// assert_eq!(response.status(), 400);
+/// assert_eq!(
+///     response.body().as_bytes().unwrap(),
+///     br#"{"error":{"code":"empty_input","message":"send at least one text"}}"#
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Error {
     status: StatusCode,
@@ -179,6 +192,16 @@ impl From<std::io::Error> for Error {
 
 /// A JSON body: read from a request with [`Json::from_request`], answered as
 /// `application/json` when returned (alone or as `(StatusCode, Json<T>)`).
+///
+/// ```
+/// use tensorlet_sdk::{IntoResponse, Json, http};
+///
+/// let req = http::Request::new(br#"{"texts": ["a", "b"]}"#.to_vec());
+/// let Json(v): Json<serde_json::Value> = Json::from_request(&req).unwrap();
+/// assert_eq!(v["texts"][1], "b");
+/// let response = Json(vec![1, 2]).into_response();
+/// assert_eq!(response.headers()["content-type"], "application/json");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Json<T>(pub T);
 

@@ -40,6 +40,17 @@ pub const FETCH_BODY_LIMIT: usize = 64 << 20;
 /// `fetch_connection_refused`, `fetch_connection_timeout`, ...), or 400 `fetch_bad_request` for a
 /// request that cannot be sent (no scheme or host). Other futures run while it waits; in a plain
 /// handler, call it through [`rt::block_on`].
+///
+/// ```no_run
+/// use tensorlet_sdk::{Error, Request, fetch, http, rt};
+///
+/// // A plain handler that fetches once.
+/// fn handle(_req: Request) -> Result<Vec<u8>, Error> {
+///     let request = http::Request::get("http://labels.fn.internal/v1").body(Vec::new()).unwrap();
+///     Ok(rt::block_on(fetch(request))?.into_body())
+/// }
+/// # tensorlet_sdk::export_handler!(handle);
+/// ```
 pub async fn fetch(request: ::http::Request<Vec<u8>>) -> Result<::http::Response<Vec<u8>>, Error> {
     let response = fetch_stream(request).await?;
     let (parts, mut body) = response.into_parts();

@@ -15,14 +15,33 @@ use wasi::http::types::{Fields, IncomingRequest, Method, OutgoingResponse, Respo
 use crate::body::{self, Body, BodyReader};
 
 /// The request a handler receives: the body has been read to its end.
+///
+/// ```no_run
+/// fn handle(req: tensorlet_sdk::Request) -> String {
+///     format!("{} {} with {} bytes\n", req.method(), req.uri(), req.body().len())
+/// }
+/// # tensorlet_sdk::export_handler!(handle);
+/// ```
 pub type Request = ::http::Request<Vec<u8>>;
 
 /// A request whose body is read as it arrives (take it instead of [`Request`] to handle
 /// uploads larger than the function's memory).
+/// See [`BodyReader`] for an example.
 pub type StreamRequest = ::http::Request<BodyReader>;
 
 /// The response a handler produces, directly or through [`IntoResponse`]: its [`Body`] is whole
 /// bytes (`Vec<u8>` and `String` convert with `.into()`) or streamed.
+///
+/// ```
+/// use tensorlet_sdk::{Response, StatusCode, http};
+///
+/// let response: Response = http::Response::builder()
+///     .status(StatusCode::ACCEPTED)
+///     .header("x-job", "42")
+///     .body("queued\n".into())
+///     .unwrap();
+/// assert_eq!(response.body().as_bytes(), Some(&b"queued\n"[..]));
+/// ```
 pub type Response = ::http::Response<Body>;
 
 /// What a handler can take: a [`Request`] (body read whole first) or a [`StreamRequest`].
@@ -78,6 +97,15 @@ impl FromRequest for StreamRequest {
 /// `application/octet-stream`, a [`Body`] as it is), for `(StatusCode, body)` to pick the status,
 /// `([(name, value); N], body)` and `(StatusCode, [(name, value); N], body)` to set headers, and
 /// for `Result<T, E>` where both sides are responses, so that `?` works in handlers.
+///
+/// ```
+/// use tensorlet_sdk::{IntoResponse, StatusCode, header};
+///
+/// let r = (StatusCode::CREATED, [(header::LOCATION, "/items/7")], "made").into_response();
+/// assert_eq!(r.status(), StatusCode::CREATED);
+/// assert_eq!(r.headers()[header::LOCATION], "/items/7");
+/// assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+/// ```
 pub trait IntoResponse {
     /// Converts `self` into the response sent to the client.
     fn into_response(self) -> Response;

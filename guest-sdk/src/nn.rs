@@ -138,6 +138,15 @@ impl Graph {
 }
 
 /// A tensor: dimensions, element type and the elements as little-endian bytes (row-major).
+///
+/// ```
+/// use tensorlet_sdk::nn::{Tensor, TensorType};
+///
+/// let t = Tensor::f32(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+/// assert_eq!((t.dims(), t.ty()), (&[2, 2][..], TensorType::Fp32));
+/// assert_eq!(t.to_f32().unwrap(), [1.0, 2.0, 3.0, 4.0]);
+/// assert!(t.to_i64().is_err(), "the type is checked");
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     dims: Vec<u32>,
@@ -277,6 +286,14 @@ impl Tensor {
 /// A tensor that borrows its elements: made from a typed slice without copying it (on
 /// little-endian targets such as wasm32, the slice's bytes are the tensor's bytes), for
 /// [`Graph::run_refs`].
+///
+/// ```
+/// use tensorlet_sdk::nn::{Tensor, TensorRef};
+///
+/// let pixels = vec![0.25f32; 6];
+/// let view = TensorRef::f32(&[2, 3], &pixels);
+/// assert_eq!(view, Tensor::f32(&[2, 3], &pixels).as_ref(), "the same bytes, without the copy");
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorRef<'a> {
     dims: &'a [u32],
@@ -327,6 +344,15 @@ impl<'a> TensorRef<'a> {
 }
 
 /// The named output tensors of [`Graph::run`], in the host's order.
+///
+/// ```no_run
+/// # use tensorlet_sdk::nn::{Graph, Tensor};
+/// let x = Tensor::f32(&[1, 4], &[0.1, 0.2, 0.3, 0.4]);
+/// let mut outputs = Graph::by_name("mlp")?.run(&[("x", &x)])?;
+/// let names: Vec<&str> = outputs.iter().map(|(name, _)| name).collect();
+/// let y = outputs.take("y")?; // an error naming `names` if there is no `y`
+/// # Ok::<(), tensorlet_sdk::nn::NnError>(())
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct Outputs(Vec<(String, Tensor)>);
 
@@ -401,6 +427,14 @@ impl IntoIterator for Outputs {
 }
 
 /// A `wasi:nn` error (one variant per error code, with the host's message), or a local one.
+///
+/// ```
+/// use tensorlet_sdk::nn::NnError;
+///
+/// let e = NnError::NotFound("no model `vad`".into());
+/// assert_eq!((e.code(), e.message()), ("not-found", "no model `vad`"));
+/// assert_eq!(e.to_string(), "not-found: no model `vad`");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NnError {
     /// `invalid-argument`: the caller passed an invalid argument.

@@ -54,6 +54,17 @@ impl Wake for Flag {
 /// Runs `future` to completion on this thread, blocking in `wasi:io/poll` while it waits. Usable
 /// from a plain handler too (for example to run [`fetch`](crate::fetch) calls at once).
 ///
+/// ```no_run
+/// # use tensorlet_sdk::{Error, Request, fetch, http, rt};
+/// fn handle(_req: Request) -> Result<String, Error> {
+///     let get = |url: &str| fetch(http::Request::get(url).body(Vec::new()).unwrap());
+///     // Two calls at once from a plain (not async) handler.
+///     let (a, b) = rt::block_on(rt::join(get("http://a.fn.internal/"), get("http://b.fn.internal/")));
+///     Ok(format!("{} {}", a?.status(), b?.status()))
+/// }
+/// # tensorlet_sdk::export_handler!(handle);
+/// ```
+///
 /// # Panics
 ///
 /// If the future is pending without waiting on anything (a future from another runtime, such
@@ -85,7 +96,14 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// Waits until `pollable` is ready, letting other futures run meanwhile.
+/// Waits until `pollable` is ready, letting other futures run meanwhile: the way to await any
+/// `wasi:io` pollable (a stream, a timer, an outbound response).
+///
+/// ```no_run
+/// # async fn f(stream: &wasi::io::streams::InputStream) {
+/// tensorlet_sdk::rt::wait(stream.subscribe()).await;
+/// # }
+/// ```
 pub async fn wait(pollable: Pollable) {
     Wait(Rc::new(pollable)).await
 }
