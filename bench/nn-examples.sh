@@ -14,7 +14,9 @@
 #   BEFORE=DIR bench/nn-examples.sh         # also the node running DIR's {embed_text,detect_speech,
 #                                           # classify_image}.wasm (another build of the examples,
 #                                           # e.g. an older commit's) on the same models: "before" rows
-#                                           # and an after/before table; NODE_ONLY=1: no native, no Python
+#                                           # and an after/before table, then both interleaved
+#                                           # (bench/interleave.py, ROUNDS=400); NODE_ONLY=1: no native,
+#                                           # no Python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -63,7 +65,7 @@ check() { # example url: one request, its answer shown (cut), fails the run unle
   local r; r=$(curl -sS -f -H "content-type: $(ctype "$1")" --data-binary @"$(body "$1")" "$2")
   echo "$1 $2 -> ${r:0:160}" >&2
 }
-RESULTS="$W/results.tsv"; : > "$RESULTS"   # example server conns p50_ms p99_ms req/s errors
+RESULTS="$W/results.tsv"; : > "$RESULTS"; : > "$W/interleaved.txt"   # example server conns p50_ms p99_ms req/s errors
 ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /m$/) {sub(/m$/,"",v); v*=60000} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
 load() { # example server url
   local ex=$1 srv=$2 url=$3 c out p50 p99 rps errs
@@ -109,6 +111,11 @@ for ex in $EXAMPLES; do
   fi
   check "$ex" "http://127.0.0.1:$PORT$url"
   load "$ex" node "http://127.0.0.1:$PORT$url"
+  if [ -n "${BEFORE:-}" ]; then
+    # wrk runs one after the other drift by several percent here: interleave the two, one client.
+    python3 bench/interleave.py $PORT "$(body "$ex")" "${ROUNDS:-400}" "/fn/$ex-before/" "$url" |
+      sed "s/^/$ex interleaved: /" | tee -a "$W/interleaved.txt" >&2
+  fi
   [ -n "${NODE_ONLY:-}" ] && continue
   # The same with dynamic batching: the model removed and added again with --max-batch 16 (its
   # options are part of its version). Silero VAD carries its state in a fixed first dimension and
@@ -167,4 +174,5 @@ if [ -n "${BEFORE:-}" ]; then
         -v ar="$(get "$ex" node 16 6)" -v br="$(get "$ex" before 16 6)" -v e="$ex" \
       'BEGIN {printf "%-9s %21.2fx %21.2fx %21.2fx %21.2fx\n", e, a1/b1, a9/b9, a16/b16, ar/br}'
   done
+  echo; echo "interleaved, one client (before first, then after):"; cat "$W/interleaved.txt"
 fi
