@@ -92,20 +92,7 @@ pub use ::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 #[macro_export]
 macro_rules! export_handler {
     ($handler:path) => {
-        const _: () = {
-            struct __TensorletHandler;
-
-            impl $crate::__private::Guest for __TensorletHandler {
-                fn handle(
-                    request: $crate::__private::IncomingRequest,
-                    response_out: $crate::__private::ResponseOutparam,
-                ) {
-                    $crate::__private::serve(request, response_out, $handler)
-                }
-            }
-
-            $crate::__private::wasi::http::proxy::export!(__TensorletHandler);
-        };
+        $crate::__export_with!($crate::__private::serve, $handler);
     };
 }
 
@@ -131,6 +118,15 @@ macro_rules! export_handler {
 #[macro_export]
 macro_rules! export_async_handler {
     ($handler:path) => {
+        $crate::__export_with!($crate::__private::serve_async, $handler);
+    };
+}
+
+/// Not public API: the export both handler forms share, with the function that serves a request.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_with {
+    ($serve:path, $handler:path) => {
         const _: () = {
             struct __TensorletHandler;
 
@@ -139,7 +135,7 @@ macro_rules! export_async_handler {
                     request: $crate::__private::IncomingRequest,
                     response_out: $crate::__private::ResponseOutparam,
                 ) {
-                    $crate::__private::serve_async(request, response_out, $handler)
+                    $serve(request, response_out, $handler)
                 }
             }
 

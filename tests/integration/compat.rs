@@ -2,10 +2,9 @@
 //! answers, streams a body back and makes an outbound call through the node's allow-list.
 //! (Plain `wasi`-crate handlers are the other fixtures: hello-plain, fetcher, forward.)
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpListener};
 use std::thread;
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -21,14 +20,7 @@ fn a_wstd_handler_runs_unchanged() {
     let upstream = listener.local_addr().unwrap();
     let server = thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-        let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
+        let head = read_request_head(&mut conn);
         let body = "upstream says hi";
         let raw = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -36,7 +28,7 @@ fn a_wstd_handler_runs_unchanged() {
         );
         let _ = conn.write_all(raw.as_bytes());
         let _ = conn.shutdown(Shutdown::Write);
-        String::from_utf8_lossy(&head).into_owned()
+        head
     });
     let allow = url_encode(&format!("http://127.0.0.1:{}", upstream.port()));
     node.deploy_ok("wstd", "wstd-server", &format!("allow_outbound={allow}"));

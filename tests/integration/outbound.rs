@@ -50,7 +50,7 @@ impl Upstream {
                 }
                 let Ok(mut conn) = conn else { continue };
                 hits2.fetch_add(1, Ordering::SeqCst);
-                let head = read_head(&mut conn);
+                let head = read_request_head(&mut conn);
                 match answer(&head) {
                     Some(response) => {
                         let _ = conn.write_all(&response);
@@ -91,20 +91,6 @@ impl Drop for Upstream {
             let _ = t.join();
         }
     }
-}
-
-/// The request head (up to the empty line), bounded in time and size.
-fn read_head(conn: &mut TcpStream) -> String {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !raw.windows(4).any(|w| w == b"\r\n\r\n") && raw.len() < 64 * KIB {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&raw).into_owned()
 }
 
 /// The request target of a head (`/path?query`).

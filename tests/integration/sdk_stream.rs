@@ -2,8 +2,8 @@
 //! plain handler taking a `StreamRequest`, answering streamed `Body`s) and `async-probe` (an
 //! `async fn` handler on the SDK's executor, with `fetch` and `join_all`).
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{Shutdown, TcpListener};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -115,7 +115,7 @@ fn barrier_upstream() -> (std::net::SocketAddr, thread::JoinHandle<()>) {
             let Ok((mut conn, _)) = listener.accept() else {
                 return;
             };
-            let head = read_head(&mut conn);
+            let head = read_request_head(&mut conn);
             let (b_arrived, wait_b) = (b_arrived.clone(), wait_b.take());
             handlers.push(thread::spawn(move || {
                 let body = if head.starts_with("GET /a ") {
@@ -142,18 +142,6 @@ fn barrier_upstream() -> (std::net::SocketAddr, thread::JoinHandle<()>) {
         }
     });
     (addr, server)
-}
-
-fn read_head(conn: &mut TcpStream) -> String {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let (mut raw, mut buf) = (Vec::new(), [0u8; 4096]);
-    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&raw).into_owned()
 }
 
 #[test]

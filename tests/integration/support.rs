@@ -339,6 +339,20 @@ pub fn version_ids(versions: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The head of one HTTP request read from a test upstream's connection (up to the blank line,
+/// at most 64 KiB, 10 s).
+pub fn read_request_head(conn: &mut TcpStream) -> String {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let (mut raw, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") && raw.len() < 64 * KIB {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
 /// Percent-encodes everything but unreserved characters (for URLs in query strings).
 pub fn url_encode(s: &str) -> String {
     s.bytes()
