@@ -123,6 +123,31 @@ impl From<String> for Body {
     }
 }
 
+/// A body read as it arrives, sent on as it arrives: a request streamed back, or an upstream's
+/// response passed through (a proxy) without holding it. A read error cuts the response short.
+///
+/// ```no_run
+/// use tensorlet_sdk::{Body, Error, StreamRequest, fetch_stream, http, rt};
+///
+/// // Streams an upstream's body through, whatever its size.
+/// fn handle(_req: StreamRequest) -> Result<Body, Error> {
+///     let request = http::Request::get("https://data.example.com/big.csv").body(Vec::new()).unwrap();
+///     let upstream = rt::block_on(fetch_stream(request))?;
+///     Ok(Body::from(upstream.into_body()))
+/// }
+/// # tensorlet_sdk::export_handler!(handle);
+/// ```
+impl From<BodyReader> for Body {
+    fn from(reader: BodyReader) -> Body {
+        Body::from_writer(move |w| {
+            for chunk in reader {
+                io::Write::write_all(w, &chunk.map_err(io::Error::other)?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 impl From<&'static str> for Body {
     fn from(text: &'static str) -> Body {
         Body(Inner::Full(text.as_bytes().to_vec()))

@@ -2,10 +2,6 @@
 //! answers, streams a body back and makes an outbound call through the node's allow-list.
 //! (Plain `wasi`-crate handlers are the other fixtures: hello-plain, fetcher, forward.)
 
-use std::io::Write;
-use std::net::{Shutdown, TcpListener};
-use std::thread;
-
 use crate::support::*;
 
 #[test]
@@ -15,21 +11,7 @@ fn a_wstd_handler_runs_unchanged() {
         &dir.data(),
         Some("[outbound]\nallow_ips = [\"127.0.0.1/32\"]\n"),
     );
-    // One upstream request, answered `upstream says hi`.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let server = thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let head = read_request_head(&mut conn);
-        let body = "upstream says hi";
-        let raw = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = conn.write_all(raw.as_bytes());
-        let _ = conn.shutdown(Shutdown::Write);
-        head
-    });
+    let (upstream, server) = one_response_upstream(b"upstream says hi".to_vec());
     let allow = url_encode(&format!("http://127.0.0.1:{}", upstream.port()));
     node.deploy_ok("wstd", "wstd-server", &format!("allow_outbound={allow}"));
 

@@ -36,6 +36,9 @@ fn request_and_response_bodies_stream_through_a_small_instance() {
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(r.json()["bytes"], 40 * MIB as u64);
     assert_eq!(r.json()["fnv"], format!("{hash:016x}"));
+    let r = upload("/fn/stream/pipe");
+    assert_eq!(r.status, 200, "{} bytes", r.body.len());
+    assert!(r.body == chunks.concat(), "the piped body differs");
     // The control: a handler that takes the body whole cannot, in the same memory.
     let r = upload("/fn/whole/");
     assert_ne!(
@@ -152,8 +155,16 @@ fn async_handlers_fetch_at_once_read_streams_and_sleep() {
         Some("[outbound]\nallow_ips = [\"127.0.0.1/32\"]\n"),
     );
     let (upstream, server) = barrier_upstream();
-    let allow = url_encode(&format!("http://127.0.0.1:{}", upstream.port()));
-    node.deploy_ok("async", "async-probe", &format!("allow_outbound={allow}"));
+    let big = pseudo_random_bytes(8 * MIB, 3);
+    let (source, source_server) = one_response_upstream(big.clone());
+    let allow =
+        |addr: std::net::SocketAddr| url_encode(&format!("http://127.0.0.1:{}", addr.port()));
+    let query = format!(
+        "allow_outbound={}&allow_outbound={}",
+        allow(upstream),
+        allow(source)
+    );
+    node.deploy_ok("async", "async-probe", &query);
     node.deploy_ok("plain", "async-probe", "");
 
     let r = node.send(
@@ -175,6 +186,18 @@ fn async_handlers_fetch_at_once_read_streams_and_sleep() {
         node.send(Request::get("/fn/plain/fetch").header("url", &format!("http://{upstream}/a")));
     assert_eq!(r.status, 502, "{r}");
     assert_eq!(r.json()["error"]["code"], "fetch_http_request_denied");
+
+    // An upstream's 8 MiB passed through as it arrives.
+    let r =
+        node.send(Request::get("/fn/async/proxy").header("url", &format!("http://{source}/big")));
+    assert_eq!(r.status, 200, "{} bytes", r.body.len());
+    assert!(r.body == big, "the proxied body differs");
+    assert!(
+        source_server
+            .join()
+            .unwrap()
+            .starts_with("GET /big HTTP/1.1\r\n")
+    );
 
     let body: Vec<Vec<u8>> = (0..8).map(|i| pseudo_random_bytes(256 * KIB, i)).collect();
     let r = node.send(Request::new("POST", "/fn/async/count").chunked(body));

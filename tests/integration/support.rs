@@ -353,6 +353,26 @@ pub fn read_request_head(conn: &mut TcpStream) -> String {
     String::from_utf8_lossy(&raw).into_owned()
 }
 
+/// An upstream on 127.0.0.1 that answers one request with 200 and `body` (Content-Length), then
+/// closes; joining it gives the request's head.
+pub fn one_response_upstream(body: Vec<u8>) -> (SocketAddr, JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let head = read_request_head(&mut conn);
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = conn.write_all(raw.as_bytes());
+        let _ = conn.write_all(&body);
+        let _ = conn.shutdown(Shutdown::Write);
+        head
+    });
+    (addr, server)
+}
+
 /// Percent-encodes everything but unreserved characters (for URLs in query strings).
 pub fn url_encode(s: &str) -> String {
     s.bytes()
